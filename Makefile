@@ -1,0 +1,26 @@
+# Set-up and entry points. Every target installs what it needs on a fresh clone.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# Stage commands in dvc.yaml call `python`: make it the project's interpreter.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: setup pipeline test clean-outputs
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	@# The CPU wheel first: a bare `torch` requirement would pull a multi-GB CUDA build.
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+pipeline: setup
+	dvc repro
+
+test: setup
+	$(PY) -m pytest
+
+clean-outputs:
+	rm -rf data/raw data/tokens models reports

@@ -1,0 +1,1 @@
+"""The GPT network, its task heads, LoRA glue, checkpoints and generation (imports only torch & co.)."""

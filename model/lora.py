@@ -1,0 +1,39 @@
+"""LoRA adapters through peft: wrap the GPT, count what trains, merge back for export."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+
+
+def apply_lora(
+    model: nn.Module,
+    rank: int,
+    alpha: float,
+    target_modules: Sequence[str],
+    dropout: float = 0.0,
+    modules_to_save: Sequence[str] = (),
+) -> PeftModel:
+    """Freeze `model` and add rank-`rank` adapters to the named Linear layers.
+
+    `modules_to_save` lists modules trained in full next to the adapters (a new task head).
+    peft initialises B to zero, so the wrapped model starts out computing exactly what `model` did.
+    """
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=list(target_modules),
+        modules_to_save=list(modules_to_save) or None,
+        bias="none",
+    )
+    return get_peft_model(model, config)
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold the adapters into the base weights and return the plain model."""
+    if isinstance(model, PeftModel):
+        return model.merge_and_unload()
+    return model

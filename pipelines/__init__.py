@@ -1,0 +1,12 @@
+"""Prefect flows, one per DVC stage: each wires steps inside one flow run and one MLflow run."""
+
+import os
+
+# Set before Prefect is imported anywhere: no usage telemetry from an offline pipeline, and our
+# own `gptpipe.*` loggers show up in Prefect's run logs next to its own.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "gptpipe")
+
+import logging
+
+logging.getLogger("gptpipe").setLevel(logging.INFO)

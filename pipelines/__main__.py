@@ -1,0 +1,54 @@
+"""`gptpipe <stage>` runs one stage's flow; `gptpipe repro` runs the whole DVC pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import subprocess
+import sys
+
+# Stage name -> (module, flow function). Modules are imported on demand: each stage process
+# pays only for its own imports.
+STAGES: dict[str, tuple[str, str]] = {
+    "download": ("pipelines.download", "download_flow"),
+    "tokenize": ("pipelines.tokenize", "tokenize_flow"),
+    "pretrain": ("pipelines.pretrain", "pretrain_flow"),
+    "finetune_classifier": ("pipelines.finetune_classifier", "finetune_classifier_flow"),
+    "finetune_instruct": ("pipelines.finetune_instruct", "finetune_instruct_flow"),
+    "evaluate": ("pipelines.evaluate", "evaluate_flow"),
+}
+
+
+def run_flow(stage: str, params_path: str) -> dict[str, float]:
+    module, name = STAGES[stage]
+    flow = getattr(importlib.import_module(module), name)
+    return flow(params_path=params_path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gptpipe", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for stage in STAGES:
+        p = sub.add_parser(stage, help=f"run the {stage} stage (normally through `dvc repro`)")
+        p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    sub.add_parser("repro", help="run the whole pipeline through DVC (only what changed reruns)")
+    sub.add_parser("stages", help="list the stages")
+    args = parser.parse_args(argv)
+
+    if args.command == "stages":
+        print("\n".join(STAGES))
+        return 0
+    if args.command == "repro":
+        return subprocess.call(["dvc", "repro"])
+    from steps.config import ConfigError
+
+    try:
+        run_flow(args.command, args.params)
+    except ConfigError as err:
+        print(f"gptpipe: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

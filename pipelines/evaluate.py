@@ -1,0 +1,126 @@
+"""Stage `evaluate`: score every model against its starting point and write the summary report."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import torch
+from prefect import flow
+
+from model.atomic import write_text
+from model.checkpoint import load_model
+from pipelines.stage import StageContext, run_stage, stage_task
+from steps import layout, plots
+from steps.classification import encode_examples, initial_classifier, loader, predict, read_labeled_tsv
+from steps.hardware import resolve_device
+from steps.instruction import generate_responses
+from steps.language_modeling import fixed_windows, lm_loss, unigram_cross_entropy
+from steps.metrics import compute
+from steps.report import summary_markdown
+from steps.tokenizer import eot_id, load_tokenizer, read_tokens
+
+SECTIONS = ["seed", "evaluate", "finetune_classifier", "finetune_instruct", "tracking"]
+log = logging.getLogger("gptpipe.evaluate")
+
+
+@stage_task
+def evaluate_pretrained(ctx: StageContext, device: torch.device) -> dict[str, float]:
+    cfg = ctx.params.evaluate
+    model, _ = load_model(layout.PRETRAIN_MODEL)
+    model.to(device)
+    vocab = model.cfg.vocab_size
+    train_tokens = read_tokens(layout.TRAIN_BIN, vocab)
+    val_tokens = read_tokens(layout.VAL_BIN, vocab)
+    losses, counts = [], []
+    with torch.no_grad():
+        for inputs, targets in fixed_windows(val_tokens, cfg.batch_size, model.cfg.context_length, cfg.val_batches):
+            loss, n = lm_loss(model, (inputs.to(device), targets.to(device)))
+            losses.append(loss.item())
+            counts.append(n)
+    ppl = compute("perplexity", losses=losses, token_counts=counts)
+    unigram = unigram_cross_entropy(train_tokens, val_tokens, vocab)
+    return {
+        "pretrain_val_loss": ppl["loss"],
+        "pretrain_val_perplexity": ppl["perplexity"],
+        "unigram_val_loss": unigram,
+        "unigram_val_perplexity": float(torch.tensor(unigram).exp()),
+    }
+
+
+@stage_task
+def evaluate_classifier(ctx: StageContext, device: torch.device) -> tuple[dict[str, float], dict]:
+    cfg = ctx.params.finetune_classifier
+    model, head = load_model(layout.CLASSIFIER_MODEL)
+    labels = head["labels"]
+    tok = load_tokenizer(layout.CLASSIFIER_MODEL / layout.MODEL_TOKENIZER)
+    test = read_labeled_tsv(layout.CLASSIFIER_MODEL / layout.CLASSIFIER_TEST_SPLIT)
+    items = encode_examples(tok, test, labels, min(cfg.max_length, model.cfg.context_length))
+    dl = loader(items, ctx.params.evaluate.batch_size, eot_id(tok), shuffle=False, seed=ctx.params.seed)
+    start = initial_classifier(layout.PRETRAIN_MODEL, labels, cfg.init, ctx.params.seed)
+    reports = {}
+    for name, m in (("finetuned", model), ("start", start)):
+        preds, refs, _ = predict(m.to(device), dl, device)
+        reports[name] = compute("classification_report", predictions=preds, references=refs, num_classes=len(labels))
+    plots.confusion_matrix(ctx.plots / "classifier_confusion.png", reports["finetuned"]["confusion_matrix"], labels,
+                           "Classifier: test confusion matrix")
+    metrics = {f"classifier_test_{k}": v for k, v in reports["finetuned"].items() if k != "confusion_matrix"}
+    metrics.update({f"classifier_start_test_{k}": v for k, v in reports["start"].items() if k != "confusion_matrix"})
+    return metrics, {"labels": labels, "confusion_matrix": reports["finetuned"]["confusion_matrix"]}
+
+
+@stage_task
+def evaluate_instruct(ctx: StageContext, device: torch.device) -> tuple[dict[str, float], list[dict]]:
+    cfg = ctx.params.finetune_instruct
+    responses = json.loads((layout.INSTRUCT_MODEL / layout.RESPONSES).read_text(encoding="utf-8"))
+    start, _ = load_model(layout.PRETRAIN_MODEL)
+    tok = load_tokenizer(layout.PRETRAIN_MODEL / layout.MODEL_TOKENIZER)
+    baseline = generate_responses(start.to(device), tok, responses, device, eot_id(tok), cfg.max_new_tokens,
+                                  start.cfg.context_length, desc="pretrained-only responses")
+    refs = [r["output"] for r in responses]
+    metrics = {}
+    for name, recs in (("instruct", responses), ("instruct_start", baseline)):
+        preds = [r["model_response"] for r in recs]
+        metrics[f"{name}_exact_match"] = compute("exact_match", predictions=preds, references=refs)["exact_match"]
+        metrics[f"{name}_rougeL"] = compute("rouge_l", predictions=preds, references=refs)["rougeL"]
+    examples = [
+        {"instruction": r["instruction"], "input": r["input"], "output": r["output"],
+         "finetuned": r["model_response"], "pretrained_only": b["model_response"]}
+        for r, b in zip(responses[:8], baseline[:8])
+    ]
+    return metrics, examples
+
+
+def _body(ctx: StageContext) -> dict[str, float]:
+    device = resolve_device("auto")
+    metrics = evaluate_pretrained(ctx, device)
+    cls_metrics, confusion = evaluate_classifier(ctx, device)
+    metrics.update(cls_metrics)
+    inst_metrics, examples = evaluate_instruct(ctx, device)
+    metrics.update(inst_metrics)
+
+    plots.grouped_bars(
+        ctx.plots / "before_after.png",
+        ["classifier accuracy", "classifier F1", "instruct exact match", "instruct ROUGE-L"],
+        {
+            "starting point": [metrics["classifier_start_test_accuracy"], metrics["classifier_start_test_f1"],
+                               metrics["instruct_start_exact_match"], metrics["instruct_start_rougeL"]],
+            "finetuned": [metrics["classifier_test_accuracy"], metrics["classifier_test_f1"],
+                          metrics["instruct_exact_match"], metrics["instruct_rougeL"]],
+        },
+        "Test metrics: finetuned vs starting point", "score",
+    )
+    plots.grouped_bars(
+        ctx.plots / "pretrain_loss.png", ["validation loss (nats/token)"],
+        {"unigram model": [metrics["unigram_val_loss"]], "pretrained GPT": [metrics["pretrain_val_loss"]]},
+        "Pretrained model vs a unigram model", "cross-entropy",
+    )
+    write_text(layout.SUMMARY, summary_markdown(metrics, confusion, examples))
+    ctx.run.log_artifact(layout.SUMMARY)
+    return metrics
+
+
+@flow(name="evaluate")
+def evaluate_flow(params_path: str = "params.yaml") -> dict[str, float]:
+    inputs = [layout.PRETRAIN_MODEL, layout.CLASSIFIER_MODEL, layout.INSTRUCT_MODEL, layout.TOKENS]
+    return run_stage("evaluate", params_path, SECTIONS, inputs, _body)

@@ -1,0 +1,92 @@
+"""Stage `finetune_classifier`: turn the pretrained GPT into a spam/ham classifier."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from prefect import flow
+
+from model.gpt import count_parameters
+from model.heads import set_trainable
+from pipelines.stage import StageContext, run_stage, stage_task
+from steps import layout, plots
+from steps.classification import (classification_loss, encode_examples, initial_classifier, label_names,
+                                  loader, predict, read_labeled_tsv, split_examples, write_labeled_tsv)
+from steps.finetuning import save_finetuned, with_lora
+from steps.hardware import autocast_dtype, resolve_device
+from steps.metrics import compute
+from steps.tokenizer import eot_id, load_tokenizer
+from steps.train import TrainSettings, cycle, train
+
+SECTIONS = ["seed", "finetune_classifier", "tracking"]
+log = logging.getLogger("gptpipe.finetune_classifier")
+
+
+@stage_task
+def finetune(ctx: StageContext) -> dict[str, float]:
+    cfg = ctx.params.finetune_classifier
+    seed = ctx.params.seed
+    tok = load_tokenizer(layout.PRETRAIN_MODEL / layout.MODEL_TOKENIZER)
+    pad = eot_id(tok)
+    examples = read_labeled_tsv(layout.SMS)
+    labels = label_names(examples)
+    splits = split_examples(examples, seed, cfg.train_fraction, cfg.val_fraction, cfg.balance)
+    model = initial_classifier(layout.PRETRAIN_MODEL, labels, cfg.init, seed)
+    max_len = min(cfg.max_length, model.cfg.context_length)
+    encoded = {name: encode_examples(tok, split, labels, max_len) for name, split in splits.items()}
+    loaders = {name: loader(items, cfg.batch_size, pad, shuffle=name == "train", seed=seed)
+               for name, items in encoded.items()}
+    log.info("splits: %s", {k: len(v) for k, v in splits.items()})
+
+    set_trainable(model, cfg.trainable)
+    net = with_lora(model, cfg.lora, ["out_head"]) if cfg.trainable == "lora" else model
+    trainable_params = count_parameters(net, trainable_only=True)
+    device = resolve_device(cfg.device)
+    amp = autocast_dtype(device, cfg.precision)
+
+    def evaluate(m) -> dict[str, float]:
+        preds, refs, loss = predict(m, loaders["val"], device)
+        return {"val_loss": loss, "val_accuracy": sum(p == r for p, r in zip(preds, refs)) / len(refs)}
+
+    steps = cfg.epochs * math.ceil(len(encoded["train"]) / cfg.batch_size)
+    settings = TrainSettings(max_steps=steps, lr=cfg.lr, min_lr_ratio=cfg.min_lr_ratio,
+                             warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
+                             grad_clip=cfg.grad_clip, eval_interval=cfg.eval_interval)
+    result = train(net, cycle(loaders["train"]), classification_loss, settings, device, amp, evaluate,
+                   on_metrics=ctx.run.log_metrics, desc="classifier")
+
+    metrics: dict[str, float] = {}
+    for name in ("train", "val", "test"):
+        preds, refs, loss = predict(net, loaders[name], device)
+        report = compute("classification_report", predictions=preds, references=refs, num_classes=len(labels))
+        metrics[f"{name}_accuracy"] = report["accuracy"]
+        metrics[f"{name}_loss"] = loss
+        if name == "test":
+            metrics["test_f1"] = report["f1"]
+            plots.confusion_matrix(ctx.plots / "confusion_test.png", report["confusion_matrix"], labels,
+                                   "Test split confusion matrix")
+            plots.write_confusion_csv(ctx.plots / "confusion_test.csv", preds, refs, labels)
+
+    head = {"kind": "classifier", "labels": labels, "pooling": "last_real_token"}
+    save_finetuned(layout.CLASSIFIER_MODEL, net, head, layout.PRETRAIN_MODEL / layout.MODEL_TOKENIZER,
+                   adapter=cfg.trainable == "lora")
+    write_labeled_tsv(layout.CLASSIFIER_MODEL / layout.CLASSIFIER_TEST_SPLIT, splits["test"])
+    ctx.run.log_model_folder(layout.CLASSIFIER_MODEL)
+
+    plots.write_csv(ctx.plots / "training.csv", result.history, ["step", "train_loss", "val_loss", "val_accuracy"])
+    plots.curves(ctx.plots / "loss.png", result.history, ["train_loss", "val_loss"],
+                 "Classifier finetuning loss", "cross-entropy")
+    plots.curves(ctx.plots / "accuracy.png", result.history, ["val_accuracy"],
+                 "Classifier validation accuracy", "accuracy")
+    metrics.update({
+        "trainable_parameters": trainable_params,
+        "steps": result.steps,
+        "seconds_per_step": result.seconds / max(1, result.steps),
+    })
+    return metrics
+
+
+@flow(name="finetune_classifier")
+def finetune_classifier_flow(params_path: str = "params.yaml") -> dict[str, float]:
+    return run_stage("finetune_classifier", params_path, SECTIONS, [layout.PRETRAIN_MODEL, layout.SMS], finetune)

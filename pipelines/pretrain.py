@@ -1,0 +1,94 @@
+"""Stage `pretrain`: train the GPT from scratch on the token files; save it to models/pretrain/."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+import torch
+from prefect import flow
+
+from model.checkpoint import save_model, save_training_state
+from model.config import GPTConfig
+from model.generate import generate
+from model.gpt import GPTModel, count_parameters
+from pipelines.stage import StageContext, run_stage, stage_task
+from steps import layout, plots
+from steps.hardware import autocast_dtype, resolve_device
+from steps.language_modeling import fixed_windows, lm_loss, mean_loss, perplexity, random_windows, unigram_cross_entropy
+from steps.tokenizer import eot_id, load_tokenizer, read_tokens
+from steps.train import TrainSettings, train
+
+SECTIONS = ["seed", "model", "pretrain", "tracking"]
+log = logging.getLogger("gptpipe.pretrain")
+
+
+def gpt_config(ctx: StageContext, vocab_size: int) -> GPTConfig:
+    m = ctx.params.model
+    return GPTConfig(vocab_size=vocab_size, context_length=m.context_length, emb_dim=m.emb_dim,
+                     n_heads=m.n_heads, n_layers=m.n_layers, drop_rate=m.drop_rate, qkv_bias=m.qkv_bias)
+
+
+@stage_task
+def pretrain_model(ctx: StageContext) -> dict[str, float]:
+    cfg = ctx.params.pretrain
+    tok = load_tokenizer(layout.TOKENIZER)
+    vocab = tok.get_vocab_size()
+    train_tokens = read_tokens(layout.TRAIN_BIN, vocab)
+    val_tokens = read_tokens(layout.VAL_BIN, vocab)
+    model_cfg = gpt_config(ctx, vocab)
+    model = GPTModel(model_cfg)
+    device = resolve_device(cfg.device)
+    amp = autocast_dtype(device, cfg.precision)
+    log.info("GPT with %s parameters on %s (%s)", f"{count_parameters(model):,}", device, amp or "fp32")
+
+    ctx_len = model_cfg.context_length
+    val_batches = fixed_windows(val_tokens, cfg.batch_size, ctx_len, cfg.eval_batches)
+    prompt = torch.tensor([tok.encode(cfg.sample_prompt).ids], dtype=torch.long)
+    sampler = torch.Generator().manual_seed(ctx.params.seed)
+    samples: list[str] = []
+
+    def evaluate(m: torch.nn.Module) -> dict[str, float]:
+        loss = mean_loss(m, val_batches, device)
+        out = generate(m, prompt.to(device), cfg.sample_tokens, ctx_len, temperature=cfg.temperature,
+                       top_k=cfg.top_k or None, eos_id=eot_id(tok), generator=sampler if device.type == "cpu" else None)
+        text = tok.decode(out[0].tolist())
+        samples.append(text)
+        log.info("sample: %s", text.replace("\n", " "))
+        return {"val_loss": loss, "val_perplexity": perplexity(loss)}
+
+    settings = TrainSettings(
+        max_steps=cfg.max_steps, lr=cfg.lr, min_lr_ratio=cfg.min_lr_ratio, warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, eval_interval=cfg.eval_interval,
+    )
+    batches = random_windows(train_tokens, cfg.batch_size, ctx_len, ctx.params.seed)
+    result = train(model, batches, lm_loss, settings, device, amp, evaluate,
+                   on_metrics=ctx.run.log_metrics, desc="pretrain")
+
+    model.to("cpu")
+    save_model(layout.PRETRAIN_MODEL, model)
+    save_training_state(layout.PRETRAIN_MODEL, result.training_state())
+    shutil.copy(layout.TOKENIZER, layout.PRETRAIN_MODEL / layout.MODEL_TOKENIZER)
+    ctx.run.log_model_folder(layout.PRETRAIN_MODEL)
+    ctx.run.log_text("\n\n---\n\n".join(f"step-eval {i}: {s}" for i, s in enumerate(samples)), "samples.txt")
+
+    unigram = unigram_cross_entropy(train_tokens, val_tokens, vocab)
+    last = result.history[-1]
+    plots.write_csv(ctx.plots / "loss.csv", result.history, ["step", "train_loss", "val_loss"])
+    plots.curves(ctx.plots / "loss.png", result.history, ["train_loss", "val_loss"],
+                 "Pretraining loss", "cross-entropy (nats/token)", baselines={"unigram model": unigram})
+    return {
+        "train_loss": last["train_loss"],
+        "val_loss": last["val_loss"],
+        "val_perplexity": last["val_perplexity"],
+        "unigram_val_loss": unigram,
+        "parameters": count_parameters(model),
+        "steps": result.steps,
+        "tokens_seen": result.tokens,
+        "tokens_per_s": result.tokens / max(result.seconds, 1e-9),
+    }
+
+
+@flow(name="pretrain")
+def pretrain_flow(params_path: str = "params.yaml") -> dict[str, float]:
+    return run_stage("pretrain", params_path, SECTIONS, [layout.TOKENS], pretrain_model)

@@ -1,0 +1,78 @@
+"""What every stage flow shares: load params once, seed, open the MLflow run, write metrics."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from model.atomic import write_json
+from steps import layout
+from steps.config import Params, flat_params, load_params, params_hash
+from steps.tracking import StageRun, stage_run
+
+log = logging.getLogger("gptpipe.stage")
+
+# Stage tasks pass models and tensors in memory within one flow run; hashing those inputs for
+# Prefect's cache would cost time and buy nothing, since DVC already decides what reruns.
+stage_task = task(cache_policy=NO_CACHE)
+io_task = task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+
+
+@dataclass
+class StageContext:
+    stage: str
+    params: Params
+    run: StageRun
+
+    @property
+    def plots(self) -> Path:
+        folder = layout.plots_dir(self.stage)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_stage(
+    stage: str,
+    params_path: str,
+    sections: Sequence[str],
+    inputs: Iterable[str | Path],
+    body: Callable[[StageContext], dict[str, float]],
+) -> dict[str, float]:
+    """Run `body` inside the stage's MLflow run; write `reports/<stage>.json` and log the plots."""
+    params = load_params(params_path)
+    seed_everything(params.seed)
+    with stage_run(
+        stage,
+        params=flat_params(params, list(sections)),
+        params_hash=params_hash(params, list(sections)),
+        inputs=[p for p in inputs if Path(p).exists()],
+        experiment=params.tracking.experiment,
+        log_models=params.tracking.log_models,
+    ) as run:
+        ctx = StageContext(stage, params, run)
+        start = time.perf_counter()
+        metrics = body(ctx)
+        # The stage's own computation, to compare with its process wall time (orchestration cost).
+        metrics["compute_seconds"] = round(time.perf_counter() - start, 3)
+        run.log_metrics(metrics)
+        write_json(layout.metrics_file(stage), metrics)
+        run.log_artifact(layout.metrics_file(stage))
+        if layout.plots_dir(stage).is_dir():
+            run.log_artifacts(layout.plots_dir(stage), artifact_path="plots")
+    log.info("%s metrics: %s", stage, metrics)
+    return metrics

@@ -1,0 +1,34 @@
+"""Shared pieces of the finetuning stages: turning adapters on, counting, saving the result."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from model.checkpoint import save_model
+from model.gpt import GPTModel
+from model.lora import apply_lora, merge_lora
+from steps import layout
+from steps.config import LoraConfig
+
+
+def with_lora(model: GPTModel, cfg: LoraConfig, modules_to_save: list[str]) -> nn.Module:
+    return apply_lora(model, cfg.rank, cfg.alpha, cfg.target_modules, cfg.dropout, modules_to_save)
+
+
+def save_finetuned(
+    folder: Path, model: nn.Module, head: dict[str, Any], tokenizer: Path, adapter: bool
+) -> GPTModel:
+    """Save the adapter on its own (when there is one), then the merged full model + tokenizer."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model = model.to("cpu")
+    if adapter:
+        model.save_pretrained(str(folder / layout.ADAPTER))  # peft's own format
+    merged = merge_lora(model)
+    assert isinstance(merged, GPTModel)
+    save_model(folder, merged, head)
+    shutil.copy(tokenizer, folder / layout.MODEL_TOKENIZER)
+    return merged

@@ -1,0 +1,145 @@
+"""Instruction finetuning data: read and split records, the Alpaca prompt, collate, responses."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+from torch import nn
+from tqdm.auto import tqdm
+
+from model.generate import generate
+from steps.train import Batch
+
+IGNORE_INDEX = -100
+FIELDS = ("instruction", "input", "output")
+
+
+def read_instructions(path: str | Path) -> list[dict[str, str]]:
+    """A JSON list of {instruction, input, output} records; errors name the record and field."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON: {err}") from None
+    if not isinstance(data, list) or not data:
+        raise ValueError(f"{path}: expected a non-empty JSON list of records")
+    for i, record in enumerate(data):
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}: record {i} is not an object")
+        for name in FIELDS:
+            if not isinstance(record.get(name), str):
+                raise ValueError(f"{path}: record {i}: field {name!r} is missing or not a string")
+        if not record["instruction"].strip():
+            raise ValueError(f"{path}: record {i}: field 'instruction' is empty")
+    return data
+
+
+def split_in_order(records: Sequence[dict[str, str]]) -> dict[str, list[dict[str, str]]]:
+    """The book's split, in file order: 85 % train, 10 % test, the remaining 5 % validation."""
+    n_train = int(len(records) * 0.85)
+    n_test = int(len(records) * 0.1)
+    return {
+        "train": list(records[:n_train]),
+        "test": list(records[n_train : n_train + n_test]),
+        "val": list(records[n_train + n_test :]),
+    }
+
+
+def format_prompt(record: dict[str, str]) -> str:
+    """The Alpaca prompt the book uses; the input section appears only when there is one."""
+    text = (
+        "Below is an instruction that describes a task. "
+        "Write a response that appropriately completes the request."
+        f"\n\n### Instruction:\n{record['instruction']}"
+    )
+    if record.get("input"):
+        text += f"\n\n### Input:\n{record['input']}"
+    return text + "\n\n### Response:\n"
+
+
+def encode_records(tok: Tokenizer, records: Sequence[dict[str, str]]) -> list[list[int]]:
+    texts = [format_prompt(r) + r["output"] for r in records]
+    return [enc.ids for enc in tok.encode_batch(texts, add_special_tokens=False)]
+
+
+def collate(
+    batch: list[list[int]], pad_id: int, allowed_max_length: int, ignore_index: int = IGNORE_INDEX
+) -> Batch:
+    """Pad with end-of-text and shift into (inputs, targets), as the book's custom_collate_fn.
+
+    Every sequence gets one end-of-text appended; padding targets become `ignore_index` except
+    the first end-of-text, so the model learns to stop after its answer.
+    """
+    longest = max(len(item) + 1 for item in batch)
+    inputs, targets = [], []
+    for item in batch:
+        padded = item + [pad_id] * (longest + 1 - len(item))  # one EOT + padding
+        x = torch.tensor(padded[:-1], dtype=torch.long)
+        y = torch.tensor(padded[1:], dtype=torch.long)
+        pads = torch.nonzero(y == pad_id).squeeze(1)
+        if pads.numel() > 1:
+            y[pads[1:]] = ignore_index
+        inputs.append(x[:allowed_max_length])
+        targets.append(y[:allowed_max_length])
+    return torch.stack(inputs), torch.stack(targets)  # (B, T), (B, T)
+
+
+def instruction_loss(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
+    inputs, targets = batch
+    logits = model(inputs)  # (B, T, V)
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
+    return loss, int((targets != IGNORE_INDEX).sum())
+
+
+@torch.no_grad()
+def mean_instruction_loss(model: nn.Module, batches: list[Batch], device: torch.device) -> float:
+    total, count = 0.0, 0
+    for inputs, targets in batches:
+        loss, n = instruction_loss(model, (inputs.to(device), targets.to(device)))
+        total += loss.item() * n
+        count += n
+    return total / max(1, count)
+
+
+@torch.no_grad()
+def generate_responses(
+    model: nn.Module,
+    tok: Tokenizer,
+    records: Sequence[dict[str, str]],
+    device: torch.device,
+    eos_id: int,
+    max_new_tokens: int,
+    context_length: int,
+    batch_size: int = 32,
+    desc: str = "responses",
+) -> list[dict[str, str]]:
+    """Each record plus `model_response`: greedy decoding until end-of-text (the book's shape).
+
+    Prompts of equal token length are decoded together as one batch: no padding is needed, so
+    every row gets exactly the tokens it would get alone, at a fraction of the time.
+    """
+    model.eval()
+    prompts = [tok.encode(format_prompt(r), add_special_tokens=False).ids[-(context_length - 1):] for r in records]
+    by_length: dict[int, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        by_length.setdefault(len(prompt), []).append(i)
+    answers: dict[int, str] = {}
+    bar = tqdm(total=len(records), desc=desc, unit="rec", mininterval=0.5)
+    for length, indices in sorted(by_length.items()):
+        new_tokens = min(max_new_tokens, context_length - length)
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start : start + batch_size]
+            idx = torch.tensor([prompts[i] for i in chunk], dtype=torch.long, device=device)  # (B, T)
+            out = generate(model, idx, new_tokens, context_length, eos_id=eos_id)[:, length:]  # (B, new)
+            for i, ids in zip(chunk, out.tolist()):
+                if eos_id in ids:
+                    ids = ids[: ids.index(eos_id)]
+                answers[i] = tok.decode(ids).strip()
+            bar.update(len(chunk))
+    bar.close()
+    return [{**r, "model_response": answers[i]} for i, r in enumerate(records)]

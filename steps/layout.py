@@ -1,0 +1,33 @@
+"""Where every stage reads and writes its files; dvc.yaml names the same paths (a test checks)."""
+
+from pathlib import Path
+
+RAW = Path("data/raw")
+CORPUS = RAW / "corpus.txt"
+SMS = RAW / "sms.tsv"
+INSTRUCTIONS = RAW / "instructions.json"
+
+TOKENS = Path("data/tokens")
+TOKENIZER = TOKENS / "tokenizer.json"
+TRAIN_BIN = TOKENS / "train.bin"
+VAL_BIN = TOKENS / "val.bin"
+TOKENS_META = TOKENS / "meta.json"
+
+PRETRAIN_MODEL = Path("models/pretrain")
+CLASSIFIER_MODEL = Path("models/classifier")
+INSTRUCT_MODEL = Path("models/instruct")
+MODEL_TOKENIZER = "tokenizer.json"
+CLASSIFIER_TEST_SPLIT = "test.tsv"
+ADAPTER = "adapter"
+RESPONSES = "responses.json"
+
+REPORTS = Path("reports")
+SUMMARY = REPORTS / "summary.md"
+
+
+def metrics_file(stage: str) -> Path:
+    return REPORTS / f"{stage}.json"
+
+
+def plots_dir(stage: str) -> Path:
+    return REPORTS / "plots" / stage

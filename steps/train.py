@@ -1,0 +1,170 @@
+"""The one training loop: AdamW, warmup + cosine schedule, clipping, periodic evaluation.
+
+It does not know which task it trains: the caller passes the batches, a loss function and an
+evaluation callback. Metrics leave through `on_metrics`, so the loop never talks to MLflow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+Batch = tuple[torch.Tensor, ...]
+LossFn = Callable[[nn.Module, Batch], tuple[torch.Tensor, int]]
+"""(model, batch on device) -> (scalar loss, tokens the batch holds, for throughput)."""
+EvalFn = Callable[[nn.Module], dict[str, float]]
+"""model -> validation metrics, e.g. {"val_loss": ...}; called in eval mode without grad."""
+MetricsFn = Callable[[dict[str, float], int], None]
+"""(metrics, step) -> None: where metrics leave the loop (e.g. to MLflow)."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    max_steps: int
+    lr: float
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 0
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_interval: int = 50
+    log_interval: int = 10
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    """One row per logged step: step, train_loss, lr, tokens_per_s, plus eval metrics."""
+    steps: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+
+    def training_state(self) -> dict[str, Any]:
+        """What resuming needs besides the weights."""
+        assert self.optimizer is not None and self.scheduler is not None
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.steps,
+            "tokens": self.tokens,
+        }
+
+
+def cycle(batches: Iterable[Batch]) -> Iterator[Batch]:
+    """Endless batches from a finite loader; a shuffling DataLoader reshuffles every epoch."""
+    while True:
+        yield from batches
+
+
+def make_optimizer(model: nn.Module, s: TrainSettings, device: torch.device) -> torch.optim.AdamW:
+    """AdamW that decays matrices only: decaying norms and biases only hurts (GPT-2, nanoGPT)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("nothing to train: every parameter is frozen")
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": s.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=s.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
+
+
+def lr_factor(step: int, s: TrainSettings) -> float:
+    """Linear warmup to 1, then cosine decay to min_lr_ratio at max_steps."""
+    if step < s.warmup_steps:
+        return (step + 1) / s.warmup_steps
+    span = max(1, s.max_steps - s.warmup_steps)
+    progress = min(1.0, (step - s.warmup_steps) / span)
+    return s.min_lr_ratio + (1.0 - s.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def train(
+    model: nn.Module,
+    batches: Iterator[Batch],
+    loss_fn: LossFn,
+    settings: TrainSettings,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    evaluate: EvalFn | None = None,
+    on_metrics: MetricsFn | None = None,
+    desc: str = "train",
+) -> TrainResult:
+    """Run `settings.max_steps` optimizer steps; evaluate at step 0, every eval_interval, and at the end."""
+    model.to(device)
+    optimizer = make_optimizer(model, settings, device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, settings))
+    result = TrainResult(optimizer=optimizer, scheduler=scheduler)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    def autocast() -> contextlib.AbstractContextManager[Any]:
+        if amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+    def run_eval(step: int) -> dict[str, float]:
+        if evaluate is None:
+            return {}
+        model.eval()
+        with torch.no_grad(), autocast():
+            metrics = evaluate(model)
+        model.train()
+        return metrics
+
+    metrics = run_eval(0)
+    if metrics:
+        result.history.append({"step": 0, **metrics})
+        if on_metrics:
+            on_metrics(metrics, 0)
+
+    model.train()
+    window_loss = torch.zeros((), device=device)
+    window_steps = window_tokens = 0
+    window_start = start = time.perf_counter()
+    bar = tqdm(total=settings.max_steps, desc=desc, unit="step", dynamic_ncols=True, mininterval=0.5)
+    for step in range(1, settings.max_steps + 1):
+        batch = tuple(t.to(device, non_blocking=True) for t in next(batches))
+        with autocast():
+            loss, n_tokens = loss_fn(model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if settings.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(trainable, settings.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        # Accumulate on device: .item() every step would force a sync and stall a GPU.
+        window_loss += loss.detach()
+        window_steps += 1
+        window_tokens += n_tokens
+        result.tokens += n_tokens
+        bar.update(1)
+
+        is_eval = step % settings.eval_interval == 0 or step == settings.max_steps
+        if step % settings.log_interval == 0 or is_eval:
+            elapsed = time.perf_counter() - window_start
+            row = {
+                "train_loss": window_loss.item() / window_steps,
+                "lr": scheduler.get_last_lr()[0],
+                "tokens_per_s": window_tokens / max(elapsed, 1e-9),
+            }
+            if is_eval:
+                row.update(run_eval(step))
+            bar.set_postfix({"loss": f"{row['train_loss']:.3f}", "tok/s": f"{row['tokens_per_s']:.0f}"})
+            result.history.append({"step": step, **row})
+            if on_metrics:
+                on_metrics(row, step)
+            window_loss.zero_()
+            window_steps = window_tokens = 0
+            window_start = time.perf_counter()
+    bar.close()
+    result.steps = settings.max_steps
+    result.seconds = time.perf_counter() - start
+    model.eval()
+    return result
