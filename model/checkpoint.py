@@ -36,10 +36,10 @@ def read_config(folder: str | Path) -> tuple[GPTConfig, dict[str, Any]]:
     path = Path(folder) / CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {folder} a model folder written by gptpipe?")
-    data = json.loads(path.read_text(encoding="utf-8"))
     try:
+        data = json.loads(path.read_text(encoding="utf-8"))
         return GPTConfig.from_dict(data["gpt"]), data.get("head", {"kind": "lm"})
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError) as err:  # JSONDecodeError is a ValueError
         raise ValueError(f"{path}: invalid model config ({err})") from err
 
 

@@ -40,9 +40,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "repro":
         return subprocess.call(["dvc", "repro"])
-    from steps.config import ConfigError
+    from steps.config import ConfigError, load_params
 
     try:
+        # Validate before the flow starts: a typo should not cost a Prefect server start-up.
+        load_params(args.params)
         run_flow(args.command, args.params)
     except ConfigError as err:
         print(f"gptpipe: {err}", file=sys.stderr)

@@ -50,9 +50,7 @@ def finetune(ctx: StageContext) -> dict[str, float]:
         return {"val_loss": loss, "val_accuracy": sum(p == r for p, r in zip(preds, refs)) / len(refs)}
 
     steps = cfg.epochs * math.ceil(len(encoded["train"]) / cfg.batch_size)
-    settings = TrainSettings(max_steps=steps, lr=cfg.lr, min_lr_ratio=cfg.min_lr_ratio,
-                             warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
-                             grad_clip=cfg.grad_clip, eval_interval=cfg.eval_interval)
+    settings = TrainSettings.from_config(cfg, steps)
     result = train(net, cycle(loaders["train"]), classification_loss, settings, device, amp, evaluate,
                    on_metrics=ctx.run.log_metrics, desc="classifier")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-from functools import partial
 
 import torch
 from prefect import flow
@@ -37,7 +36,11 @@ def finetune(ctx: StageContext) -> dict[str, float]:
     log.info("splits: %s", {k: len(v) for k, v in splits.items()})
     model, _ = load_model(layout.PRETRAIN_MODEL)
     max_len = min(cfg.allowed_max_length, model.cfg.context_length)
-    collate_fn = partial(collate, pad_id=pad, allowed_max_length=max_len)
+    def collate_fn(items: list[tuple[list[int], int]]):
+        ids = [seq for seq, _ in items]
+        prompts = [n for _, n in items] if cfg.mask_prompt else None
+        return collate(ids, pad_id=pad, allowed_max_length=max_len, prompt_lengths=prompts)
+
     train_items = encode_records(tok, splits["train"])
     train_dl = DataLoader(train_items, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate_fn,  # type: ignore[arg-type]
                           generator=torch.Generator().manual_seed(seed))
@@ -53,9 +56,7 @@ def finetune(ctx: StageContext) -> dict[str, float]:
         return {"val_loss": mean_instruction_loss(m, val_batches, device)}
 
     steps = cfg.epochs * math.ceil(len(train_items) / cfg.batch_size)
-    settings = TrainSettings(max_steps=steps, lr=cfg.lr, min_lr_ratio=cfg.min_lr_ratio,
-                             warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
-                             grad_clip=cfg.grad_clip, eval_interval=cfg.eval_interval)
+    settings = TrainSettings.from_config(cfg, steps)
     result = train(net, cycle(train_dl), instruction_loss, settings, device, amp, evaluate,
                    on_metrics=ctx.run.log_metrics, desc="instruct")
 

@@ -57,10 +57,7 @@ def pretrain_model(ctx: StageContext) -> dict[str, float]:
         log.info("sample: %s", text.replace("\n", " "))
         return {"val_loss": loss, "val_perplexity": perplexity(loss)}
 
-    settings = TrainSettings(
-        max_steps=cfg.max_steps, lr=cfg.lr, min_lr_ratio=cfg.min_lr_ratio, warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, eval_interval=cfg.eval_interval,
-    )
+    settings = TrainSettings.from_config(cfg, cfg.max_steps)
     batches = random_windows(train_tokens, cfg.batch_size, ctx_len, ctx.params.seed)
     result = train(model, batches, lm_loss, settings, device, amp, evaluate,
                    on_metrics=ctx.run.log_metrics, desc="pretrain")

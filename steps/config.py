@@ -147,6 +147,9 @@ class InstructConfig(OptimConfig):
     """Finetune every weight, or LoRA adapters only."""
     epochs: int = Field(3, ge=1)
     """Passes over the training split."""
+    mask_prompt: bool = False
+    """Leave the instruction and input out of the loss, so only response tokens are learned
+    (the book trains on the whole text; with a tiny model the mask helps)."""
     allowed_max_length: int = Field(128, ge=8)
     """Prompt + response are truncated to this many tokens (at most the model's context)."""
     max_new_tokens: int = Field(16, ge=1)

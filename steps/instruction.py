@@ -62,28 +62,43 @@ def format_prompt(record: dict[str, str]) -> str:
     return text + "\n\n### Response:\n"
 
 
-def encode_records(tok: Tokenizer, records: Sequence[dict[str, str]]) -> list[list[int]]:
-    texts = [format_prompt(r) + r["output"] for r in records]
-    return [enc.ids for enc in tok.encode_batch(texts, add_special_tokens=False)]
+def encode_records(tok: Tokenizer, records: Sequence[dict[str, str]]) -> list[tuple[list[int], int]]:
+    """(prompt + response token ids, prompt length) per record.
+
+    Prompt and response are encoded separately and joined, so the prompt's tokens are exactly
+    those generation starts from (a joint encoding could merge the prompt's final newline into
+    a response that starts with spaces).
+    """
+    prompts = tok.encode_batch([format_prompt(r) for r in records], add_special_tokens=False)
+    responses = tok.encode_batch([r["output"] for r in records], add_special_tokens=False)
+    return [(p.ids + r.ids, len(p.ids)) for p, r in zip(prompts, responses)]
 
 
 def collate(
-    batch: list[list[int]], pad_id: int, allowed_max_length: int, ignore_index: int = IGNORE_INDEX
+    batch: list[list[int]],
+    pad_id: int,
+    allowed_max_length: int,
+    ignore_index: int = IGNORE_INDEX,
+    prompt_lengths: Sequence[int] | None = None,
 ) -> Batch:
     """Pad with end-of-text and shift into (inputs, targets), as the book's custom_collate_fn.
 
     Every sequence gets one end-of-text appended; padding targets become `ignore_index` except
-    the first end-of-text, so the model learns to stop after its answer.
+    the first end-of-text, so the model learns to stop after its answer. With `prompt_lengths`,
+    the targets inside each prompt are ignored too: the loss is then the response's alone.
     """
     longest = max(len(item) + 1 for item in batch)
     inputs, targets = [], []
-    for item in batch:
-        padded = item + [pad_id] * (longest + 1 - len(item))  # one EOT + padding
+    for row, item in enumerate(batch):
+        padded = item + [pad_id] * (longest - len(item))  # one EOT + padding
         x = torch.tensor(padded[:-1], dtype=torch.long)
         y = torch.tensor(padded[1:], dtype=torch.long)
         pads = torch.nonzero(y == pad_id).squeeze(1)
         if pads.numel() > 1:
             y[pads[1:]] = ignore_index
+        if prompt_lengths is not None:
+            # targets[j] is token j + 1: the first n - 1 targets are the prompt's own tokens.
+            y[: max(0, prompt_lengths[row] - 1)] = ignore_index
         inputs.append(x[:allowed_max_length])
         targets.append(y[:allowed_max_length])
     return torch.stack(inputs), torch.stack(targets)  # (B, T), (B, T)

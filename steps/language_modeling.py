@@ -17,14 +17,15 @@ def random_windows(
     tokens: np.ndarray, batch_size: int, context: int, seed: int
 ) -> Iterator[Batch]:
     """Endless batches of random (input, target) windows; the target is the input shifted by one."""
-    if len(tokens) <= context + 1:
+    if len(tokens) < context + 1:
         raise ValueError(
             f"only {len(tokens)} training tokens for a context of {context}: "
             "use a larger corpus or a smaller model.context_length"
         )
     rng = np.random.default_rng(seed)
     while True:
-        starts = rng.integers(0, len(tokens) - context - 1, size=batch_size)
+        # A window reads context + 1 tokens, so the last valid start is len - context - 1.
+        starts = rng.integers(0, len(tokens) - context, size=batch_size)
         yield _windows(tokens, starts, context)
 
 

@@ -28,13 +28,13 @@ def tracking_uri(root: Path | None = None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / DEFAULT_DB}"
 
 
-def _ensure_experiment(name: str, root: Path) -> str:
+def _ensure_experiment(name: str, root: Path, local_store: bool) -> str:
     client = MlflowClient()
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     artifact_location = None
-    if "MLFLOW_TRACKING_URI" not in os.environ:
+    if local_store:
         # Next to the SQLite store, not in whatever directory the first run happened to start in.
         artifact_location = (root / DEFAULT_ARTIFACTS).resolve().as_uri()
     try:
@@ -106,8 +106,10 @@ def stage_run(
 ) -> Iterator[StageRun]:
     """Open one MLflow run for a stage; it ends FAILED if the stage raises."""
     root = (root or Path.cwd()).resolve()
+    # Decide before set_tracking_uri: MLflow exports the URI it is given into the environment.
+    local_store = not os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri(root))
-    experiment_id = _ensure_experiment(experiment, root)
+    experiment_id = _ensure_experiment(experiment, root, local_store)
     commit = git_commit(root)
     tags = {
         "stage": stage,

@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from steps.config import OptimConfig
+
 Batch = tuple[torch.Tensor, ...]
 LossFn = Callable[[nn.Module, Batch], tuple[torch.Tensor, int]]
 """(model, batch on device) -> (scalar loss, tokens the batch holds, for throughput)."""
@@ -36,6 +38,12 @@ class TrainSettings:
     grad_clip: float = 1.0
     eval_interval: int = 50
     log_interval: int = 10
+
+    @classmethod
+    def from_config(cls, cfg: OptimConfig, max_steps: int) -> "TrainSettings":
+        """The loop's settings from any stage's optimizer params."""
+        return cls(max_steps=max_steps, lr=cfg.lr, min_lr_ratio=cfg.min_lr_ratio, warmup_steps=cfg.warmup_steps,
+                   weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, eval_interval=cfg.eval_interval)
 
 
 @dataclass

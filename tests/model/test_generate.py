@@ -1,0 +1,187 @@
+"""Tests for autoregressive generation (model/generate.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from model.config import GPTConfig
+from model.generate import generate
+from model.gpt import GPTModel
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny matrices gain nothing from intra-op threads, and on a busy 2-core machine the
+    # thread hand-off costs milliseconds per matmul.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+VOCAB = 64
+CONTEXT = 16
+
+
+@pytest.fixture(scope="module")
+def model() -> GPTModel:
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=VOCAB, context_length=CONTEXT, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)
+    m = GPTModel(cfg)
+    # Sharpen the output so greedy choices are well separated (no near-ties between runs).
+    with torch.no_grad():
+        m.out_head.weight.mul_(20.0)
+    return m.eval()
+
+
+@pytest.fixture
+def prompt() -> torch.Tensor:
+    return torch.randint(0, VOCAB, (3, 5), generator=torch.Generator().manual_seed(1))
+
+
+class Counter(nn.Module):
+    """Next token = (last token + 1) mod vocab, with a confident margin; records its calls."""
+
+    def __init__(self, vocab: int = 10) -> None:
+        super().__init__()
+        self.vocab = vocab
+        self.calls: list[tuple[int, bool]] = []
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        self.calls.append((idx.size(1), self.training))
+        nxt = (idx + 1) % self.vocab
+        return nn.functional.one_hot(nxt, self.vocab).float() * 10.0  # (B, T, V)
+
+
+def test_greedy_equals_manual_argmax_loop(model: GPTModel, prompt: torch.Tensor) -> None:
+    out = generate(model, prompt, max_new_tokens=8, context_length=CONTEXT)
+    idx = prompt.clone()
+    with torch.no_grad():
+        for _ in range(8):
+            nxt = model(idx[:, -CONTEXT:])[:, -1].argmax(-1, keepdim=True)
+            idx = torch.cat([idx, nxt], dim=1)
+    assert out.shape == (3, 13)
+    assert torch.equal(out, idx)
+    assert torch.equal(out[:, :5], prompt)
+    assert torch.equal(generate(model, prompt, 8, CONTEXT), out)
+
+
+def test_generation_past_context_length_crops_the_input(model: GPTModel) -> None:
+    prompt = torch.randint(0, VOCAB, (2, CONTEXT), generator=torch.Generator().manual_seed(2))
+    out = generate(model, prompt, max_new_tokens=10, context_length=CONTEXT)
+    assert out.shape == (2, CONTEXT + 10)
+
+    counter = Counter()
+    generate(counter, torch.zeros(1, 3, dtype=torch.long), max_new_tokens=8, context_length=4)
+    assert [n for n, _ in counter.calls] == [3, 4, 4, 4, 4, 4, 4, 4]
+
+
+def test_sampling_reproducible_for_a_seed(prompt: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=VOCAB, context_length=32, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)
+    flat = GPTModel(cfg).eval()  # fresh init: near-uniform next-token distribution
+
+    def sample(seed: int) -> torch.Tensor:
+        return generate(
+            flat, prompt, max_new_tokens=20, context_length=32, temperature=1.0, top_k=40,
+            generator=torch.Generator().manual_seed(seed),
+        )
+
+    a, b, c = sample(123), sample(123), sample(456)
+    assert torch.equal(a, b)
+    assert not torch.equal(a[:, 5:], c[:, 5:])
+    # Sampling from a near-uniform distribution is far from greedy decoding.
+    greedy = generate(flat, prompt, max_new_tokens=20, context_length=32)
+    assert not torch.equal(a, greedy)
+
+
+def test_top_k_restricts_sampling_to_the_k_best(model: GPTModel) -> None:
+    prompt = torch.randint(0, VOCAB, (1, 4), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        top3 = set(model(prompt)[0, -1].topk(3).indices.tolist())
+    seen = set()
+    for seed in range(30):
+        out = generate(model, prompt, 1, CONTEXT, temperature=5.0, top_k=3,
+                       generator=torch.Generator().manual_seed(seed))
+        seen.add(int(out[0, -1]))
+    assert seen <= top3
+    assert len(seen) >= 2  # high temperature: more than one of the three shows up
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 3.0])
+def test_top_k_one_equals_greedy(model: GPTModel, prompt: torch.Tensor, temperature: float) -> None:
+    greedy = generate(model, prompt, 10, CONTEXT)
+    sampled = generate(model, prompt, 10, CONTEXT, temperature=temperature, top_k=1,
+                       generator=torch.Generator().manual_seed(9))
+    assert torch.equal(sampled, greedy)
+
+
+def test_stops_when_every_row_emitted_eos_and_pads_finished_rows() -> None:
+    counter = Counter(vocab=10)
+    prompt = torch.tensor([[7], [3]])
+    out = generate(counter, prompt, max_new_tokens=20, context_length=8, eos_id=9)
+    # Row 0 reaches 9 after 2 steps, row 1 after 6: generation stops after step 6.
+    assert out.tolist() == [[7, 8, 9, 9, 9, 9, 9], [3, 4, 5, 6, 7, 8, 9]]
+    assert len(counter.calls) == 6
+
+
+def test_without_eos_runs_all_steps() -> None:
+    counter = Counter(vocab=10)
+    out = generate(counter, torch.tensor([[7]]), max_new_tokens=5, context_length=8)
+    assert out.tolist() == [[7, 8, 9, 0, 1, 2]]
+    assert len(counter.calls) == 5
+
+
+def test_eos_not_reached_runs_to_max_new_tokens() -> None:
+    counter = Counter(vocab=10)
+    out = generate(counter, torch.tensor([[0]]), max_new_tokens=4, context_length=8, eos_id=9)
+    assert out.tolist() == [[0, 1, 2, 3, 4]]
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_training_flag_restored(training: bool) -> None:
+    counter = Counter()
+    counter.train(training)
+    generate(counter, torch.tensor([[1]]), max_new_tokens=3, context_length=4)
+    assert counter.training is training
+    assert all(not was_training for _, was_training in counter.calls)  # eval during generation
+
+
+def test_no_autograd_graph(model: GPTModel, prompt: torch.Tensor) -> None:
+    out = generate(model, prompt, 2, CONTEXT)
+    assert not out.requires_grad
+    assert out.dtype == torch.long
+
+
+class FixedLogits(nn.Module):
+    """The same next-token logits for every row and position."""
+
+    def __init__(self, logits: list[float]) -> None:
+        super().__init__()
+        self.logits = torch.tensor(logits)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(idx.size(0), idx.size(1), -1)
+
+
+@pytest.mark.parametrize("temperature", [0.25, 1.0, 4.0])
+def test_temperature_scales_the_distribution(temperature: float) -> None:
+    logits = [0.0, 1.0, -1.0]
+    rows = 4000
+    out = generate(FixedLogits(logits), torch.zeros(rows, 1, dtype=torch.long), 1, context_length=4,
+                   temperature=temperature, generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(out[:, -1], minlength=3).float() / rows
+    expected = torch.softmax(torch.tensor(logits) / temperature, dim=-1)
+    torch.testing.assert_close(freq, expected, rtol=0, atol=0.03)
+
+
+def test_top_k_renormalises_over_the_kept_tokens() -> None:
+    logits = [0.0, 1.0, -1.0, 0.5]
+    rows = 4000
+    out = generate(FixedLogits(logits), torch.zeros(rows, 1, dtype=torch.long), 1, context_length=4,
+                   temperature=1.0, top_k=2, generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(out[:, -1], minlength=4).float() / rows
+    expected = torch.tensor([0.0, 1 / (1 + torch.e**-0.5), 0.0, torch.e**-0.5 / (1 + torch.e**-0.5)])
+    torch.testing.assert_close(freq, expected, rtol=0, atol=0.03)

@@ -1,0 +1,165 @@
+"""End to end: `dvc repro` runs every stage on tiny params, records MLflow runs, then skips them all."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from steps import layout
+
+pytestmark = pytest.mark.slow
+
+STAGES = ["download", "tokenize", "pretrain", "finetune_classifier", "finetune_instruct", "evaluate"]
+
+TINY = {
+    "download": {"corpus_bytes": 150_000, "sms_messages": 400, "instructions_train": 170,
+                 "instructions_test": 20, "instructions_val": 10},
+    "tokenize": {"vocab_size": 512},
+    "model": {"context_length": 64, "emb_dim": 32, "n_heads": 2, "n_layers": 1},
+    "pretrain": {"max_steps": 30, "batch_size": 8, "eval_interval": 10, "eval_batches": 2, "sample_tokens": 8},
+    "finetune_classifier": {"epochs": 1, "batch_size": 32, "eval_interval": 5, "max_length": 32},
+    "finetune_instruct": {"epochs": 1, "batch_size": 16, "eval_interval": 5, "allowed_max_length": 64,
+                          "max_new_tokens": 4},
+    "evaluate": {"val_batches": 2},
+}
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(base[key], value) if isinstance(value, dict) else value
+    return out
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def _ran_stages(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, repo_root: Path = Path(__file__).resolve().parents[2]):
+    """A git copy of the tracked project with tiny params, and the environment to run it in."""
+    work = tmp_path_factory.mktemp("e2e") / "repo"
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                           cwd=repo_root, capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, files):
+        src = repo_root / name
+        if src.is_file():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, work / name)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    (work / "params.yaml").write_text(yaml.safe_dump(_merge(params, TINY), sort_keys=False))
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_API", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PREFECT_HOME"] = str(work.parent / "prefect-home")  # run history of this test only
+    env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "gptpipe test"
+    env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = "test@gptpipe.invalid"
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "tiny params"]):
+        _run(cmd, work, env)
+    return work, env
+
+
+@pytest.fixture(scope="module")
+def first_repro(project):
+    work, env = project
+    return _run(["dvc", "repro"], work, env)
+
+
+def test_every_stage_runs_and_writes_its_outputs(project, first_repro):
+    work, _ = project
+    assert _ran_stages(first_repro.stdout) == STAGES
+    for path in (layout.CORPUS, layout.SMS, layout.INSTRUCTIONS, layout.TOKENIZER, layout.TRAIN_BIN,
+                 layout.VAL_BIN, layout.SUMMARY):
+        assert (work / path).stat().st_size > 0, path
+    for folder in (layout.PRETRAIN_MODEL, layout.CLASSIFIER_MODEL, layout.INSTRUCT_MODEL):
+        for name in ("model.safetensors", "config.json", layout.MODEL_TOKENIZER):
+            assert (work / folder / name).is_file(), folder / name
+    assert (work / layout.PRETRAIN_MODEL / "training_state.pt").is_file()
+    responses = json.loads((work / layout.INSTRUCT_MODEL / layout.RESPONSES).read_text())
+    assert len(responses) == TINY["download"]["instructions_test"]
+    assert all({"instruction", "input", "output", "model_response"} <= set(r) for r in responses)
+    lock = yaml.safe_load((work / "dvc.lock").read_text())
+    assert sorted(lock["stages"]) == sorted(STAGES)
+
+
+def test_metrics_and_plots_of_every_stage(project, first_repro):
+    work, _ = project
+    expected = {
+        "download": ["corpus_bytes", "sms_messages", "instruction_records"],
+        "tokenize": ["vocab_size", "train_tokens", "val_tokens"],
+        "pretrain": ["train_loss", "val_loss", "val_perplexity", "unigram_val_loss"],
+        "finetune_classifier": ["train_accuracy", "val_accuracy", "test_accuracy", "test_f1"],
+        "finetune_instruct": ["train_loss", "val_loss", "trainable_parameters"],
+        "evaluate": ["pretrain_val_perplexity", "classifier_test_accuracy", "classifier_start_test_accuracy",
+                     "instruct_exact_match", "instruct_rougeL", "instruct_start_exact_match"],
+    }
+    for stage, keys in expected.items():
+        metrics = json.loads((work / layout.metrics_file(stage)).read_text())
+        for key in keys + ["compute_seconds"]:
+            assert isinstance(metrics[key], (int, float)), (stage, key)
+        pngs = list((work / layout.plots_dir(stage)).glob("*.png"))
+        assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs), stage
+    pretrain = json.loads((work / layout.metrics_file("pretrain")).read_text())
+    # Even 30 tiny steps must beat the loss of a uniform guess over the vocabulary.
+    assert pretrain["val_loss"] < 6.2  # ln(512) = 6.24
+    assert 0.0 <= json.loads((work / layout.metrics_file("evaluate")).read_text())["classifier_test_accuracy"] <= 1.0
+    summary = (work / layout.SUMMARY).read_text()
+    assert "unigram" in summary and "confusion matrix" in summary
+    shown = subprocess.run(["dvc", "metrics", "show", "--json"], cwd=work, env=project[1],
+                           capture_output=True, text=True, check=True).stdout
+    assert "test_accuracy" in shown
+
+
+def test_each_stage_recorded_one_mlflow_run(project, first_repro):
+    work, _ = project
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=work, capture_output=True, text=True).stdout.strip()
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("gptpipe")
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.data.tags["stage"] for r in runs) == sorted(STAGES)
+    for run in runs:
+        tags = run.data.tags
+        assert run.info.status == "FINISHED"
+        assert tags["git_commit"] == commit
+        assert len(tags["params_hash"]) == 16 and len(tags["data_hash"]) == 16
+        assert "compute_seconds" in run.data.metrics
+        assert any(k.startswith(("seed",)) for k in run.data.params)
+    pretrain = next(r for r in runs if r.data.tags["stage"] == "pretrain")
+    assert pretrain.data.params["pretrain.max_steps"] == "30"
+    history = client.get_metric_history(pretrain.info.run_id, "val_loss")
+    assert [m.step for m in history][:4] == [0, 10, 20, 30]  # per-step metrics, not just the final value
+    artifacts = {a.path for a in client.list_artifacts(pretrain.info.run_id)}
+    assert {"plots", "model", "pretrain.json"} <= artifacts
+
+
+def test_second_repro_skips_everything_and_a_param_reruns_only_downstream(project, first_repro):
+    work, env = project
+    start = time.perf_counter()
+    again = _run(["dvc", "repro"], work, env)
+    elapsed = time.perf_counter() - start
+    assert _ran_stages(again.stdout) == []
+    for stage in STAGES:
+        assert f"Stage '{stage}' didn't change, skipping" in again.stdout
+    assert elapsed < 30, f"a no-op repro took {elapsed:.1f} s"
+
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["finetune_classifier"]["lr"] = 5.0e-4
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = _run(["dvc", "repro"], work, env)
+    assert _ran_stages(changed.stdout) == ["finetune_classifier", "evaluate"]

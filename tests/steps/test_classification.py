@@ -1,0 +1,289 @@
+"""Tests for the SMS-style classification data and helpers (steps/classification.py)."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model.checkpoint import save_model
+from model.config import GPTConfig
+from model.gpt import GPTModel
+from model.heads import attach_classifier_head
+from steps.classification import (
+    Example,
+    class_logits,
+    classification_loss,
+    collate,
+    encode_examples,
+    initial_classifier,
+    label_names,
+    loader,
+    predict,
+    read_labeled_tsv,
+    split_examples,
+    write_labeled_tsv,
+)
+from steps.tokenizer import train_bpe
+
+CPU = torch.device("cpu")
+CFG = GPTConfig(vocab_size=64, context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny matrices gain nothing from intra-op threads, and on a busy 2-core machine the
+    # thread hand-off costs milliseconds per matmul.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write(tmp_path: Path, text: str, name: str = "sms.tsv") -> Path:
+    path = tmp_path / name
+    path.write_bytes(text.encode("utf-8"))
+    return path
+
+
+def book_like(n_ham: int = 4825, n_spam: int = 747) -> list[Example]:
+    examples = [Example("ham", f"ham message {i}") for i in range(n_ham)]
+    examples += [Example("spam", f"spam message {i}") for i in range(n_spam)]
+    random.Random(0).shuffle(examples)
+    return examples
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+def test_read_labeled_tsv(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        'ham\tGo until jurong point, crazy..\n'
+        'spam\t"Free entry" in 2 a wkly comp\n'
+        "\n"
+        'ham\tU dun say so early hor... U c already then say...\r\n'
+        'ham\t"unbalanced quote\n'
+        "spam\ttext\twith a tab\n",
+    )
+    examples = read_labeled_tsv(path)
+    assert examples == [
+        Example("ham", "Go until jurong point, crazy.."),
+        Example("spam", '"Free entry" in 2 a wkly comp'),
+        Example("ham", "U dun say so early hor... U c already then say..."),
+        Example("ham", '"unbalanced quote'),
+        Example("spam", "text\twith a tab"),
+    ]
+
+
+def test_read_keeps_leading_quote_and_unicode(tmp_path: Path) -> None:
+    path = write(tmp_path, 'ham\t"Quoted" start £5 – ok 😀\nspam\t""\n')
+    ex = read_labeled_tsv(path)
+    assert ex[0].text == '"Quoted" start £5 – ok 😀'
+    assert ex[1].text == '""'
+
+
+@pytest.mark.parametrize(
+    "content, line, message",
+    [
+        ("ham\tfine\nno tab here\n", 2, "expected 'label<TAB>text'"),
+        ("ham\tfine\n\tno label\n", 2, "expected 'label<TAB>text'"),
+        ("ham\tfine\nspam\t   \n", 2, "empty text field"),
+        ("ham\tfine\n\nham\tok\nspam\t\n", 4, "empty text field"),
+    ],
+)
+def test_read_errors_name_file_and_line(tmp_path: Path, content: str, line: int, message: str) -> None:
+    path = write(tmp_path, content)
+    with pytest.raises(ValueError, match=message) as info:
+        read_labeled_tsv(path)
+    assert f"{path}:{line}:" in str(info.value)
+
+
+@pytest.mark.parametrize("content", ["", "\n\n\n"])
+def test_read_empty_file(tmp_path: Path, content: str) -> None:
+    path = write(tmp_path, content)
+    with pytest.raises(ValueError, match="no examples") as info:
+        read_labeled_tsv(path)
+    assert str(path) in str(info.value)
+
+
+def test_write_then_read_round_trip(tmp_path: Path) -> None:
+    examples = [Example("spam", '"WIN" now £100'), Example("ham", "see you at 5 ☺")]
+    write_labeled_tsv(tmp_path / "out" / "test.tsv", examples)
+    assert read_labeled_tsv(tmp_path / "out" / "test.tsv") == examples
+
+
+def test_label_names_sorted() -> None:
+    examples = [Example("spam", "a"), Example("ham", "b"), Example("spam", "c")]
+    assert label_names(examples) == ["ham", "spam"]
+    assert label_names([Example("b", "x"), Example("c", "y"), Example("a", "z")]) == ["a", "b", "c"]
+
+
+# --- splitting ----------------------------------------------------------------------------
+
+
+def test_split_balanced_like_the_book() -> None:
+    splits = split_examples(book_like(), seed=123, train_fraction=0.7, val_fraction=0.1, balance=True)
+    pool = splits["train"] + splits["val"] + splits["test"]
+    assert Counter(e.label for e in pool) == {"ham": 747, "spam": 747}
+    assert (len(splits["train"]), len(splits["val"]), len(splits["test"])) == (1045, 149, 300)
+    assert len(set(pool)) == len(pool)  # no example twice
+    # Shuffled: both classes in every split.
+    for part in splits.values():
+        assert {e.label for e in part} == {"ham", "spam"}
+
+
+def test_split_unbalanced_keeps_everything() -> None:
+    examples = book_like(100, 30)
+    splits = split_examples(examples, seed=0, train_fraction=0.5, val_fraction=0.25, balance=False)
+    assert (len(splits["train"]), len(splits["val"]), len(splits["test"])) == (65, 32, 33)
+    assert sorted(splits["train"] + splits["val"] + splits["test"], key=lambda e: e.text) == sorted(
+        examples, key=lambda e: e.text
+    )
+
+
+def test_split_deterministic_by_seed() -> None:
+    examples = book_like(200, 50)
+    a = split_examples(examples, seed=5, train_fraction=0.7, val_fraction=0.1, balance=True)
+    b = split_examples(examples, seed=5, train_fraction=0.7, val_fraction=0.1, balance=True)
+    c = split_examples(examples, seed=6, train_fraction=0.7, val_fraction=0.1, balance=True)
+    assert a == b
+    assert a["train"] != c["train"]
+
+
+# --- batching -----------------------------------------------------------------------------
+
+
+def test_collate_right_pads() -> None:
+    ids, lengths, labels = collate([([1, 2, 3], 0), ([4], 1), ([5, 6], 1)], pad_id=9)
+    assert ids.tolist() == [[1, 2, 3], [4, 9, 9], [5, 6, 9]]
+    assert lengths.tolist() == [3, 1, 2]
+    assert labels.tolist() == [0, 1, 1]
+    assert ids.dtype == lengths.dtype == labels.dtype == torch.long
+
+
+def test_encode_examples_truncates_and_maps_labels() -> None:
+    tok = train_bpe(["hello world " * 5, "spam offer now"] * 20, vocab_size=280)
+    examples = [Example("spam", "hello world hello world hello world"), Example("ham", "hi")]
+    encoded = encode_examples(tok, examples, ["ham", "spam"], max_length=3)
+    assert [label for _, label in encoded] == [1, 0]
+    assert len(encoded[0][0]) == 3
+    assert encoded[0][0] == tok.encode(examples[0].text, add_special_tokens=False).ids[:3]
+    with pytest.raises(ValueError, match="label 'spam' is not one of the model's labels"):
+        encode_examples(tok, examples, ["ham", "other"], max_length=3)
+
+
+def test_loader_shuffles_reproducibly() -> None:
+    items = [([i + 1], i % 2) for i in range(10)]
+    first = [b[0].flatten().tolist() for b in loader(items, 4, pad_id=0, shuffle=True, seed=1)]
+    again = [b[0].flatten().tolist() for b in loader(items, 4, pad_id=0, shuffle=True, seed=1)]
+    plain = [b[0].flatten().tolist() for b in loader(items, 4, pad_id=0, shuffle=False, seed=1)]
+    assert first == again
+    assert plain == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10]]
+    assert first != plain
+    assert sorted(sum(first, [])) == list(range(1, 11))
+
+
+# --- model side ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_classifier() -> GPTModel:
+    torch.manual_seed(0)
+    return attach_classifier_head(GPTModel(CFG), 2).eval()
+
+
+def items() -> list[tuple[list[int], int]]:
+    gen = torch.Generator().manual_seed(2)
+    return [(torch.randint(0, 63, (n,), generator=gen).tolist(), n % 2) for n in (3, 7, 5, 10, 1)]
+
+
+def test_classification_loss(tiny_classifier: GPTModel) -> None:
+    batch = collate(items(), pad_id=63)
+    loss, n = classification_loss(tiny_classifier, batch)
+    assert n == 3 + 7 + 5 + 10 + 1
+    with torch.no_grad():
+        per_row = torch.stack([tiny_classifier(torch.tensor([ids]))[0, -1] for ids, _ in items()])
+    expected = F.cross_entropy(per_row, batch[2])
+    torch.testing.assert_close(loss, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(class_logits(tiny_classifier, batch), per_row, rtol=0, atol=1e-5)
+    loss.backward()
+    assert tiny_classifier.out_head.weight.grad is not None
+
+
+def test_predict(tiny_classifier: GPTModel) -> None:
+    dl = loader(items(), batch_size=2, pad_id=63, shuffle=False, seed=0)
+    preds, refs, mean = predict(tiny_classifier, dl, CPU)
+    assert refs == [1, 1, 1, 0, 1]
+    with torch.no_grad():
+        per_row = torch.stack([tiny_classifier(torch.tensor([ids]))[0, -1] for ids, _ in items()])
+    assert preds == per_row.argmax(-1).tolist()
+    assert mean == pytest.approx(F.cross_entropy(per_row, torch.tensor(refs)).item(), abs=1e-5)
+
+
+def test_predict_learns_a_separable_task() -> None:
+    # Label = whether the message starts with token 1: a few steps make predictions right.
+    torch.manual_seed(0)
+    model = attach_classifier_head(GPTModel(CFG), 2)
+    data = [([1 + 2 * (i % 2), 5, 6, 7][: 2 + i % 3], i % 2) for i in range(16)]
+    batch = collate(data, pad_id=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(40):
+        loss, _ = classification_loss(model, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    preds, refs, mean = predict(model.eval(), loader(data, 8, 0, shuffle=False, seed=0), CPU)
+    assert preds == refs
+    assert mean < 0.1
+
+
+# --- starting point -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pretrained(tmp_path: Path) -> Path:
+    torch.manual_seed(42)
+    save_model(tmp_path / "pretrain", GPTModel(CFG))
+    return tmp_path / "pretrain"
+
+
+def body(model: GPTModel) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in model.state_dict().items() if not k.startswith("out_head")}
+
+
+def test_initial_classifier_pretrained(pretrained: Path) -> None:
+    torch.manual_seed(42)
+    reference = GPTModel(CFG)
+    a = initial_classifier(pretrained, ["ham", "spam"], init="pretrained", seed=1)
+    b = initial_classifier(pretrained, ["ham", "spam"], init="pretrained", seed=1)
+    c = initial_classifier(pretrained, ["ham", "spam"], init="pretrained", seed=2)
+    assert a.out_head.out_features == 2
+    for k, v in body(a).items():
+        assert torch.equal(v, reference.state_dict()[k]), k
+    assert torch.equal(a.out_head.weight, b.out_head.weight)  # head reproducible for a seed
+    assert not torch.equal(a.out_head.weight, c.out_head.weight)
+
+
+def test_initial_classifier_random(pretrained: Path) -> None:
+    pre = initial_classifier(pretrained, ["a", "b", "c"], init="pretrained", seed=1)
+    r1 = initial_classifier(pretrained, ["a", "b", "c"], init="random", seed=1)
+    r2 = initial_classifier(pretrained, ["a", "b", "c"], init="random", seed=1)
+    r3 = initial_classifier(pretrained, ["a", "b", "c"], init="random", seed=3)
+    assert r1.cfg == pre.cfg
+    assert r1.out_head.out_features == 3
+    assert not torch.equal(body(r1)["tok_emb.weight"], body(pre)["tok_emb.weight"])
+    for k in body(r1):
+        assert torch.equal(r1.state_dict()[k], r2.state_dict()[k]), k
+    assert torch.equal(r1.out_head.weight, r2.out_head.weight)
+    assert not torch.equal(r1.tok_emb.weight, r3.tok_emb.weight)
+
+
+def test_initial_classifier_unknown_init(pretrained: Path) -> None:
+    with pytest.raises(ValueError, match="unknown init 'scratch'"):
+        initial_classifier(pretrained, ["ham", "spam"], init="scratch", seed=0)

@@ -1,0 +1,85 @@
+"""Tests for the markdown summary report (steps/report.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from steps.report import summary_markdown
+
+METRICS = {
+    "unigram_val_loss": 5.123456,
+    "unigram_val_perplexity": 167.91234,
+    "pretrain_val_loss": 2.5,
+    "pretrain_val_perplexity": 12.182494,
+    "classifier_start_test_accuracy": 0.5,
+    "classifier_test_accuracy": 0.9375,
+    "classifier_start_test_f1": 0.3333333,
+    "classifier_test_f1": 0.93,
+    "instruct_start_exact_match": 0.0,
+    "instruct_exact_match": 0.42,
+    "instruct_start_rougeL": 0.123,
+    "instruct_rougeL": 0.1,
+}
+CONFUSION = {"labels": ["ham", "spam"], "confusion_matrix": [[140, 10], [3, 147]]}
+EXAMPLES = [
+    {"instruction": "Name a colour.", "input": "", "output": "Red.", "finetuned": "Red.",
+     "pretrained_only": "the the the"},
+    {"instruction": "Pick | one", "input": "a\nb", "output": "x" * 100, "finetuned": "  spaced   out  ",
+     "pretrained_only": ""},
+]
+
+
+@pytest.fixture
+def lines() -> list[str]:
+    text = summary_markdown(METRICS, CONFUSION, EXAMPLES)
+    assert text.endswith("\n") and text.startswith("# gptpipe summary\n")
+    return text.splitlines()
+
+
+def test_pretraining_table(lines: list[str]) -> None:
+    assert "| unigram (token frequencies) | 5.1235 | 167.91 |" in lines
+    assert "| pretrained GPT | 2.5000 | 12.18 |" in lines
+
+
+def test_before_after_rows_with_signed_change(lines: list[str]) -> None:
+    assert "| classifier accuracy | 0.5000 | 0.9375 | +0.4375 |" in lines
+    assert "| classifier macro F1 | 0.3333 | 0.9300 | +0.5967 |" in lines
+    assert "| instruction exact match | 0.0000 | 0.4200 | +0.4200 |" in lines
+    assert "| instruction ROUGE-L | 0.1230 | 0.1000 | -0.0230 |" in lines
+
+
+def test_confusion_table(lines: list[str]) -> None:
+    i = lines.index("| | ham | spam |")
+    assert lines[i + 1] == "|---|---|---|"
+    assert lines[i + 2] == "| **ham** | 140 | 10 |"  # rows are the true class
+    assert lines[i + 3] == "| **spam** | 3 | 147 |"
+    assert "rows: true, columns: predicted" in lines[i - 2]
+
+
+def test_confusion_table_three_classes() -> None:
+    confusion = {"labels": ["a", "b", "c"], "confusion_matrix": [[1, 2, 3], [4, 5, 6], [7, 8, 9]]}
+    text = summary_markdown(METRICS, confusion, [])
+    assert "| | a | b | c |\n|---|---|---|---|\n| **a** | 1 | 2 | 3 |\n| **b** | 4 | 5 | 6 |\n| **c** | 7 | 8 | 9 |" in text
+
+
+def test_example_rows_are_escaped_and_truncated(lines: list[str]) -> None:
+    i = lines.index("| instruction | input | expected | finetuned | pretrained only |")
+    assert lines[i + 2] == "| Name a colour. |  | Red. | Red. | the the the |"
+    row = lines[i + 3]
+    assert row.startswith("| Pick \\| one | a b | ")
+    assert "x" * 79 + "…" in row and "x" * 80 not in row
+    assert row.endswith("| spaced out |  |")
+    assert len(lines) == i + 4  # one row per example, nothing after
+
+
+def test_plots_are_referenced(lines: list[str]) -> None:
+    text = "\n".join(lines)
+    for png in ("plots/evaluate/pretrain_loss.png", "plots/pretrain/loss.png", "plots/evaluate/before_after.png",
+                "plots/evaluate/classifier_confusion.png"):
+        assert f"]({png})" in text
+
+
+def test_missing_metric_raises() -> None:
+    broken = {k: v for k, v in METRICS.items() if k != "instruct_rougeL"}
+    with pytest.raises(KeyError, match="instruct_rougeL"):
+        summary_markdown(broken, CONFUSION, EXAMPLES)
