@@ -6,6 +6,9 @@ import os
 # own `gptpipe.*` loggers show up in Prefect's run logs next to its own.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "gptpipe")
+# The first start on a machine creates Prefect's database, which can take longer than the
+# default 20 s on a small machine.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 # Our loggers also run outside flows (tests, notebooks): no warning for each such record.
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
