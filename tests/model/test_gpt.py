@@ -12,16 +12,6 @@ from model.config import GPTConfig
 from model.gpt import GPTModel, count_parameters
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny matrices gain nothing from intra-op threads, and on a busy 2-core machine the
-    # thread hand-off costs milliseconds per matmul.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_cfg(**overrides) -> GPTConfig:
     base = dict(vocab_size=64, context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)
     base.update(overrides)

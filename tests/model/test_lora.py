@@ -13,16 +13,6 @@ from model.heads import attach_classifier_head, last_real_token, set_trainable
 from model.lora import apply_lora, merge_lora
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny matrices gain nothing from intra-op threads, and on a busy 2-core machine the
-    # thread hand-off costs milliseconds per matmul.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 CFG = GPTConfig(vocab_size=64, context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)
 RANK = 4
 TARGETS = ("W_query", "W_value", "out_proj")

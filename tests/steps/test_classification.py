@@ -34,16 +34,6 @@ CPU = torch.device("cpu")
 CFG = GPTConfig(vocab_size=64, context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny matrices gain nothing from intra-op threads, and on a busy 2-core machine the
-    # thread hand-off costs milliseconds per matmul.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def write(tmp_path: Path, text: str, name: str = "sms.tsv") -> Path:
     path = tmp_path / name
     path.write_bytes(text.encode("utf-8"))

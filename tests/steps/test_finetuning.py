@@ -13,14 +13,6 @@ from steps.config import LoraConfig
 from steps.finetuning import save_finetuned, with_lora
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _classifier() -> GPTModel:
     torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=100, context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)

@@ -24,16 +24,6 @@ from steps.language_modeling import (
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny matrices gain nothing from intra-op threads, and on a busy 2-core machine the
-    # thread hand-off costs milliseconds per matmul.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tokens(n: int) -> np.ndarray:
     return np.arange(n, dtype=np.uint16)
 

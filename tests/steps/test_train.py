@@ -18,16 +18,6 @@ CPU = torch.device("cpu")
 CFG = GPTConfig(vocab_size=64, context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny matrices gain nothing from intra-op threads, and on a busy 2-core machine the
-    # thread hand-off costs milliseconds per matmul.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def fixed_batch() -> tuple[torch.Tensor, torch.Tensor]:
     seq = torch.randint(0, 64, (1, 17), generator=torch.Generator().manual_seed(0)).repeat(4, 1)
     return seq[:, :-1], seq[:, 1:]
