@@ -1,0 +1,80 @@
+"""With PREFECT_API_URL set, a stage's flow reports to that Prefect server instead of a temporary one."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """A real Prefect server on loopback with its own database; stopped after the module."""
+    home = tmp_path_factory.mktemp("prefect-server")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    log = open(home / "server.log", "w")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 180
+    try:
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"Prefect server did not start:\n{(home / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def test_stage_flow_reports_to_the_configured_server(prefect_server, tmp_path):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["download"].update(corpus_bytes=150_000, sms_messages=100, instructions_train=20,
+                              instructions_test=5, instructions_val=5)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env.update(PREFECT_API_URL=prefect_server, PYTHONPATH=str(ROOT))
+
+    proc = subprocess.run([sys.executable, "-m", "pipelines", "download"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "Starting temporary server" not in proc.stdout + proc.stderr
+    assert (tmp_path / "data" / "raw" / "corpus.txt").is_file()
+
+    runs = httpx.post(f"{prefect_server}/flow_runs/filter", json={}, timeout=10).json()
+    assert len(runs) == 1
+    flow = httpx.get(f"{prefect_server}/flows/{runs[0]['flow_id']}", timeout=10).json()
+    assert flow["name"] == "download"
+    assert runs[0]["state_type"] == "COMPLETED"
+    tasks = httpx.post(f"{prefect_server}/task_runs/filter", json={}, timeout=10).json()
+    assert any(t["name"].startswith("fetch_datasets") and t["state_type"] == "COMPLETED" for t in tasks)
