@@ -117,7 +117,7 @@ def train(
             return contextlib.nullcontext()
         return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
-    def run_eval(step: int) -> dict[str, float]:
+    def run_eval() -> dict[str, float]:
         if evaluate is None:
             return {}
         model.eval()
@@ -126,7 +126,7 @@ def train(
         model.train()
         return metrics
 
-    metrics = run_eval(0)
+    metrics = run_eval()
     if metrics:
         result.history.append({"step": 0, **metrics})
         if on_metrics:
@@ -163,7 +163,7 @@ def train(
                 "tokens_per_s": window_tokens / max(elapsed, 1e-9),
             }
             if is_eval:
-                row.update(run_eval(step))
+                row.update(run_eval())
             bar.set_postfix({"loss": f"{row['train_loss']:.3f}", "tok/s": f"{row['tokens_per_s']:.0f}"})
             result.history.append({"step": step, **row})
             if on_metrics:
