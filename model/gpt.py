@@ -9,6 +9,37 @@ from torch import nn
 from model.config import GPTConfig
 
 
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, so generation feeds one new
+    token per step instead of re-reading the whole sequence."""
+
+    def __init__(self, n_layers: int) -> None:
+        self.keys: list[torch.Tensor | None] = [None] * n_layers
+        self.values: list[torch.Tensor | None] = [None] * n_layers
+
+    @property
+    def length(self) -> int:
+        """Tokens cached (read from the last layer, which is updated last in a forward pass)."""
+        return self.layer_length(len(self.keys) - 1)
+
+    def layer_length(self, layer: int) -> int:
+        k = self.keys[layer]
+        return 0 if k is None else k.size(2)
+
+    def reset(self) -> None:
+        self.keys = [None] * len(self.keys)
+        self.values = [None] * len(self.values)
+
+    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append this step's (B, H, T, D) keys/values; return all of them so far."""
+        past_k, past_v = self.keys[layer], self.values[layer]
+        if past_k is not None and past_v is not None:
+            k = torch.cat([past_k, k], dim=2)  # (B, H, P+T, D)
+            v = torch.cat([past_v, v], dim=2)
+        self.keys[layer], self.values[layer] = k, v
+        return k, v
+
+
 class MultiHeadAttention(nn.Module):
     """Causal multi-head self-attention computed by PyTorch's fused SDPA kernel."""
 
@@ -27,14 +58,25 @@ class MultiHeadAttention(nn.Module):
         b, t, _ = x.shape
         return x.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         b, t, c = x.shape  # (B, T, C)
         q = self._split_heads(self.W_query(x))
         k = self._split_heads(self.W_key(x))
         v = self._split_heads(self.W_value(x))
+        past = 0
+        if kv_cache is not None:
+            past = kv_cache.layer_length(layer)
+            k, v = kv_cache.extend(layer, k, v)  # (B, H, P+T, D)
+        mask = None
+        if past and t > 1:
+            # New queries sit at positions past..past+T-1: each sees every cached key and the new
+            # keys up to itself.
+            mask = torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(diagonal=past)
         # is_causal builds the mask inside the kernel: no (T, T) buffer, and flash attention on GPUs.
+        # One new token after a cache (past > 0, T == 1) may see everything: no mask at all.
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.drop_rate if self.training else 0.0
+            q, k, v, attn_mask=mask, is_causal=past == 0 and t > 1,
+            dropout_p=self.drop_rate if self.training else 0.0,
         )  # (B, H, T, D)
         y = y.transpose(1, 2).contiguous().view(b, t, c)  # (B, T, C)
         return self.out_proj(y)
@@ -66,8 +108,8 @@ class TransformerBlock(nn.Module):
         self.ff = FeedForward(cfg)
         self.drop_shortcut = nn.Dropout(cfg.drop_rate)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_shortcut(self.att(self.norm1(x)))
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.drop_shortcut(self.att(self.norm1(x), kv_cache, layer))
         x = x + self.drop_shortcut(self.ff(self.norm2(x)))
         return x
 
@@ -87,16 +129,19 @@ class GPTModel(nn.Module):
         self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
         self.apply(_init_weights)
 
-    def forward(self, in_idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, in_idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """With `kv_cache`, `in_idx` holds only the tokens after those already cached."""
         _, t = in_idx.shape  # (B, T)
-        if t > self.cfg.context_length:
+        past = kv_cache.length if kv_cache is not None else 0
+        if past + t > self.cfg.context_length:
             raise ValueError(
-                f"sequence of {t} tokens is longer than context_length={self.cfg.context_length}"
+                f"sequence of {past + t} tokens is longer than context_length={self.cfg.context_length}"
             )
-        pos = torch.arange(t, device=in_idx.device)
+        pos = torch.arange(past, past + t, device=in_idx.device)
         x = self.tok_emb(in_idx) + self.pos_emb(pos)  # (B, T, C)
         x = self.drop_emb(x)
-        x = self.trf_blocks(x)
+        for layer, block in enumerate(self.trf_blocks):
+            x = block(x, kv_cache, layer)
         x = self.final_norm(x)
         return self.out_head(x)  # (B, T, out)
 

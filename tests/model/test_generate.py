@@ -8,7 +8,7 @@ from torch import nn
 
 from model.config import GPTConfig
 from model.generate import generate
-from model.gpt import GPTModel
+from model.gpt import GPTModel, KVCache
 
 
 VOCAB = 64
@@ -175,3 +175,52 @@ def test_top_k_renormalises_over_the_kept_tokens() -> None:
     freq = torch.bincount(out[:, -1], minlength=4).float() / rows
     expected = torch.tensor([0.0, 1 / (1 + torch.e**-0.5), 0.0, torch.e**-0.5 / (1 + torch.e**-0.5)])
     torch.testing.assert_close(freq, expected, rtol=0, atol=0.03)
+
+
+# --- KV cache ---------------------------------------------------------------------------------
+
+
+def _cache_model() -> GPTModel:
+    torch.manual_seed(3)
+    cfg = GPTConfig(vocab_size=97, context_length=24, emb_dim=32, n_heads=4, n_layers=3, drop_rate=0.0)
+    return GPTModel(cfg).eval()
+
+
+def test_cached_forward_in_chunks_equals_one_full_forward():
+    model = _cache_model()
+    x = torch.randint(0, 97, (2, 12))
+    cache = KVCache(model.cfg.n_layers)
+    # Prefill 5, then a chunk of 4 (needs the offset causal mask), then single tokens.
+    chunks = [model(x[:, :5], kv_cache=cache), model(x[:, 5:9], kv_cache=cache)]
+    chunks += [model(x[:, i : i + 1], kv_cache=cache) for i in range(9, 12)]
+    assert cache.length == 12
+    torch.testing.assert_close(torch.cat(chunks, dim=1), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_cache_refuses_to_grow_past_the_context():
+    model = _cache_model()
+    cache = KVCache(model.cfg.n_layers)
+    model(torch.zeros(1, 24, dtype=torch.long), kv_cache=cache)
+    with pytest.raises(ValueError, match="longer than context_length"):
+        model(torch.zeros(1, 1, dtype=torch.long), kv_cache=cache)
+
+
+@pytest.mark.parametrize("new_tokens", [5, 40])  # 40: the window slides past context_length=24
+def test_cached_and_uncached_greedy_generation_give_identical_tokens(new_tokens):
+    model = _cache_model()
+    prompt = torch.randint(0, 97, (3, 7))
+    uncached = generate(model, prompt, new_tokens, 24, use_cache=False)
+    cached = generate(model, prompt, new_tokens, 24, use_cache=True)
+    assert cached.shape == (3, 7 + new_tokens)
+    assert torch.equal(cached, uncached)
+
+
+def test_cached_sampling_matches_uncached_under_the_same_seed():
+    model = _cache_model()
+    prompt = torch.randint(0, 97, (2, 4))
+    runs = [
+        generate(model, prompt, 15, 24, temperature=1.0, top_k=10,
+                 generator=torch.Generator().manual_seed(7), use_cache=flag)
+        for flag in (False, True)
+    ]
+    assert torch.equal(runs[0], runs[1])
