@@ -9,7 +9,7 @@ import torch
 from prefect import flow
 
 from model.atomic import write_text
-from model.checkpoint import load_model
+from model.checkpoint import load_model, read_config
 from pipelines.stage import StageContext, run_stage, stage_task
 from steps import layout, plots
 from steps.classification import encode_examples, initial_classifier, loader, predict, read_labeled_tsv
@@ -60,7 +60,7 @@ def evaluate_classifier(ctx: StageContext, device: torch.device) -> tuple[dict[s
     start = initial_classifier(layout.PRETRAIN_MODEL, labels, cfg.init, ctx.params.seed)
     reports = {}
     for name, m in (("finetuned", model), ("start", start)):
-        preds, refs, _ = predict(m.to(device), dl, device)
+        preds, refs, _ = predict(m.to(device), dl, device, head["pooling"])
         reports[name] = compute("classification_report", predictions=preds, references=refs, num_classes=len(labels))
     plots.confusion_matrix(ctx.plots / "classifier_confusion.png", reports["finetuned"]["confusion_matrix"], labels,
                            "Classifier: test confusion matrix")
@@ -73,10 +73,13 @@ def evaluate_classifier(ctx: StageContext, device: torch.device) -> tuple[dict[s
 def evaluate_instruct(ctx: StageContext, device: torch.device) -> tuple[dict[str, float], list[dict]]:
     cfg = ctx.params.finetune_instruct
     responses = json.loads((layout.INSTRUCT_MODEL / layout.RESPONSES).read_text(encoding="utf-8"))
+    _, head = read_config(layout.INSTRUCT_MODEL)
     start, _ = load_model(layout.PRETRAIN_MODEL)
     tok = load_tokenizer(layout.PRETRAIN_MODEL / layout.MODEL_TOKENIZER)
+    # The starting point answers the very prompts the finetuned model was given.
     baseline = generate_responses(start.to(device), tok, responses, device, eot_id(tok), cfg.max_new_tokens,
-                                  start.cfg.context_length, desc="pretrained-only responses")
+                                  start.cfg.context_length, style=head.get("prompt_style", "alpaca"),
+                                  desc="pretrained-only responses")
     refs = [r["output"] for r in responses]
     metrics = {}
     for name, recs in (("instruct", responses), ("instruct_start", baseline)):

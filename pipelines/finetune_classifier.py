@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from functools import partial
 
 from prefect import flow
 
@@ -35,7 +36,8 @@ def finetune(ctx: StageContext) -> dict[str, float]:
     model = initial_classifier(layout.PRETRAIN_MODEL, labels, cfg.init, seed)
     max_len = min(cfg.max_length, model.cfg.context_length)
     encoded = {name: encode_examples(tok, split, labels, max_len) for name, split in splits.items()}
-    loaders = {name: loader(items, cfg.batch_size, pad, shuffle=name == "train", seed=seed)
+    loaders = {name: loader(items, cfg.batch_size, pad, shuffle=name == "train", seed=seed,
+                            class_balanced=cfg.class_balanced and name == "train")
                for name, items in encoded.items()}
     log.info("splits: %s", {k: len(v) for k, v in splits.items()})
 
@@ -46,17 +48,18 @@ def finetune(ctx: StageContext) -> dict[str, float]:
     amp = autocast_dtype(device, cfg.precision)
 
     def evaluate(m) -> dict[str, float]:
-        preds, refs, loss = predict(m, loaders["val"], device)
+        preds, refs, loss = predict(m, loaders["val"], device, cfg.pooling)
         return {"val_loss": loss, "val_accuracy": sum(p == r for p, r in zip(preds, refs)) / len(refs)}
 
     steps = cfg.epochs * math.ceil(len(encoded["train"]) / cfg.batch_size)
     settings = TrainSettings.from_config(cfg, steps)
-    result = train(net, cycle(loaders["train"]), classification_loss, settings, device, amp, evaluate,
+    loss_fn = partial(classification_loss, pooling=cfg.pooling)
+    result = train(net, cycle(loaders["train"]), loss_fn, settings, device, amp, evaluate,
                    on_metrics=ctx.run.log_metrics, desc="classifier")
 
     metrics: dict[str, float] = {}
     for name in ("train", "val", "test"):
-        preds, refs, loss = predict(net, loaders[name], device)
+        preds, refs, loss = predict(net, loaders[name], device, cfg.pooling)
         report = compute("classification_report", predictions=preds, references=refs, num_classes=len(labels))
         metrics[f"{name}_accuracy"] = report["accuracy"]
         metrics[f"{name}_loss"] = loss
@@ -66,7 +69,7 @@ def finetune(ctx: StageContext) -> dict[str, float]:
                                    "Test split confusion matrix")
             plots.write_confusion_csv(ctx.plots / "confusion_test.csv", preds, refs, labels)
 
-    head = {"kind": "classifier", "labels": labels, "pooling": "last_real_token"}
+    head = {"kind": "classifier", "labels": labels, "pooling": cfg.pooling}
     save_finetuned(layout.CLASSIFIER_MODEL, net, head, layout.PRETRAIN_MODEL / layout.MODEL_TOKENIZER,
                    adapter=cfg.trainable == "lora")
     write_labeled_tsv(layout.CLASSIFIER_MODEL / layout.CLASSIFIER_TEST_SPLIT, splits["test"])

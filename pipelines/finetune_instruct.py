@@ -41,10 +41,10 @@ def finetune(ctx: StageContext) -> dict[str, float]:
         prompts = [n for _, n in items] if cfg.mask_prompt else None
         return collate(ids, pad_id=pad, allowed_max_length=max_len, prompt_lengths=prompts)
 
-    train_items = encode_records(tok, splits["train"])
+    train_items = encode_records(tok, splits["train"], cfg.prompt_style)
     train_dl = DataLoader(train_items, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate_fn,  # type: ignore[arg-type]
                           generator=torch.Generator().manual_seed(seed))
-    val_items = encode_records(tok, splits["val"])
+    val_items = encode_records(tok, splits["val"], cfg.prompt_style)
     val_batches = [collate_fn(val_items[i : i + cfg.batch_size]) for i in range(0, len(val_items), cfg.batch_size)]
 
     net = with_lora(model, cfg.lora, []) if cfg.method == "lora" else model
@@ -60,11 +60,11 @@ def finetune(ctx: StageContext) -> dict[str, float]:
     result = train(net, cycle(train_dl), instruction_loss, settings, device, amp, evaluate,
                    on_metrics=ctx.run.log_metrics, desc="instruct")
 
-    merged = save_finetuned(layout.INSTRUCT_MODEL, net, {"kind": "lm"},
+    merged = save_finetuned(layout.INSTRUCT_MODEL, net, {"kind": "lm", "prompt_style": cfg.prompt_style},
                             layout.PRETRAIN_MODEL / layout.MODEL_TOKENIZER, adapter=cfg.method == "lora")
     merged.to(device)
     responses = generate_responses(merged, tok, splits["test"], device, pad, cfg.max_new_tokens,
-                                   merged.cfg.context_length, desc="test responses")
+                                   merged.cfg.context_length, style=cfg.prompt_style, desc="test responses")
     write_text(layout.INSTRUCT_MODEL / layout.RESPONSES, json.dumps(responses, indent=1, ensure_ascii=False) + "\n")
     ctx.run.log_model_folder(layout.INSTRUCT_MODEL)
 

@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from model.atomic import write_text
 from model.checkpoint import load_model
 from model.gpt import GPTModel
-from model.heads import attach_classifier_head, last_real_token
+from model.heads import Pooling, attach_classifier_head, pool
 from steps.train import Batch
 
 
@@ -97,36 +97,53 @@ def collate(items: list[tuple[list[int], int]], pad_id: int) -> Batch:
     return ids, lengths, labels
 
 
-def loader(items: list[tuple[list[int], int]], batch_size: int, pad_id: int, shuffle: bool, seed: int) -> DataLoader:
+def loader(
+    items: list[tuple[list[int], int]],
+    batch_size: int,
+    pad_id: int,
+    shuffle: bool,
+    seed: int,
+    class_balanced: bool = False,
+) -> DataLoader:
+    """Batches of (ids, lengths, labels). `class_balanced` draws every class equally often
+    (with replacement, one epoch = len(items) draws), which helps when one label is rare."""
     generator = torch.Generator().manual_seed(seed)
+    sampler = None
+    if class_balanced:
+        labels = torch.tensor([label for _, label in items])
+        weights = 1.0 / torch.bincount(labels).float()[labels]
+        sampler = WeightedRandomSampler(weights, num_samples=len(items), replacement=True, generator=generator)
     return DataLoader(
         items,  # type: ignore[arg-type]
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         generator=generator,
         collate_fn=lambda batch: collate(batch, pad_id),
     )
 
 
-def class_logits(model: nn.Module, batch: Batch) -> torch.Tensor:
+def class_logits(model: nn.Module, batch: Batch, pooling: Pooling = "last_non_pad") -> torch.Tensor:
     ids, lengths, _ = batch
-    return last_real_token(model(ids), lengths)  # (B, K)
+    return pool(model(ids), lengths, pooling)  # (B, K)
 
 
-def classification_loss(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
-    logits = class_logits(model, batch)
+def classification_loss(model: nn.Module, batch: Batch, pooling: Pooling = "last_non_pad") -> tuple[torch.Tensor, int]:
+    logits = class_logits(model, batch, pooling)
     return F.cross_entropy(logits.float(), batch[2]), int(batch[1].sum())
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dl: DataLoader, device: torch.device) -> tuple[list[int], list[int], float]:
+def predict(
+    model: nn.Module, dl: DataLoader, device: torch.device, pooling: Pooling = "last_non_pad"
+) -> tuple[list[int], list[int], float]:
     """(predictions, references, mean loss) over a loader."""
     preds: list[int] = []
     refs: list[int] = []
     total_loss = 0.0
     for batch in dl:
         batch = tuple(t.to(device) for t in batch)
-        logits = class_logits(model, batch).float()
+        logits = class_logits(model, batch, pooling).float()
         total_loss += F.cross_entropy(logits, batch[2], reduction="sum").item()
         preds.extend(logits.argmax(-1).tolist())
         refs.extend(batch[2].tolist())

@@ -120,8 +120,14 @@ class LoraConfig(Section):
 class ClassifierConfig(OptimConfig):
     init: Literal["pretrained", "random"] = "pretrained"
     """Start from the pretrained model, or from random weights (to measure what pretraining buys)."""
-    trainable: Literal["head", "last_block", "all", "lora"] = "last_block"
-    """What trains: the head; the last block + final norm + head (the book's); everything; LoRA."""
+    trainable: Literal["head", "last_block", "last_two_blocks", "all", "lora"] = "last_block"
+    """What trains: the head; the last block (or two) + final norm + head (the book's is one);
+    everything; LoRA adapters + head."""
+    pooling: Literal["last", "last_non_pad", "mean"] = "last_non_pad"
+    """Which positions classify a message: the final one (the book), the last real token, or
+    the mean over real tokens."""
+    class_balanced: bool = False
+    """Draw training batches with every label equally likely (sampling with replacement)."""
     epochs: int = Field(3, ge=1)
     """Passes over the training split."""
     max_length: int = Field(64, ge=4)
@@ -147,6 +153,8 @@ class InstructConfig(OptimConfig):
     """Finetune every weight, or LoRA adapters only."""
     epochs: int = Field(3, ge=1)
     """Passes over the training split."""
+    prompt_style: Literal["alpaca", "phi3"] = "alpaca"
+    """Prompt layout: the book's Alpaca prompt, or the shorter Phi-3 chat layout."""
     mask_prompt: bool = False
     """Leave the instruction and input out of the loss, so only response tokens are learned
     (the book trains on the whole text; with a tiny model the mask helps)."""

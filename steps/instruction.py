@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Literal
 from pathlib import Path
 
 import torch
@@ -50,8 +51,22 @@ def split_in_order(records: Sequence[dict[str, str]]) -> dict[str, list[dict[str
     }
 
 
-def format_prompt(record: dict[str, str]) -> str:
-    """The Alpaca prompt the book uses; the input section appears only when there is one."""
+PromptStyle = Literal["alpaca", "phi3"]
+
+
+def format_prompt(record: dict[str, str], style: PromptStyle = "alpaca") -> str:
+    """The text the model answers; the input appears only when there is one.
+
+    `alpaca` is the book's chapter 7 prompt; `phi3` is the shorter chat layout of its exercise 7.1
+    (`<|user|>` ... `<|assistant|>:`), which costs fewer tokens per example.
+    """
+    if style == "phi3":
+        text = f"<|user|>\n{record['instruction']}"
+        if record.get("input"):
+            text += f"\n{record['input']}"
+        return text + "\n<|assistant|>:\n"
+    if style != "alpaca":
+        raise ValueError(f"unknown prompt style {style!r}; use alpaca or phi3")
     text = (
         "Below is an instruction that describes a task. "
         "Write a response that appropriately completes the request."
@@ -62,14 +77,16 @@ def format_prompt(record: dict[str, str]) -> str:
     return text + "\n\n### Response:\n"
 
 
-def encode_records(tok: Tokenizer, records: Sequence[dict[str, str]]) -> list[tuple[list[int], int]]:
+def encode_records(
+    tok: Tokenizer, records: Sequence[dict[str, str]], style: PromptStyle = "alpaca"
+) -> list[tuple[list[int], int]]:
     """(prompt + response token ids, prompt length) per record.
 
     Prompt and response are encoded separately and joined, so the prompt's tokens are exactly
     those generation starts from (a joint encoding could merge the prompt's final newline into
     a response that starts with spaces).
     """
-    prompts = tok.encode_batch([format_prompt(r) for r in records], add_special_tokens=False)
+    prompts = tok.encode_batch([format_prompt(r, style) for r in records], add_special_tokens=False)
     responses = tok.encode_batch([r["output"] for r in records], add_special_tokens=False)
     return [(p.ids + r.ids, len(p.ids)) for p, r in zip(prompts, responses)]
 
@@ -131,6 +148,7 @@ def generate_responses(
     max_new_tokens: int,
     context_length: int,
     batch_size: int = 32,
+    style: PromptStyle = "alpaca",
     desc: str = "responses",
 ) -> list[dict[str, str]]:
     """Each record plus `model_response`: greedy decoding until end-of-text (the book's shape).
@@ -139,7 +157,7 @@ def generate_responses(
     every row gets exactly the tokens it would get alone, at a fraction of the time.
     """
     model.eval()
-    prompts = [tok.encode(format_prompt(r), add_special_tokens=False).ids[-(context_length - 1):] for r in records]
+    prompts = [tok.encode(format_prompt(r, style), add_special_tokens=False).ids[-(context_length - 1):] for r in records]
     by_length: dict[int, list[int]] = {}
     for i, prompt in enumerate(prompts):
         by_length.setdefault(len(prompt), []).append(i)

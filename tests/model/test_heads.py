@@ -7,7 +7,7 @@ import torch
 
 from model.config import GPTConfig
 from model.gpt import GPTModel
-from model.heads import attach_classifier_head, last_real_token, set_trainable
+from model.heads import attach_classifier_head, last_real_token, pool, set_trainable
 
 
 CFG = GPTConfig(vocab_size=64, context_length=16, emb_dim=32, n_heads=4, n_layers=3, drop_rate=0.0)
@@ -109,3 +109,39 @@ def test_classifier_output_is_pad_invariant(model: GPTModel) -> None:
     torch.testing.assert_close(padded[0], alone_a, rtol=0, atol=1e-5)
     torch.testing.assert_close(padded[1], alone_b, rtol=0, atol=1e-5)
     assert (wrong - alone_a).abs().max() > 1e-4
+
+
+# --- options added for the finetuning comparisons -------------------------------------------
+
+
+def test_last_two_blocks_trains_the_two_last_blocks_norm_and_head() -> None:
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=50, context_length=8, emb_dim=16, n_heads=2, n_layers=3, drop_rate=0.0)
+    model = attach_classifier_head(GPTModel(cfg), 2)
+    set_trainable(model, "last_two_blocks")
+    trainable = {n.split(".")[0] + ("." + n.split(".")[1] if n.startswith("trf_blocks") else "")
+                 for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"trf_blocks.1", "trf_blocks.2", "final_norm", "out_head"}
+
+
+def test_pooling_modes_on_hand_made_scores() -> None:
+    logits = torch.arange(2 * 4 * 3, dtype=torch.float32).view(2, 4, 3)  # (B=2, T=4, K=3)
+    lengths = torch.tensor([2, 4])
+    assert torch.equal(pool(logits, lengths, "last"), logits[:, -1])
+    assert torch.equal(pool(logits, lengths, "last_non_pad"), torch.stack([logits[0, 1], logits[1, 3]]))
+    expected_mean = torch.stack([logits[0, :2].mean(0), logits[1].mean(0)])
+    torch.testing.assert_close(pool(logits, lengths, "mean"), expected_mean)
+    with pytest.raises(ValueError, match="unknown pooling"):
+        pool(logits, lengths, "first")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("pooling", ["last_non_pad", "mean"])
+def test_padding_does_not_change_non_pad_poolings(pooling) -> None:
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=50, context_length=12, emb_dim=16, n_heads=2, n_layers=2, drop_rate=0.0)
+    model = attach_classifier_head(GPTModel(cfg), 2).eval()
+    ids = torch.randint(0, 50, (1, 5))
+    padded = torch.cat([ids, torch.full((1, 4), 7)], dim=1)
+    alone = pool(model(ids), torch.tensor([5]), pooling)
+    with_pad = pool(model(padded), torch.tensor([5]), pooling)
+    torch.testing.assert_close(alone, with_pad, atol=1e-5, rtol=1e-5)

@@ -277,3 +277,26 @@ def test_initial_classifier_random(pretrained: Path) -> None:
 def test_initial_classifier_unknown_init(pretrained: Path) -> None:
     with pytest.raises(ValueError, match="unknown init 'scratch'"):
         initial_classifier(pretrained, ["ham", "spam"], init="scratch", seed=0)
+
+
+def test_class_balanced_loader_draws_labels_equally_often() -> None:
+    # 90 of label 0, 10 of label 1: plain shuffling shows label 1 in ~10 % of draws.
+    items = [([1, 2, 3], 0)] * 90 + [([4, 5], 1)] * 10
+    def label_share(seed: int) -> float:
+        dl = loader(items, batch_size=50, pad_id=0, shuffle=True, seed=seed, class_balanced=True)
+        labels = torch.cat([batch[2] for _ in range(20) for batch in dl])
+        return labels.float().mean().item()
+    assert 0.4 < label_share(0) < 0.6
+    dl = loader(items, batch_size=50, pad_id=0, shuffle=True, seed=0, class_balanced=True)
+    again = loader(items, batch_size=50, pad_id=0, shuffle=True, seed=0, class_balanced=True)
+    assert [b[2].tolist() for b in dl] == [b[2].tolist() for b in again]  # seeded
+    assert sum(len(b[2]) for b in dl) == len(items)  # an epoch is still len(items) draws
+
+
+def test_pooling_reaches_the_loss() -> None:
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=50, context_length=12, emb_dim=16, n_heads=2, n_layers=1, drop_rate=0.0)
+    model = attach_classifier_head(GPTModel(cfg), 2).eval()
+    batch = collate([([1, 2, 3], 0), ([4, 5, 6, 7, 8], 1)], pad_id=9)
+    losses = {p: classification_loss(model, batch, pooling=p)[0].item() for p in ("last", "last_non_pad", "mean")}
+    assert len(set(losses.values())) == 3

@@ -322,3 +322,20 @@ def test_encode_records(tok: Tokenizer) -> None:
     assert tok.decode(ids0) == format_prompt(RECORDS[0]) + "Red."
     assert tok.decode(ids0[n0:]) == "Red."
     assert eot_id(tok) not in ids1
+
+
+def test_phi3_prompt_layout() -> None:
+    with_input = {"instruction": "Name the plural.", "input": "mouse", "output": "mice"}
+    assert format_prompt(with_input, "phi3") == "<|user|>\nName the plural.\nmouse\n<|assistant|>:\n"
+    no_input = {"instruction": "Say hi.", "input": "", "output": "hi"}
+    assert format_prompt(no_input, "phi3") == "<|user|>\nSay hi.\n<|assistant|>:\n"
+    with pytest.raises(ValueError, match="unknown prompt style"):
+        format_prompt(no_input, "chatml")  # type: ignore[arg-type]
+
+
+def test_encode_records_follows_the_prompt_style(tok: Tokenizer) -> None:
+    (ids, n), = encode_records(tok, RECORDS[:1], "phi3")
+    assert tok.decode(ids[:n]) == format_prompt(RECORDS[0], "phi3")
+    assert tok.decode(ids[n:]) == RECORDS[0]["output"]
+    (alpaca_ids, alpaca_n), = encode_records(tok, RECORDS[:1])
+    assert n < alpaca_n  # the chat layout is the shorter prompt
