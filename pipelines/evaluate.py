@@ -64,9 +64,13 @@ def evaluate_classifier(ctx: StageContext, device: torch.device) -> tuple[dict[s
         reports[name] = compute("classification_report", predictions=preds, references=refs, num_classes=len(labels))
     plots.confusion_matrix(ctx.plots / "classifier_confusion.png", reports["finetuned"]["confusion_matrix"], labels,
                            "Classifier: test confusion matrix")
-    metrics = {f"classifier_test_{k}": v for k, v in reports["finetuned"].items() if k != "confusion_matrix"}
-    metrics.update({f"classifier_start_test_{k}": v for k, v in reports["start"].items() if k != "confusion_matrix"})
-    return metrics, {"labels": labels, "confusion_matrix": reports["finetuned"]["confusion_matrix"]}
+    scalar = ("accuracy", "precision", "recall", "f1")
+    metrics = {f"classifier_test_{k}": reports["finetuned"][k] for k in scalar}
+    metrics.update({f"classifier_start_test_{k}": reports["start"][k] for k in scalar})
+    for label, per in zip(labels, reports["finetuned"]["per_class"]):
+        metrics.update({f"classifier_test_{label}_{k}": per[k] for k in ("precision", "recall", "f1")})
+    return metrics, {"labels": labels, "confusion_matrix": reports["finetuned"]["confusion_matrix"],
+                     "per_class": reports["finetuned"]["per_class"]}
 
 
 @stage_task

@@ -64,7 +64,9 @@ def finetune(ctx: StageContext) -> dict[str, float]:
         metrics[f"{name}_accuracy"] = report["accuracy"]
         metrics[f"{name}_loss"] = loss
         if name == "test":
-            metrics["test_f1"] = report["f1"]
+            metrics.update({f"test_{k}": report[k] for k in ("precision", "recall", "f1")})
+            for label, per in zip(labels, report["per_class"]):
+                metrics[f"test_{label}_f1"] = per["f1"]
             plots.confusion_matrix(ctx.plots / "confusion_test.png", report["confusion_matrix"], labels,
                                    "Test split confusion matrix")
             plots.write_confusion_csv(ctx.plots / "confusion_test.csv", preds, refs, labels)
@@ -84,6 +86,8 @@ def finetune(ctx: StageContext) -> dict[str, float]:
         "trainable_parameters": trainable_params,
         "steps": result.steps,
         "seconds_per_step": result.seconds / max(1, result.steps),
+        "tokens_per_s": result.tokens_per_s,
+        "peak_memory_mb": result.peak_memory_mb,
     })
     return metrics
 

@@ -78,6 +78,8 @@ def finetune(ctx: StageContext) -> dict[str, float]:
         "trainable_parameters": trainable_params,
         "steps": result.steps,
         "seconds_per_step": result.seconds / max(1, result.steps),
+        "tokens_per_s": result.tokens_per_s,
+        "peak_memory_mb": result.peak_memory_mb,
         "test_responses": len(responses),
     }
 

@@ -82,7 +82,8 @@ def pretrain_model(ctx: StageContext) -> dict[str, float]:
         "parameters": count_parameters(model),
         "steps": result.steps,
         "tokens_seen": result.tokens,
-        "tokens_per_s": result.tokens / max(result.seconds, 1e-9),
+        "tokens_per_s": result.tokens_per_s,
+        "peak_memory_mb": result.peak_memory_mb,
     }
 
 

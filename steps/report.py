@@ -47,6 +47,10 @@ def summary_markdown(metrics: dict[str, float], confusion: dict[str, Any], examp
     ]
     for label, row in zip(labels, confusion["confusion_matrix"]):
         lines.append(f"| **{label}** | " + " | ".join(str(v) for v in row) + " |")
+    if "per_class" in confusion:
+        lines += ["", "| label | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+        for label, per in zip(labels, confusion["per_class"]):
+            lines.append(f"| {label} | {per['precision']:.4f} | {per['recall']:.4f} | {per['f1']:.4f} | {per['support']} |")
     lines += [
         "",
         "![confusion matrix](plots/evaluate/classifier_confusion.png)",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import resource
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -53,8 +54,14 @@ class TrainResult:
     steps: int = 0
     tokens: int = 0
     seconds: float = 0.0
+    peak_memory_mb: float = 0.0
+    """CUDA: peak memory held by tensors during training; CPU: the process's peak resident set."""
     optimizer: torch.optim.Optimizer | None = None
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / max(self.seconds, 1e-9)
 
     def training_state(self) -> dict[str, Any]:
         """What resuming needs besides the weights."""
@@ -71,6 +78,12 @@ def cycle(batches: Iterable[Batch]) -> Iterator[Batch]:
     """Endless batches from a finite loader; a shuffling DataLoader reshuffles every epoch."""
     while True:
         yield from batches
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def make_optimizer(model: nn.Module, s: TrainSettings, device: torch.device) -> torch.optim.AdamW:
@@ -107,6 +120,8 @@ def train(
 ) -> TrainResult:
     """Run `settings.max_steps` optimizer steps; evaluate at step 0, every eval_interval, and at the end."""
     model.to(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     optimizer = make_optimizer(model, settings, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, settings))
     result = TrainResult(optimizer=optimizer, scheduler=scheduler)
@@ -174,5 +189,6 @@ def train(
     bar.close()
     result.steps = settings.max_steps
     result.seconds = time.perf_counter() - start
+    result.peak_memory_mb = peak_memory_mb(device)
     model.eval()
     return result

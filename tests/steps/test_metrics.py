@@ -23,6 +23,10 @@ def test_classification_report_hand_example() -> None:
     assert out["f1"] == pytest.approx(0.5)
     # Rows are the true class, columns the prediction.
     assert out["confusion_matrix"] == [[1, 2], [0, 1]]
+    assert out["per_class"] == [
+        {"precision": 1.0, "recall": pytest.approx(1 / 3), "f1": 0.5, "support": 3},
+        {"precision": pytest.approx(1 / 3), "recall": 1.0, "f1": 0.5, "support": 1},
+    ]
 
 
 def test_classification_report_num_classes_pads_unseen_classes() -> None:

@@ -83,3 +83,13 @@ def test_missing_metric_raises() -> None:
     broken = {k: v for k, v in METRICS.items() if k != "instruct_rougeL"}
     with pytest.raises(KeyError, match="instruct_rougeL"):
         summary_markdown(broken, CONFUSION, EXAMPLES)
+
+
+def test_per_class_table_when_given() -> None:
+    confusion = {**CONFUSION, "per_class": [
+        {"precision": 0.98, "recall": 0.9333, "f1": 0.956, "support": 150},
+        {"precision": 0.9363, "recall": 0.98, "f1": 0.9577, "support": 150},
+    ]}
+    text = summary_markdown(METRICS, confusion, [])
+    assert "| label | precision | recall | F1 | support |" in text
+    assert "| spam | 0.9363 | 0.9800 | 0.9577 | 150 |" in text

@@ -267,3 +267,15 @@ def test_gradients_do_not_accumulate_across_steps() -> None:
         mp.setattr(torch.optim.AdamW, "step", spy)
         train(layer, cycle([(torch.zeros(1),)]), loss_fn, TrainSettings(max_steps=3, lr=1e-3, grad_clip=0.0), CPU)
     assert [g.tolist() for g in grads] == [[[3.0, 3.0]]] * 3
+
+
+def test_result_reports_cost_figures() -> None:
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=32, context_length=8, emb_dim=16, n_heads=2, n_layers=1, drop_rate=0.0)
+    model = GPTModel(cfg)
+    batch = (torch.randint(0, 32, (2, 8)), torch.randint(0, 32, (2, 8)))
+    result = train(model, itertools.repeat(batch), lm_loss, TrainSettings(max_steps=3, lr=1e-3, eval_interval=10),
+                   torch.device("cpu"))
+    assert result.tokens == 3 * 16
+    assert result.tokens_per_s == pytest.approx(result.tokens / result.seconds)
+    assert result.peak_memory_mb > 10  # a Python process with torch loaded holds far more than 10 MiB

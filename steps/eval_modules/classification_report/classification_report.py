@@ -11,7 +11,8 @@ Args:
     references (list of int): true class ids.
     num_classes (int, optional): size of the confusion matrix; inferred when omitted.
 Returns:
-    accuracy, precision, recall, f1 (macro) and confusion_matrix (rows: true, columns: predicted).
+    accuracy, precision, recall, f1 (macro), confusion_matrix (rows: true, columns: predicted) and
+    per_class: a list with precision, recall, f1 and support of each class id.
 """
 
 
@@ -32,7 +33,15 @@ class ClassificationReport(evaluate.Metric):
         precision, recall, f1, _ = precision_recall_fscore_support(
             references, predictions, labels=labels, average="macro", zero_division=0
         )
+        per_p, per_r, per_f, support = precision_recall_fscore_support(
+            references, predictions, labels=labels, average=None, zero_division=0
+        )
+        per_class = [
+            {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(n)}
+            for p, r, f, n in zip(per_p, per_r, per_f, support)
+        ]
         return {
+            "per_class": per_class,
             "accuracy": float(accuracy_score(references, predictions)),
             "precision": float(precision),
             "recall": float(recall),
