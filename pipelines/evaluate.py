@@ -60,7 +60,7 @@ def evaluate_classifier(ctx: StageContext, device: torch.device) -> tuple[dict[s
     start = initial_classifier(layout.PRETRAIN_MODEL, labels, cfg.init, ctx.params.seed)
     reports = {}
     for name, m in (("finetuned", model), ("start", start)):
-        preds, refs, _ = predict(m.to(device), dl, device, head["pooling"])
+        preds, refs, _ = predict(m.to(device), dl, device, head.get("pooling", "last_non_pad"))
         reports[name] = compute("classification_report", predictions=preds, references=refs, num_classes=len(labels))
     plots.confusion_matrix(ctx.plots / "classifier_confusion.png", reports["finetuned"]["confusion_matrix"], labels,
                            "Classifier: test confusion matrix")

@@ -122,17 +122,20 @@ def collate(
 
 
 def instruction_loss(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
+    """Mean loss over the targets that count, and the tokens the model read (for throughput:
+    with `mask_prompt` the targets that count are only a small part of the work)."""
     inputs, targets = batch
     logits = model(inputs)  # (B, T, V)
     loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
-    return loss, int((targets != IGNORE_INDEX).sum())
+    return loss, inputs.numel()
 
 
 @torch.no_grad()
 def mean_instruction_loss(model: nn.Module, batches: list[Batch], device: torch.device) -> float:
     total, count = 0.0, 0
     for inputs, targets in batches:
-        loss, n = instruction_loss(model, (inputs.to(device), targets.to(device)))
+        loss, _ = instruction_loss(model, (inputs.to(device), targets.to(device)))
+        n = int((targets != IGNORE_INDEX).sum())  # each batch weighs by the targets it scores
         total += loss.item() * n
         count += n
     return total / max(1, count)

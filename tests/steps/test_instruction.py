@@ -89,15 +89,16 @@ def test_instruction_loss_ignores_padding() -> None:
     model.eval()
     batch = collate([[1, 2, 3, 4], [5, 6]], pad_id=15, allowed_max_length=8)
     loss, n = instruction_loss(model, batch)
-    assert n == 4 + 2  # every real target plus one end-of-text per row
     inputs, targets = batch
+    assert n == inputs.numel() == 2 * 4  # tokens read, padding included (throughput)
+    assert int((targets != IGNORE_INDEX).sum()) == 4 + 2  # every real target plus one end-of-text per row
     keep = targets != IGNORE_INDEX
     with torch.no_grad():
         expected = F.cross_entropy(model(inputs)[keep], targets[keep])
     torch.testing.assert_close(loss, expected, rtol=0, atol=1e-6)
     single = collate([[1, 2, 3, 4]], pad_id=15, allowed_max_length=8)
     other = collate([[5, 6]], pad_id=15, allowed_max_length=8)
-    assert instruction_loss(model, single)[1] == 4 and instruction_loss(model, other)[1] == 2
+    assert int((single[1] != IGNORE_INDEX).sum()) == 4 and int((other[1] != IGNORE_INDEX).sum()) == 2
     weighted = (instruction_loss(model, single)[0].item() * 4 + instruction_loss(model, other)[0].item() * 2) / 6
     assert mean_instruction_loss(model, [single, other], CPU) == pytest.approx(weighted, rel=1e-5)
     assert mean_instruction_loss(model, [], CPU) == 0.0
