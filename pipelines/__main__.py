@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     sub.add_parser("repro", help="run the whole pipeline through DVC (only what changed reruns)")
     sub.add_parser("stages", help="list the stages")
+    prof = sub.add_parser("profile", help="switch params.yaml to a shipped profile (builtin, book, book-small)")
+    prof.add_argument("name", nargs="?", help="profile name; omit to list them")
+    prof.add_argument("--params", default="params.yaml", help="params file to edit (default: params.yaml)")
     args = parser.parse_args(argv)
 
     if args.command == "stages":
@@ -42,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         return subprocess.call(["dvc", "repro"])
     from steps.config import ConfigError, load_params
 
+    if args.command == "profile":
+        return _profile(args.name, args.params)
+
     try:
         # Validate before the flow starts: a typo should not cost a Prefect server start-up.
         load_params(args.params)
@@ -49,6 +55,25 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"gptpipe: {err}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _profile(name: str | None, params_path: str) -> int:
+    from steps.config import ConfigError
+    from steps.profiles import apply_profile, available
+
+    if name is None:
+        print("\n".join(available()))
+        return 0
+    try:
+        changed = apply_profile(name, params_path)
+    except ConfigError as err:
+        print(f"gptpipe: {err}", file=sys.stderr)
+        return 2
+    for key, (old, new) in changed.items():
+        print(f"  {key}: {old!r} -> {new!r}")
+    print(f"{params_path}: profile {name!r} applied ({len(changed)} parameters changed); "
+          "run `dvc repro` (or `dvc exp run -n <name>`) to rebuild what it affects")
     return 0
 
 

@@ -1,29 +1,119 @@
-"""Stage `download`: produce the raw datasets under data/raw/."""
+"""Stage `download`: fetch or generate the three datasets and write them, normalized, to data/raw/."""
 
 from __future__ import annotations
 
+import json
+import logging
+import shutil
+import tempfile
 from collections import Counter
+from pathlib import Path
+from typing import Any
 
-from pipelines.stage import StageContext, io_task, run_stage
-from prefect import flow
-from steps import layout, plots
-from steps.classification import read_labeled_tsv
-from steps.datasets import write_builtin
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from pipelines.stage import StageContext, run_stage, stage_task
+from steps import datasets, layout, plots
+from steps.classification import read_labels
+from steps.config import DatasetSource, HfSource, LocalSource, UrlSource
+from steps.fetch import TransientFetchError, default_cache_dir
+from steps.sources import Fetched, fetch_url, load_hf, local_files
 
 SECTIONS = ["seed", "download", "tracking"]
+log = logging.getLogger("gptpipe.download")
 
 
-@io_task
-def fetch_datasets(ctx: StageContext) -> dict[str, float]:
-    return write_builtin(ctx.params.download, ctx.params.seed, layout.CORPUS, layout.SMS, layout.INSTRUCTIONS)
+def _transient(task_: Any, task_run: Any, state: Any) -> bool:
+    """Retry only what can heal by itself (refused connection, timeout, 5xx); a 404 or a wrong
+    checksum fails at once."""
+    return isinstance(state.result(raise_on_failure=False), TransientFetchError)
+
+
+@task(cache_policy=NO_CACHE)
+def fetch_source(dataset: str, cfg: DatasetSource, work_dir: Path) -> Fetched:
+    src = cfg.source
+    if isinstance(src, UrlSource):
+        return fetch_url(src, default_cache_dir(), work_dir)
+    if isinstance(src, LocalSource):
+        return local_files(src, cfg.format)
+    if isinstance(src, HfSource):
+        return load_hf(src)
+    raise ValueError(f"download.{dataset}: {src.kind} sources are generated, not fetched")
+
+
+def fetch(dataset: str, cfg: DatasetSource, work_dir: Path) -> Fetched:
+    """One Prefect task run per dataset; url sources retry transient errors with backoff."""
+    src = cfg.source
+    options: dict[str, Any] = {"task_run_name": f"fetch-{dataset}"}
+    if isinstance(src, UrlSource):
+        options.update(retries=src.retries, retry_delay_seconds=exponential_backoff(src.retry_delay_s),
+                       retry_condition_fn=_transient)
+    return fetch_source.with_options(**options)(dataset, cfg, work_dir)
+
+
+@stage_task
+def write_datasets(ctx: StageContext, staging: Path) -> dict[str, float]:
+    cfg, seed = ctx.params.download, ctx.params.seed
+    work = Path(tempfile.mkdtemp(prefix="gptpipe-download-"))
+    provenance: dict[str, Any] = {}
+    metrics: dict[str, float] = {}
+    try:
+        if cfg.corpus.source.kind == "builtin":
+            docs, where = datasets.builtin_documents(seed, cfg.builtin), "builtin corpus"
+            provenance["corpus"] = {"kind": "builtin", "seed": seed}
+        else:
+            got = fetch("corpus", cfg.corpus, work / "corpus")
+            docs, where = datasets.corpus_documents(got, cfg.corpus), got.where
+            provenance["corpus"] = got.provenance
+        metrics.update(datasets.write_corpus(docs, staging / layout.CORPUS.name, where))
+
+        labels = cfg.classification.labels
+        if cfg.classification.source.kind == "builtin":
+            examples, where = datasets.builtin_classification(seed, cfg.builtin), "builtin sms"
+            provenance["classification"] = {"kind": "builtin", "seed": seed}
+        else:
+            got = fetch("classification", cfg.classification, work / "classification")
+            examples, where = datasets.classification_records(got, cfg.classification), got.where
+            provenance["classification"] = got.provenance
+        metrics.update(datasets.write_classification(
+            examples, labels, staging / layout.CLASSIFICATION.name, staging / layout.LABELS.name, where))
+
+        if cfg.instructions.source.kind == "builtin":
+            records, where = iter(datasets.builtin_instructions(seed, cfg.builtin)), "builtin instructions"
+            provenance["instructions"] = {"kind": "builtin", "seed": seed}
+        else:
+            got = fetch("instructions", cfg.instructions, work / "instructions")
+            records, where = datasets.instruction_records(got, cfg.instructions), got.where
+            provenance["instructions"] = got.provenance
+        metrics.update(datasets.write_instructions(records, staging / layout.INSTRUCTIONS.name, where))
+        datasets.write_provenance(staging / layout.SOURCES.name, provenance)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return metrics
+
+
+def publish(staging: Path, target: Path) -> None:
+    """Replace data/raw with the complete staging folder in one rename: never half of a dataset."""
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
 
 
 def _body(ctx: StageContext) -> dict[str, float]:
-    metrics = fetch_datasets(ctx)
-    counts = Counter(e.label for e in read_labeled_tsv(layout.SMS))
-    names = sorted(counts)
-    plots.grouped_bars(ctx.plots / "sms_labels.png", names, {"messages": [counts[n] for n in names]},
-                       "Classification set: messages per label", "messages")
+    staging = layout.RAW.with_name(layout.RAW.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        metrics = write_datasets(ctx, staging)
+        publish(staging, layout.RAW)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    counts = Counter(json.loads(line)["label"] for line in layout.CLASSIFICATION.open(encoding="utf-8"))
+    names = read_labels(layout.LABELS)
+    plots.grouped_bars(ctx.plots / "labels.png", names, {"records": [counts[n] for n in names]},
+                       "Classification set: records per label", "records")
     return metrics
 
 

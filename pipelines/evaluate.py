@@ -12,7 +12,7 @@ from model.atomic import write_text
 from model.checkpoint import load_model, read_config
 from pipelines.stage import StageContext, run_stage, stage_task
 from steps import layout, plots
-from steps.classification import encode_examples, initial_classifier, loader, predict, read_labeled_tsv
+from steps.classification import encode_examples, initial_classifier, loader, predict, read_labeled
 from steps.hardware import resolve_device
 from steps.instruction import generate_responses
 from steps.language_modeling import fixed_windows, lm_loss, unigram_cross_entropy
@@ -54,8 +54,8 @@ def evaluate_classifier(ctx: StageContext, device: torch.device) -> tuple[dict[s
     model, head = load_model(layout.CLASSIFIER_MODEL)
     labels = head["labels"]
     tok = load_tokenizer(layout.CLASSIFIER_MODEL / layout.MODEL_TOKENIZER)
-    test = read_labeled_tsv(layout.CLASSIFIER_MODEL / layout.CLASSIFIER_TEST_SPLIT)
-    items = encode_examples(tok, test, labels, min(cfg.max_length, model.cfg.context_length))
+    test = read_labeled(layout.CLASSIFIER_MODEL / layout.CLASSIFIER_TEST_SPLIT)
+    items, _ = encode_examples(tok, test, labels, min(cfg.max_length, model.cfg.context_length))
     dl = loader(items, ctx.params.evaluate.batch_size, eot_id(tok), shuffle=False, seed=ctx.params.seed)
     start = initial_classifier(layout.PRETRAIN_MODEL, labels, cfg.init, ctx.params.seed)
     reports = {}

@@ -12,8 +12,8 @@ from model.gpt import count_parameters
 from model.heads import set_trainable
 from pipelines.stage import StageContext, run_stage, stage_task
 from steps import layout, plots
-from steps.classification import (classification_loss, encode_examples, initial_classifier, label_names,
-                                  loader, predict, read_labeled_tsv, split_examples, write_labeled_tsv)
+from steps.classification import (classification_loss, encode_examples, initial_classifier, loader, predict,
+                                  read_labeled, read_labels, split_examples, write_labeled)
 from steps.finetuning import save_finetuned, with_lora
 from steps.hardware import autocast_dtype, resolve_device
 from steps.metrics import compute
@@ -30,12 +30,18 @@ def finetune(ctx: StageContext) -> dict[str, float]:
     seed = ctx.params.seed
     tok = load_tokenizer(layout.PRETRAIN_MODEL / layout.MODEL_TOKENIZER)
     pad = eot_id(tok)
-    examples = read_labeled_tsv(layout.SMS)
-    labels = label_names(examples)
-    splits = split_examples(examples, seed, cfg.train_fraction, cfg.val_fraction, cfg.balance)
+    examples = read_labeled(layout.CLASSIFICATION)
+    labels = read_labels(layout.LABELS)
+    splits = split_examples(examples, seed, cfg.train_fraction, cfg.val_fraction, cfg.balance, labels)
     model = initial_classifier(layout.PRETRAIN_MODEL, labels, cfg.init, seed)
     max_len = min(cfg.max_length, model.cfg.context_length)
-    encoded = {name: encode_examples(tok, split, labels, max_len) for name, split in splits.items()}
+    encoded, truncated = {}, 0
+    for name, split in splits.items():
+        encoded[name], n_long = encode_examples(tok, split, labels, max_len, cfg.long_records,
+                                                f"{layout.CLASSIFICATION} ({name} split)")
+        truncated += n_long
+    if truncated:
+        log.warning("%d messages are longer than %d tokens and were truncated", truncated, max_len)
     loaders = {name: loader(items, cfg.batch_size, pad, shuffle=name == "train", seed=seed,
                             class_balanced=cfg.class_balanced and name == "train")
                for name, items in encoded.items()}
@@ -74,7 +80,7 @@ def finetune(ctx: StageContext) -> dict[str, float]:
     head = {"kind": "classifier", "labels": labels, "pooling": cfg.pooling}
     save_finetuned(layout.CLASSIFIER_MODEL, net, head, layout.PRETRAIN_MODEL / layout.MODEL_TOKENIZER,
                    adapter=cfg.trainable == "lora")
-    write_labeled_tsv(layout.CLASSIFIER_MODEL / layout.CLASSIFIER_TEST_SPLIT, splits["test"])
+    write_labeled(layout.CLASSIFIER_MODEL / layout.CLASSIFIER_TEST_SPLIT, splits["test"])
     ctx.run.log_model_folder(layout.CLASSIFIER_MODEL)
 
     plots.write_csv(ctx.plots / "training.csv", result.history, ["step", "train_loss", "val_loss", "val_accuracy"])
@@ -84,6 +90,10 @@ def finetune(ctx: StageContext) -> dict[str, float]:
                  "Classifier validation accuracy", "accuracy")
     metrics.update({
         "trainable_parameters": trainable_params,
+        "truncated_records": truncated,
+        "train_examples": len(splits["train"]),
+        "val_examples": len(splits["val"]),
+        "test_examples": len(splits["test"]),
         "steps": result.steps,
         "seconds_per_step": result.seconds / max(1, result.steps),
         "tokens_per_s": result.tokens_per_s,
@@ -94,4 +104,4 @@ def finetune(ctx: StageContext) -> dict[str, float]:
 
 @flow(name="finetune_classifier")
 def finetune_classifier_flow(params_path: str = "params.yaml") -> dict[str, float]:
-    return run_stage("finetune_classifier", params_path, SECTIONS, [layout.PRETRAIN_MODEL, layout.SMS], finetune)
+    return run_stage("finetune_classifier", params_path, SECTIONS, [layout.PRETRAIN_MODEL, layout.CLASSIFICATION, layout.LABELS], finetune)

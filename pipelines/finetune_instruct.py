@@ -17,7 +17,7 @@ from pipelines.stage import StageContext, run_stage, stage_task
 from steps import layout, plots
 from steps.finetuning import save_finetuned, with_lora
 from steps.hardware import autocast_dtype, resolve_device
-from steps.instruction import (collate, encode_records, generate_responses, instruction_loss,
+from steps.instruction import (collate, count_long, encode_records, generate_responses, instruction_loss,
                                mean_instruction_loss, read_instructions, split_in_order)
 from steps.tokenizer import eot_id, load_tokenizer
 from steps.train import TrainSettings, cycle, train
@@ -45,6 +45,10 @@ def finetune(ctx: StageContext) -> dict[str, float]:
     train_dl = DataLoader(train_items, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate_fn,  # type: ignore[arg-type]
                           generator=torch.Generator().manual_seed(seed))
     val_items = encode_records(tok, splits["val"], cfg.prompt_style)
+    truncated = sum(count_long(items, max_len, cfg.long_records, f"{layout.INSTRUCTIONS} ({name} split)")
+                    for name, items in (("train", train_items), ("val", val_items)))
+    if truncated:
+        log.warning("%d records are longer than %d tokens and were truncated", truncated, max_len)
     val_batches = [collate_fn(val_items[i : i + cfg.batch_size]) for i in range(0, len(val_items), cfg.batch_size)]
 
     net = with_lora(model, cfg.lora, []) if cfg.method == "lora" else model
@@ -76,6 +80,7 @@ def finetune(ctx: StageContext) -> dict[str, float]:
         "train_loss": last["train_loss"],
         "val_loss": last["val_loss"],
         "trainable_parameters": trainable_params,
+        "truncated_records": truncated,
         "steps": result.steps,
         "seconds_per_step": result.seconds / max(1, result.steps),
         "tokens_per_s": result.tokens_per_s,

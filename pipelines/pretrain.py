@@ -42,7 +42,7 @@ def pretrain_model(ctx: StageContext) -> dict[str, float]:
     amp = autocast_dtype(device, cfg.precision)
     log.info("GPT with %s parameters on %s (%s)", f"{count_parameters(model):,}", device, amp or "fp32")
 
-    ctx_len = model_cfg.context_length
+    ctx_len = cfg.seq_len or model_cfg.context_length
     val_batches = fixed_windows(val_tokens, cfg.batch_size, ctx_len, cfg.eval_batches)
     prompt = torch.tensor([tok.encode(cfg.sample_prompt).ids], dtype=torch.long)
     sampler = torch.Generator().manual_seed(ctx.params.seed)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import random
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
@@ -26,24 +27,36 @@ class Example:
     text: str
 
 
-def read_labeled_tsv(path: str | Path) -> list[Example]:
-    """`label<TAB>text` per line, with no quote handling (a leading `"` is part of the text)."""
+def read_labeled(path: str | Path) -> list[Example]:
+    """The normalized classification file: one JSON object `{"label", "text"}` per line."""
     path = Path(path)
     examples = []
-    with open(path, encoding="utf-8", newline="\n") as f:
+    with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
-            if not line:
+            if not line.strip():
                 continue
-            label, sep, text = line.partition("\t")
-            if not sep or not label.strip():
-                raise ValueError(f"{path}:{line_no}: expected 'label<TAB>text', found no label field")
-            if not text.strip():
-                raise ValueError(f"{path}:{line_no}: empty text field")
-            examples.append(Example(label.strip(), text))
+            try:
+                obj = json.loads(line)
+                examples.append(Example(str(obj["label"]), str(obj["text"])))
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise ValueError(f"{path}:{line_no}: expected {{\"label\": ..., \"text\": ...}} ({err})") from None
     if not examples:
         raise ValueError(f"{path}: no examples")
     return examples
+
+
+def write_labeled(path: str | Path, examples: Sequence[Example]) -> None:
+    write_text(path, "".join(json.dumps({"label": e.label, "text": e.text}, ensure_ascii=False) + "\n"
+                             for e in examples))
+
+
+def read_labels(path: str | Path) -> list[str]:
+    """Label names in id order, as the download stage wrote them."""
+    path = Path(path)
+    names = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(names) < 2:
+        raise ValueError(f"{path}: expected a JSON list of at least two label names")
+    return names
 
 
 def label_names(examples: Sequence[Example]) -> list[str]:
@@ -51,19 +64,32 @@ def label_names(examples: Sequence[Example]) -> list[str]:
     return sorted({e.label for e in examples})
 
 
+def _sample(n: int, k: int, seed: int) -> np.ndarray:
+    """`k` of `range(n)` exactly as pandas' `DataFrame.sample(k, random_state=seed)` picks them
+    (NumPy's legacy RandomState: the first k of a permutation), so the book's splits come out
+    record for record."""
+    return np.random.RandomState(seed).permutation(n)[:k]
+
+
 def split_examples(
-    examples: Sequence[Example], seed: int, train_fraction: float, val_fraction: float, balance: bool
+    examples: Sequence[Example], seed: int, train_fraction: float, val_fraction: float, balance: bool,
+    labels: Sequence[str] | None = None,
 ) -> dict[str, list[Example]]:
-    """Optionally balance classes by downsampling, shuffle, then cut train / val / test."""
-    rng = random.Random(seed)
+    """The book's `create_balanced_dataset` + `random_split`: optionally downsample every class to
+    the smallest one's size (classes in id order, each sampled with `seed`), shuffle with `seed`,
+    then cut train / val / test."""
+    order = list(labels) if labels is not None else label_names(examples)
     pool = list(examples)
     if balance:
-        by_label: dict[str, list[Example]] = {}
+        by_label: dict[str, list[Example]] = {name: [] for name in order}
         for e in pool:
             by_label.setdefault(e.label, []).append(e)
-        smallest = min(len(v) for v in by_label.values())
-        pool = [e for label in sorted(by_label) for e in rng.sample(by_label[label], smallest)]
-    rng.shuffle(pool)
+        smallest = min(len(v) for v in by_label.values() if v)
+        pool = []
+        for name in order:
+            rows = by_label[name]
+            pool.extend(rows if len(rows) == smallest else [rows[i] for i in _sample(len(rows), smallest, seed)])
+    pool = [pool[i] for i in _sample(len(pool), len(pool), seed)]
     n_train = int(len(pool) * train_fraction)
     n_val = int(len(pool) * val_fraction)
     return {
@@ -74,16 +100,25 @@ def split_examples(
 
 
 def encode_examples(
-    tok: Tokenizer, examples: Sequence[Example], labels: list[str], max_length: int
-) -> list[tuple[list[int], int]]:
+    tok: Tokenizer, examples: Sequence[Example], labels: list[str], max_length: int,
+    long_records: str = "truncate", where: str = "classification data",
+) -> tuple[list[tuple[list[int], int]], int]:
+    """(token ids, label id) per example, and how many were longer than `max_length`: those are
+    truncated, or rejected with an error naming the record when `long_records` is `error`."""
     index = {name: i for i, name in enumerate(labels)}
     encoded = tok.encode_batch([e.text for e in examples], add_special_tokens=False)
     out = []
-    for e, enc in zip(examples, encoded):
+    truncated = 0
+    for i, (e, enc) in enumerate(zip(examples, encoded)):
         if e.label not in index:
-            raise ValueError(f"label {e.label!r} is not one of the model's labels {labels}")
+            raise ValueError(f"{where}: record {i}: label {e.label!r} is not one of the model's labels {labels}")
+        if len(enc.ids) > max_length:
+            if long_records == "error":
+                raise ValueError(f"{where}: record {i} has {len(enc.ids)} tokens, more than max_length "
+                                 f"{max_length}; raise finetune_classifier.max_length or set long_records: truncate")
+            truncated += 1
         out.append((enc.ids[:max_length] or [0], index[e.label]))
-    return out
+    return out, truncated
 
 
 def collate(items: list[tuple[list[int], int]], pad_id: int) -> Batch:
@@ -165,5 +200,3 @@ def initial_classifier(pretrained: str | Path, labels: list[str], init: str, see
     return attach_classifier_head(model, len(labels))
 
 
-def write_labeled_tsv(path: str | Path, examples: Sequence[Example]) -> None:
-    write_text(path, "".join(f"{e.label}\t{e.text}\n" for e in examples))

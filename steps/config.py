@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -21,9 +21,128 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, use_attribute_docstrings=True)
 
 
-class DownloadConfig(Section):
-    source: Literal["builtin"] = "builtin"
-    """Where the data comes from; `builtin` generates the offline demo world from `seed`."""
+class BuiltinSource(Section):
+    """The offline demo world generated from `seed` (steps/builtin_data.py)."""
+
+    kind: Literal["builtin"] = "builtin"
+    """Generate the data instead of reading it."""
+
+
+class UrlSource(Section):
+    """An http(s) download, pinned by checksum and fetched once into a content cache."""
+
+    kind: Literal["url"] = "url"
+    """Download the file at `url`."""
+    url: str
+    """http(s) address of the file (or of an archive holding it)."""
+    sha256: str | None = None
+    """Checksum of the downloaded file; a mismatch is an error and nothing is kept."""
+    member: str | None = None
+    """For a zip or tar archive: the member to read (a .gz holds one file and needs none)."""
+    member_sha256: str | None = None
+    """Checksum of the extracted member (pins sources whose archive bytes change, like UCI's zip)."""
+    timeout_s: float = Field(60.0, gt=0.0)
+    """Seconds without data before a request counts as failed (then retried)."""
+    retries: int = Field(3, ge=0)
+    """Retries on transient errors (refused connection, timeout, HTTP 5xx/429), with backoff."""
+    retry_delay_s: float = Field(2.0, ge=0.0)
+    """Delay before the first retry; it doubles at each further retry."""
+
+    @model_validator(mode="after")
+    def _pinned(self) -> "UrlSource":
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"url must start with http:// or https:// (got {self.url!r})")
+        if self.sha256 is None and self.member_sha256 is None:
+            raise ValueError("a url source needs `sha256` (of the file) or `member_sha256` (of the archive "
+                             "member): run `sha256sum` on a trusted copy and pin it")
+        if self.member_sha256 is not None and self.member is None:
+            raise ValueError("`member_sha256` needs `member` (the archive member it checks)")
+        return self
+
+
+class HfSource(Section):
+    """A dataset from the Hugging Face hub (or a local dataset folder) via `datasets.load_dataset`."""
+
+    kind: Literal["hf"] = "hf"
+    """Load with `datasets.load_dataset(name, config, split=split, revision=revision)`."""
+    name: str
+    """Hub id (`owner/name`) or a local folder of data files."""
+    config: str | None = None
+    """Dataset configuration (subset) name, if it has several."""
+    split: str = "train"
+    """Split to read, e.g. `train` or `train[:10%]`."""
+    revision: str | None = None
+    """Branch, tag or commit to pin; the revision actually resolved is recorded either way."""
+
+
+class LocalSource(Section):
+    """Files on this machine: one file, a folder (read recursively) or a glob pattern."""
+
+    kind: Literal["local"] = "local"
+    """Read local files."""
+    path: str
+    """A file, a folder or a glob (`**` recurses); relative paths are from the repository root.
+    Keep them under data/local/ so that DVC notices when their content changes."""
+
+
+Source = Annotated[BuiltinSource | UrlSource | HfSource | LocalSource, Field(discriminator="kind")]
+Format = Literal["auto", "txt", "jsonl", "json", "csv", "tsv", "parquet"]
+
+
+class DatasetSource(Section):
+    """Where one dataset comes from and how to read its files."""
+
+    source: Source = BuiltinSource()
+    """`builtin`, `url`, `hf` or `local` (see each kind's fields)."""
+    format: Format = "auto"
+    """File format; `auto` goes by the extension (.txt .jsonl .json .csv .tsv .parquet)."""
+    header: bool = True
+    """csv/tsv: the first row names the columns."""
+    columns: list[str] | None = None
+    """csv/tsv: column names, for files without a header row (set header: false)."""
+
+    @model_validator(mode="after")
+    def _columns_named(self) -> "DatasetSource":
+        if not self.header and not self.columns:
+            raise ValueError("header: false needs `columns` (the names of the file's columns, in order)")
+        return self
+
+
+class CorpusSource(DatasetSource):
+    text_field: str = "text"
+    """Field (jsonl/json/parquet/hf) or column (csv/tsv) holding a document; a .txt file is one
+    document."""
+
+
+class ClassificationSource(DatasetSource):
+    text_field: str = "text"
+    """Field or column holding the text to classify."""
+    label_field: str = "label"
+    """Field or column holding the label name."""
+    labels: list[str] | None = None
+    """Label names in id order (a record with any other label is an error); unset = the sorted
+    names found in the data (ham = 0, spam = 1)."""
+
+
+class InstructionFields(Section):
+    """Which source field fills each part of an instruction record."""
+
+    instruction: str = "instruction"
+    """Field holding the task."""
+    input: str | None = "input"
+    """Field holding the optional input; null when the data has none."""
+    output: str = "output"
+    """Field holding the desired response."""
+
+
+class InstructionSource(DatasetSource):
+    fields: InstructionFields = InstructionFields()
+    """Source fields mapped to instruction / input / output."""
+
+
+class BuiltinSizes(Section):
+    """Sizes of the generated offline world (used by datasets whose source is `builtin`)."""
+
     corpus_bytes: int = Field(1_200_000, ge=10_000)
     """Size of the generated pretraining corpus in bytes."""
     sms_messages: int = Field(3000, ge=50)
@@ -34,6 +153,19 @@ class DownloadConfig(Section):
     """Generated test records, on held-out inputs."""
     instructions_val: int = Field(100, ge=5)
     """Generated validation records, on held-out inputs."""
+
+
+class DownloadConfig(Section):
+    """The three datasets the pipeline starts from, each from its own source."""
+
+    corpus: CorpusSource = CorpusSource()
+    """Pretraining text."""
+    classification: ClassificationSource = ClassificationSource()
+    """Labelled texts for the classifier."""
+    instructions: InstructionSource = InstructionSource()
+    """Instruction / input / output records."""
+    builtin: BuiltinSizes = BuiltinSizes()
+    """Sizes of the generated data."""
 
 
 class TokenizeConfig(Section):
@@ -94,6 +226,9 @@ class OptimConfig(Section):
 class PretrainConfig(OptimConfig):
     max_steps: int = Field(600, ge=1)
     """Optimizer steps of pretraining."""
+    seq_len: int | None = Field(None, ge=2)
+    """Tokens per training window; null = model.context_length. The book trains GPT_CONFIG_124M
+    (context 1,024) on 256-token windows, since the-verdict.txt's validation split is ~500 tokens."""
     eval_batches: int = Field(10, ge=1)
     """Validation batches averaged per evaluation."""
     sample_prompt: str = "The market"
@@ -132,6 +267,9 @@ class ClassifierConfig(OptimConfig):
     """Passes over the training split."""
     max_length: int = Field(64, ge=4)
     """Messages are truncated to this many tokens (at most the model's context)."""
+    long_records: Literal["truncate", "error"] = "truncate"
+    """Messages longer than max_length: truncate them (the count is reported) or stop with an
+    error naming the first one."""
     balance: bool = False
     """Downsample the majority class to the minority's size before splitting (the book does)."""
     train_fraction: float = Field(0.7, gt=0.0, lt=1.0)
@@ -160,6 +298,9 @@ class InstructConfig(OptimConfig):
     (the book trains on the whole text; with a tiny model the mask helps)."""
     allowed_max_length: int = Field(128, ge=8)
     """Prompt + response are truncated to this many tokens (at most the model's context)."""
+    long_records: Literal["truncate", "error"] = "truncate"
+    """Records longer than allowed_max_length: truncate them (the count is reported) or stop with
+    an error naming the first one."""
     max_new_tokens: int = Field(16, ge=1)
     """Tokens generated per test response."""
     lora: LoraConfig = LoraConfig()
@@ -193,6 +334,14 @@ class Params(Section):
     finetune_instruct: InstructConfig = InstructConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     tracking: TrackingConfig = TrackingConfig()
+
+
+    @model_validator(mode="after")
+    def _windows_fit(self) -> "Params":
+        if self.pretrain.seq_len is not None and self.pretrain.seq_len > self.model.context_length:
+            raise ValueError(f"pretrain.seq_len ({self.pretrain.seq_len}) exceeds model.context_length "
+                             f"({self.model.context_length})")
+        return self
 
 
 class ConfigError(ValueError):

@@ -91,6 +91,20 @@ def encode_records(
     return [(p.ids + r.ids, len(p.ids)) for p, r in zip(prompts, responses)]
 
 
+def count_long(
+    items: Sequence[tuple[list[int], int]], max_length: int, long_records: str = "truncate",
+    where: str = "instruction data",
+) -> int:
+    """How many encoded records exceed `max_length` tokens (collate truncates them); with
+    `long_records: error` the first one stops the run, named."""
+    long = [i for i, (ids, _) in enumerate(items) if len(ids) > max_length]
+    if long and long_records == "error":
+        i = long[0]
+        raise ValueError(f"{where}: record {i} has {len(items[i][0])} tokens, more than allowed_max_length "
+                         f"{max_length}; raise finetune_instruct.allowed_max_length or set long_records: truncate")
+    return len(long)
+
+
 def collate(
     batch: list[list[int]],
     pad_id: int,

@@ -4,8 +4,11 @@ from pathlib import Path
 
 RAW = Path("data/raw")
 CORPUS = RAW / "corpus.txt"
-SMS = RAW / "sms.tsv"
+CLASSIFICATION = RAW / "classification.jsonl"
+LABELS = RAW / "labels.json"
 INSTRUCTIONS = RAW / "instructions.json"
+SOURCES = RAW / "sources.json"
+LOCAL_DATA = Path("data/local")
 
 TOKENS = Path("data/tokens")
 TOKENIZER = TOKENS / "tokenizer.json"
@@ -17,7 +20,7 @@ PRETRAIN_MODEL = Path("models/pretrain")
 CLASSIFIER_MODEL = Path("models/classifier")
 INSTRUCT_MODEL = Path("models/instruct")
 MODEL_TOKENIZER = "tokenizer.json"
-CLASSIFIER_TEST_SPLIT = "test.tsv"
+CLASSIFIER_TEST_SPLIT = "test.jsonl"
 ADAPTER = "adapter"
 RESPONSES = "responses.json"
 

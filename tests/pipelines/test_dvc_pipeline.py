@@ -21,8 +21,8 @@ pytestmark = pytest.mark.slow
 STAGES = ["download", "tokenize", "pretrain", "finetune_classifier", "finetune_instruct", "evaluate"]
 
 TINY = {
-    "download": {"corpus_bytes": 150_000, "sms_messages": 400, "instructions_train": 170,
-                 "instructions_test": 20, "instructions_val": 10},
+    "download": {"builtin": {"corpus_bytes": 150_000, "sms_messages": 400, "instructions_train": 170,
+                             "instructions_test": 20, "instructions_val": 10}},
     "tokenize": {"vocab_size": 512},
     "model": {"context_length": 64, "emb_dim": 32, "n_heads": 2, "n_layers": 1},
     "pretrain": {"max_steps": 30, "batch_size": 8, "eval_interval": 10, "eval_batches": 2, "sample_tokens": 8},
@@ -84,7 +84,7 @@ def first_repro(project):
 def test_every_stage_runs_and_writes_its_outputs(project, first_repro):
     work, _ = project
     assert _ran_stages(first_repro.stdout) == STAGES
-    for path in (layout.CORPUS, layout.SMS, layout.INSTRUCTIONS, layout.TOKENIZER, layout.TRAIN_BIN,
+    for path in (layout.CORPUS, layout.CLASSIFICATION, layout.LABELS, layout.INSTRUCTIONS, layout.SOURCES, layout.TOKENIZER, layout.TRAIN_BIN,
                  layout.VAL_BIN, layout.SUMMARY):
         assert (work / path).stat().st_size > 0, path
     for folder in (layout.PRETRAIN_MODEL, layout.CLASSIFIER_MODEL, layout.INSTRUCT_MODEL):
@@ -92,7 +92,7 @@ def test_every_stage_runs_and_writes_its_outputs(project, first_repro):
             assert (work / folder / name).is_file(), folder / name
     assert (work / layout.PRETRAIN_MODEL / "training_state.pt").is_file()
     responses = json.loads((work / layout.INSTRUCT_MODEL / layout.RESPONSES).read_text())
-    assert len(responses) == TINY["download"]["instructions_test"]
+    assert len(responses) == TINY["download"]["builtin"]["instructions_test"]
     assert all({"instruction", "input", "output", "model_response"} <= set(r) for r in responses)
     lock = yaml.safe_load((work / "dvc.lock").read_text())
     assert sorted(lock["stages"]) == sorted(STAGES)
@@ -101,7 +101,7 @@ def test_every_stage_runs_and_writes_its_outputs(project, first_repro):
 def test_metrics_and_plots_of_every_stage(project, first_repro):
     work, _ = project
     expected = {
-        "download": ["corpus_bytes", "sms_messages", "instruction_records"],
+        "download": ["corpus_bytes", "corpus_documents", "classification_records", "instruction_records"],
         "tokenize": ["vocab_size", "train_tokens", "val_tokens"],
         "pretrain": ["train_loss", "val_loss", "val_perplexity", "unigram_val_loss"],
         "finetune_classifier": ["train_accuracy", "val_accuracy", "test_accuracy", "test_f1"],

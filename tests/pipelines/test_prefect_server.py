@@ -59,8 +59,8 @@ def prefect_server(tmp_path_factory):
 
 def test_stage_flow_reports_to_the_configured_server(prefect_server, tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["download"].update(corpus_bytes=150_000, sms_messages=100, instructions_train=20,
-                              instructions_test=5, instructions_val=5)
+    params["download"]["builtin"].update(corpus_bytes=150_000, sms_messages=100, instructions_train=20,
+                                         instructions_test=5, instructions_val=5)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
     env.update(PREFECT_API_URL=prefect_server, PYTHONPATH=str(ROOT))
@@ -77,4 +77,4 @@ def test_stage_flow_reports_to_the_configured_server(prefect_server, tmp_path):
     assert flow["name"] == "download"
     assert runs[0]["state_type"] == "COMPLETED"
     tasks = httpx.post(f"{prefect_server}/task_runs/filter", json={}, timeout=10).json()
-    assert any(t["name"].startswith("fetch_datasets") and t["state_type"] == "COMPLETED" for t in tasks)
+    assert any(t["name"].startswith("write_datasets") and t["state_type"] == "COMPLETED" for t in tasks)

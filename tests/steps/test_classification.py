@@ -24,9 +24,10 @@ from steps.classification import (
     label_names,
     loader,
     predict,
-    read_labeled_tsv,
+    read_labeled,
+    read_labels,
     split_examples,
-    write_labeled_tsv,
+    write_labeled,
 )
 from steps.tokenizer import train_bpe
 
@@ -50,61 +51,26 @@ def book_like(n_ham: int = 4825, n_spam: int = 747) -> list[Example]:
 # --- reading ------------------------------------------------------------------------------
 
 
-def test_read_labeled_tsv(tmp_path: Path) -> None:
-    path = write(
-        tmp_path,
-        'ham\tGo until jurong point, crazy..\n'
-        'spam\t"Free entry" in 2 a wkly comp\n'
-        "\n"
-        'ham\tU dun say so early hor... U c already then say...\r\n'
-        'ham\t"unbalanced quote\n'
-        "spam\ttext\twith a tab\n",
-    )
-    examples = read_labeled_tsv(path)
-    assert examples == [
-        Example("ham", "Go until jurong point, crazy.."),
-        Example("spam", '"Free entry" in 2 a wkly comp'),
-        Example("ham", "U dun say so early hor... U c already then say..."),
-        Example("ham", '"unbalanced quote'),
-        Example("spam", "text\twith a tab"),
-    ]
-
-
-def test_read_keeps_leading_quote_and_unicode(tmp_path: Path) -> None:
-    path = write(tmp_path, 'ham\t"Quoted" start £5 – ok 😀\nspam\t""\n')
-    ex = read_labeled_tsv(path)
-    assert ex[0].text == '"Quoted" start £5 – ok 😀'
-    assert ex[1].text == '""'
-
-
-@pytest.mark.parametrize(
-    "content, line, message",
-    [
-        ("ham\tfine\nno tab here\n", 2, "expected 'label<TAB>text'"),
-        ("ham\tfine\n\tno label\n", 2, "expected 'label<TAB>text'"),
-        ("ham\tfine\nspam\t   \n", 2, "empty text field"),
-        ("ham\tfine\n\nham\tok\nspam\t\n", 4, "empty text field"),
-    ],
-)
-def test_read_errors_name_file_and_line(tmp_path: Path, content: str, line: int, message: str) -> None:
-    path = write(tmp_path, content)
-    with pytest.raises(ValueError, match=message) as info:
-        read_labeled_tsv(path)
-    assert f"{path}:{line}:" in str(info.value)
-
-
-@pytest.mark.parametrize("content", ["", "\n\n\n"])
-def test_read_empty_file(tmp_path: Path, content: str) -> None:
-    path = write(tmp_path, content)
-    with pytest.raises(ValueError, match="no examples") as info:
-        read_labeled_tsv(path)
-    assert str(path) in str(info.value)
-
-
 def test_write_then_read_round_trip(tmp_path: Path) -> None:
-    examples = [Example("spam", '"WIN" now £100'), Example("ham", "see you at 5 ☺")]
-    write_labeled_tsv(tmp_path / "out" / "test.tsv", examples)
-    assert read_labeled_tsv(tmp_path / "out" / "test.tsv") == examples
+    examples = [Example("spam", '"WIN" now £100\twith a tab'), Example("ham", "see you at 5 ☺\nbye")]
+    write_labeled(tmp_path / "out" / "test.jsonl", examples)
+    assert read_labeled(tmp_path / "out" / "test.jsonl") == examples
+
+
+def test_read_errors_name_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path, '{"label": "ham", "text": "a"}\n{"text": "b"}\n', "c.jsonl")
+    with pytest.raises(ValueError, match=rf"{path}:2: expected"):
+        read_labeled(path)
+    empty = write(tmp_path, "\n", "e.jsonl")
+    with pytest.raises(ValueError, match=rf"{empty}: no examples"):
+        read_labeled(empty)
+
+
+def test_read_labels(tmp_path: Path) -> None:
+    path = write(tmp_path, '["ham", "spam"]', "labels.json")
+    assert read_labels(path) == ["ham", "spam"]
+    with pytest.raises(ValueError, match="at least two label names"):
+        read_labels(write(tmp_path, '["ham"]', "one.json"))
 
 
 def test_label_names_sorted() -> None:
@@ -125,6 +91,25 @@ def test_split_balanced_like_the_book() -> None:
     # Shuffled: both classes in every split.
     for part in splits.values():
         assert {e.label for e in part} == {"ham", "spam"}
+
+
+def test_split_is_the_books_pandas_code_record_for_record() -> None:
+    """The book: ham.sample(n_spam, random_state=123), concat with spam, sample(frac=1,
+    random_state=123), then 70/10/20. Our NumPy version must pick the very same records."""
+    pd = pytest.importorskip("pandas")
+    examples = book_like(400, 60)
+    df = pd.DataFrame({"Label": [e.label for e in examples], "Text": [e.text for e in examples]})
+    num_spam = int((df["Label"] == "spam").sum())
+    ham_subset = df[df["Label"] == "ham"].sample(num_spam, random_state=123)
+    balanced = pd.concat([ham_subset, df[df["Label"] == "spam"]])
+    shuffled = balanced.sample(frac=1, random_state=123).reset_index(drop=True)
+    train_end = int(len(shuffled) * 0.7)
+    val_end = train_end + int(len(shuffled) * 0.1)
+    expected = {"train": shuffled[:train_end], "val": shuffled[train_end:val_end], "test": shuffled[val_end:]}
+
+    splits = split_examples(examples, seed=123, train_fraction=0.7, val_fraction=0.1, balance=True)
+    for name, frame in expected.items():
+        assert [e.text for e in splits[name]] == frame["Text"].tolist(), name
 
 
 def test_split_unbalanced_keeps_everything() -> None:
@@ -159,12 +144,22 @@ def test_collate_right_pads() -> None:
 def test_encode_examples_truncates_and_maps_labels() -> None:
     tok = train_bpe(["hello world " * 5, "spam offer now"] * 20, vocab_size=280)
     examples = [Example("spam", "hello world hello world hello world"), Example("ham", "hi")]
-    encoded = encode_examples(tok, examples, ["ham", "spam"], max_length=3)
+    encoded, truncated = encode_examples(tok, examples, ["ham", "spam"], max_length=3)
     assert [label for _, label in encoded] == [1, 0]
     assert len(encoded[0][0]) == 3
+    assert truncated == 1
     assert encoded[0][0] == tok.encode(examples[0].text, add_special_tokens=False).ids[:3]
-    with pytest.raises(ValueError, match="label 'spam' is not one of the model's labels"):
+    with pytest.raises(ValueError, match="record 0: label 'spam' is not one of the model's labels"):
         encode_examples(tok, examples, ["ham", "other"], max_length=3)
+
+
+def test_encode_examples_can_refuse_long_records() -> None:
+    tok = train_bpe(["hello world " * 5, "spam offer now"] * 20, vocab_size=280)
+    examples = [Example("ham", "hi"), Example("spam", "hello world hello world hello world")]
+    with pytest.raises(ValueError, match=r"sms.jsonl: record 1 has \d+ tokens, more than max_length 3"):
+        encode_examples(tok, examples, ["ham", "spam"], max_length=3, long_records="error", where="sms.jsonl")
+    _, truncated = encode_examples(tok, examples, ["ham", "spam"], max_length=100, long_records="error")
+    assert truncated == 0
 
 
 def test_loader_shuffles_reproducibly() -> None:
