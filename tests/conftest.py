@@ -84,3 +84,17 @@ def serve_folder(monkeypatch):
     yield start
     for s in servers:
         s.close()
+
+
+@pytest.fixture(scope="module")
+def serve_folder_module():
+    """`serve_folder` for module-scoped fixtures (an end-to-end run shared by several tests)."""
+    servers = []
+
+    def start(folder: Path) -> _FileServer:
+        servers.append(_FileServer(folder))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()

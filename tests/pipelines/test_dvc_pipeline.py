@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +12,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from steps import layout
+from tests.pipelines.conftest import ran_stages, run
 
 pytestmark = pytest.mark.slow
 
@@ -40,50 +38,26 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
-def _run(cmd: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
-    return proc
-
-
-def _ran_stages(output: str) -> list[str]:
-    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
-
-
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, repo_root: Path = Path(__file__).resolve().parents[2]):
+def project(project_copy):
     """A git copy of the tracked project with tiny params, and the environment to run it in."""
-    work = tmp_path_factory.mktemp("e2e") / "repo"
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                           cwd=repo_root, capture_output=True, text=True, check=True).stdout.split("\0")
-    for name in filter(None, files):
-        src = repo_root / name
-        if src.is_file():
-            (work / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, work / name)
-    params = yaml.safe_load((work / "params.yaml").read_text())
-    (work / "params.yaml").write_text(yaml.safe_dump(_merge(params, TINY), sort_keys=False))
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_API", "DVC_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["PREFECT_HOME"] = str(work.parent / "prefect-home")  # run history of this test only
-    env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "gptpipe test"
-    env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = "test@gptpipe.invalid"
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "tiny params"]):
-        _run(cmd, work, env)
-    return work, env
+    def tiny(work: Path, env: dict[str, str]) -> None:
+        params = yaml.safe_load((work / "params.yaml").read_text())
+        (work / "params.yaml").write_text(yaml.safe_dump(_merge(params, TINY), sort_keys=False))
+
+    return project_copy(tiny)
 
 
 @pytest.fixture(scope="module")
 def first_repro(project):
     work, env = project
-    return _run(["dvc", "repro"], work, env)
+    return run(["dvc", "repro"], work, env)
 
 
 def test_every_stage_runs_and_writes_its_outputs(project, first_repro):
     work, _ = project
-    assert _ran_stages(first_repro.stdout) == STAGES
+    assert ran_stages(first_repro.stdout) == STAGES
     for path in (layout.CORPUS, layout.CLASSIFICATION, layout.LABELS, layout.INSTRUCTIONS, layout.SOURCES, layout.TOKENIZER, layout.TRAIN_BIN,
                  layout.VAL_BIN, layout.SUMMARY):
         assert (work / path).stat().st_size > 0, path
@@ -151,9 +125,9 @@ def test_each_stage_recorded_one_mlflow_run(project, first_repro):
 def test_second_repro_skips_everything_and_a_param_reruns_only_downstream(project, first_repro):
     work, env = project
     start = time.perf_counter()
-    again = _run(["dvc", "repro"], work, env)
+    again = run(["dvc", "repro"], work, env)
     elapsed = time.perf_counter() - start
-    assert _ran_stages(again.stdout) == []
+    assert ran_stages(again.stdout) == []
     for stage in STAGES:
         assert f"Stage '{stage}' didn't change, skipping" in again.stdout
     assert elapsed < 30, f"a no-op repro took {elapsed:.1f} s"
@@ -161,5 +135,5 @@ def test_second_repro_skips_everything_and_a_param_reruns_only_downstream(projec
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["finetune_classifier"]["lr"] = 5.0e-4
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    changed = _run(["dvc", "repro"], work, env)
-    assert _ran_stages(changed.stdout) == ["finetune_classifier", "evaluate"]
+    changed = run(["dvc", "repro"], work, env)
+    assert ran_stages(changed.stdout) == ["finetune_classifier", "evaluate"]

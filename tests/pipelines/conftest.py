@@ -1,0 +1,61 @@
+"""Fixtures of the end-to-end tests: a throwaway git copy of the project to run `dvc repro` in."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 1200) -> subprocess.CompletedProcess[str]:
+    """Run a command; on failure the assertion shows the tail of its output."""
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def ran_stages(output: str) -> list[str]:
+    """Stage names in the order `dvc repro` reports running them."""
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
+
+
+def make_project_copy(work: Path, edit: Callable[[Path, dict[str, str]], None] | None = None) -> tuple[Path, dict[str, str]]:
+    """Copy the tracked (and untracked, not ignored) files into `work`, let `edit` change the
+    copy (params, say), and commit it: a git + DVC repository of its own."""
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                           cwd=ROOT, capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, files):
+        src = ROOT / name
+        if src.is_file():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, work / name)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_API", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PREFECT_HOME"] = str(work.parent / "prefect-home")  # run history of this test only
+    env["GPTPIPE_CACHE"] = str(work.parent / "download-cache")
+    env["NO_PROXY"] = "127.0.0.1,localhost"
+    env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "gptpipe test"
+    env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = "test@gptpipe.invalid"
+    if edit is not None:
+        edit(work, env)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "test copy"]):
+        run(cmd, work, env)
+    return work, env
+
+
+@pytest.fixture(scope="module")
+def project_copy(tmp_path_factory):
+    """`project_copy(edit)` -> (work dir, env) for a fresh copy of the project."""
+
+    def make(edit: Callable[[Path, dict[str, str]], None] | None = None) -> tuple[Path, dict[str, str]]:
+        return make_project_copy(tmp_path_factory.mktemp("e2e") / "repo", edit)
+
+    return make
