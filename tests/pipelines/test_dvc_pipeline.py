@@ -137,3 +137,13 @@ def test_second_repro_skips_everything_and_a_param_reruns_only_downstream(projec
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = run(["dvc", "repro"], work, env)
     assert ran_stages(changed.stdout) == ["finetune_classifier", "evaluate"]
+
+
+def test_new_content_under_data_local_makes_download_stale(project, first_repro):
+    """`local` sources live in data/local/, a dependency of `download`: DVC notices edits there."""
+    work, env = project
+    assert "download" not in run(["dvc", "status", "download"], work, env).stdout
+    (work / "data" / "local" / "my-texts.txt").write_text("a new document\n")
+    status = run(["dvc", "status", "download"], work, env).stdout
+    assert "download:" in status and "data/local" in status
+    (work / "data" / "local" / "my-texts.txt").unlink()

@@ -18,6 +18,7 @@ from steps import instruction
 from steps.instruction import (
     IGNORE_INDEX,
     collate,
+    count_long,
     encode_records,
     format_prompt,
     generate_responses,
@@ -340,3 +341,11 @@ def test_encode_records_follows_the_prompt_style(tok: Tokenizer) -> None:
     assert tok.decode(ids[n:]) == RECORDS[0]["output"]
     (alpaca_ids, alpaca_n), = encode_records(tok, RECORDS[:1])
     assert n < alpaca_n  # the chat layout is the shorter prompt
+
+
+def test_count_long_reports_or_refuses_records_beyond_the_limit() -> None:
+    items = [([1] * 5, 2), ([1] * 9, 3), ([1] * 12, 4)]
+    assert count_long(items, 8) == 2
+    assert count_long(items, 12) == 0
+    with pytest.raises(ValueError, match=r"train.json: record 1 has 9 tokens, more than allowed_max_length 8"):
+        count_long(items, 8, "error", "train.json")
