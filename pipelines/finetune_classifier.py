@@ -12,6 +12,7 @@ from model.gpt import count_parameters
 from model.heads import set_trainable
 from pipelines.stage import StageContext, run_stage, stage_task
 from steps import layout, plots
+from steps.baselines import tfidf_logreg_predictions
 from steps.classification import (classification_loss, encode_examples, initial_classifier, loader, predict,
                                   read_labeled, read_labels, split_examples, write_labeled)
 from steps.finetuning import save_finetuned, with_lora
@@ -76,6 +77,11 @@ def finetune(ctx: StageContext) -> dict[str, float]:
             plots.confusion_matrix(ctx.plots / "confusion_test.png", report["confusion_matrix"], labels,
                                    "Test split confusion matrix")
             plots.write_confusion_csv(ctx.plots / "confusion_test.csv", preds, refs, labels)
+
+    # The same split through TF-IDF + logistic regression: what a GPT has to beat to be worth it.
+    baseline = tfidf_logreg_predictions(splits["train"], splits["test"], labels, seed)
+    test_refs = [labels.index(e.label) for e in splits["test"]]
+    metrics["tfidf_test_accuracy"] = sum(p == r for p, r in zip(baseline, test_refs)) / len(test_refs)
 
     head = {"kind": "classifier", "labels": labels, "pooling": cfg.pooling}
     save_finetuned(layout.CLASSIFIER_MODEL, net, head, layout.PRETRAIN_MODEL / layout.MODEL_TOKENIZER,
