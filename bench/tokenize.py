@@ -21,14 +21,18 @@ and checks that all three give the same ids. Prints a table, then as its last li
 from __future__ import annotations
 
 import os
+import sys
 
+# Run as a script, this file's folder comes first on sys.path, and its name would shadow the
+# standard library's `tokenize` (which linecache, hence dataclasses and inspect, import).
+if sys.path and os.path.realpath(sys.path[0]) == os.path.dirname(os.path.realpath(__file__)):
+    del sys.path[0]
 # Before `tokenizers` is imported: the raw baseline must stay on one core.
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 import argparse  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
-import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
