@@ -1,58 +1,100 @@
-"""Stage `tokenize`: train the BPE tokenizer on the corpus and encode train/val token files."""
+"""Stage `tokenize`: get the tokenizer (train our BPE, or GPT-2's) and encode train/val token files."""
 
 from __future__ import annotations
 
+import logging
 import time
+from pathlib import Path
 
-from pipelines.stage import StageContext, run_stage, stage_task
 from prefect import flow
+from tokenizers import Tokenizer
+
 from model.atomic import write_json
+from pipelines.stage import StageContext, run_stage, stage_task
 from steps import layout, plots
-from steps.tokenizer import encode_to_file, split_documents, token_dtype, train_bpe
+from steps.config import TokenizeConfig
+from steps.corpus import CorpusPart, split_corpus
+from steps.gpt2_bpe import gpt2_encoding, gpt2_tokenizer
+from steps.tokenizer import (
+    EncodeStats,
+    HFEncoder,
+    TiktokenEncoder,
+    TokenEncoder,
+    document_lengths,
+    encode_to_file,
+    read_tokens,
+    resolve_workers,
+    token_dtype,
+    train_bpe,
+)
 
 SECTIONS = ["seed", "tokenize", "tracking"]
+# Document lengths for the plot come from the start of train.bin: enough for the statistics,
+# bounded whatever the corpus size.
+PLOT_TOKENS = 4_000_000
+log = logging.getLogger("gptpipe.tokenize")
+
+
+def build_tokenizer(cfg: TokenizeConfig, train: CorpusPart) -> tuple[Tokenizer, TokenEncoder]:
+    """tokenizer.json's tokenizer, and the encoder that writes the token files with the same ids."""
+    if cfg.kind == "gpt2":
+        encoder_json = Path(cfg.encoder_json) if cfg.encoder_json else None
+        vocab_bpe = Path(cfg.vocab_bpe) if cfg.vocab_bpe else None
+        # tiktoken encodes faster than `tokenizers` with the same vocabulary (tests check the ids agree).
+        return gpt2_tokenizer(encoder_json, vocab_bpe), TiktokenEncoder(gpt2_encoding(encoder_json, vocab_bpe))
+    tok = train_bpe(train.texts(), cfg.vocab_size, cfg.min_frequency)
+    return tok, HFEncoder(tok)
 
 
 @stage_task
 def train_and_encode(ctx: StageContext) -> dict[str, float]:
     cfg = ctx.params.tokenize
-    docs = split_documents(layout.CORPUS.read_text(encoding="utf-8"))
-    if len(docs) < 2:
-        raise ValueError(f"{layout.CORPUS}: needs at least 2 documents (blank-line separated) to split train/val")
-    n_val = max(1, int(len(docs) * cfg.val_fraction))
-    train_docs, val_docs = docs[:-n_val], docs[-n_val:]
+    train, val = split_corpus(layout.CORPUS, cfg.val_fraction)
     start = time.perf_counter()
-    tok = train_bpe(train_docs, cfg.vocab_size, cfg.min_frequency)
-    train_seconds = time.perf_counter() - start
+    tok, encoder = build_tokenizer(cfg, train)
+    tokenizer_seconds = time.perf_counter() - start
     layout.TOKENS.mkdir(parents=True, exist_ok=True)
     tok.save(str(layout.TOKENIZER))
-    start = time.perf_counter()
-    train_stats = encode_to_file(tok, train_docs, layout.TRAIN_BIN)
-    val_stats = encode_to_file(tok, val_docs, layout.VAL_BIN)
-    encode_seconds = time.perf_counter() - start
-    vocab = tok.get_vocab_size()
-    chars = sum(len(d) for d in docs)
+    workers = resolve_workers(cfg.workers)
+    train_stats = encode_part(encoder, train, layout.TRAIN_BIN, workers)
+    val_stats = encode_part(encoder, val, layout.VAL_BIN, workers)
+    tokens = train_stats.tokens + val_stats.tokens
+    encode_seconds = train_stats.seconds + val_stats.seconds
     write_json(layout.TOKENS_META, {
-        "vocab_size": vocab, "dtype": token_dtype(vocab).name,
+        "kind": cfg.kind, "vocab_size": encoder.vocab_size, "dtype": token_dtype(encoder.vocab_size).name,
         "train_tokens": train_stats.tokens, "val_tokens": val_stats.tokens,
     })
-    lengths = [len(e.ids) for e in tok.encode_batch(docs[:2000], add_special_tokens=False)]
-    plots.grouped_bars(
-        ctx.plots / "doc_lengths.png",
-        ["min", "median", "max"],
-        {"tokens per document": [min(lengths), sorted(lengths)[len(lengths) // 2], max(lengths)]},
-        "Document lengths in tokens", "tokens",
-    )
+    plot_document_lengths(ctx, encoder)
     return {
-        "vocab_size": vocab,
+        "vocab_size": encoder.vocab_size,
         "train_documents": train_stats.documents,
         "val_documents": val_stats.documents,
         "train_tokens": train_stats.tokens,
         "val_tokens": val_stats.tokens,
-        "chars_per_token": chars / max(1, train_stats.tokens + val_stats.tokens),
-        "tokenizer_train_seconds": round(train_seconds, 3),
-        "encode_tokens_per_s": (train_stats.tokens + val_stats.tokens) / max(encode_seconds, 1e-9),
+        "bytes_per_token": (train.nbytes + val.nbytes) / max(1, tokens),
+        "tokenizer_seconds": round(tokenizer_seconds, 3),
+        "encode_seconds": round(encode_seconds, 3),
+        "encode_tokens_per_s": tokens / max(encode_seconds, 1e-9),
+        "encode_workers": workers,
     }
+
+
+def encode_part(encoder: TokenEncoder, part: CorpusPart, path: Path, workers: int) -> EncodeStats:
+    stats = encode_to_file(encoder, part.pieces(), path, workers=workers, total_bytes=part.nbytes)
+    log.info("%s: %d documents, %d tokens, %.0f tokens/s on %d workers",
+             path, stats.documents, stats.tokens, stats.tokens_per_s, workers)
+    return stats
+
+
+def plot_document_lengths(ctx: StageContext, encoder: TokenEncoder) -> None:
+    ids = read_tokens(layout.TRAIN_BIN, encoder.vocab_size)[:PLOT_TOKENS]
+    lengths = sorted(document_lengths(ids, encoder.eot_id).tolist()) or [len(ids)]
+    plots.grouped_bars(
+        ctx.plots / "doc_lengths.png",
+        ["min", "median", "max"],
+        {"tokens per document": [lengths[0], lengths[len(lengths) // 2], lengths[-1]]},
+        "Document lengths in tokens (train split)", "tokens",
+    )
 
 
 def _body(ctx: StageContext) -> dict[str, float]:

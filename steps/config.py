@@ -169,12 +169,32 @@ class DownloadConfig(Section):
 
 
 class TokenizeConfig(Section):
+    kind: Literal["bpe", "gpt2"] = "bpe"
+    """`bpe`: train our byte-level BPE on the corpus; `gpt2`: OpenAI's GPT-2 BPE (50,257 tokens)
+    through tiktoken."""
     vocab_size: int = Field(2048, ge=260, le=2**32 - 1)
-    """Byte-level BPE vocabulary size, special tokens included (>= 256 bytes + specials)."""
+    """bpe: vocabulary size, special tokens included (>= 256 bytes + specials)."""
     min_frequency: int = Field(2, ge=1)
-    """A pair must occur this often to be merged."""
+    """bpe: a pair must occur this often to be merged."""
+    encoder_json: str | None = None
+    """gpt2: local path of GPT-2's encoder.json, to work offline (give vocab_bpe too); unset,
+    tiktoken downloads both files once into its cache."""
+    vocab_bpe: str | None = None
+    """gpt2: local path of GPT-2's vocab.bpe (with encoder_json)."""
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
-    """Share of the corpus (its tail, by document) kept for validation."""
+    """Share of the corpus bytes kept for validation: its tail, from the next line boundary."""
+    workers: int = Field(0, ge=0)
+    """Threads encoding the corpus; 0 = all the cores this process may use."""
+
+    @model_validator(mode="after")
+    def _gpt2_files(self) -> "TokenizeConfig":
+        given = [name for name in ("encoder_json", "vocab_bpe") if getattr(self, name) is not None]
+        if given and self.kind != "gpt2":
+            raise ValueError(f"tokenize.{given[0]} applies only to kind gpt2 (kind is {self.kind})")
+        if len(given) == 1:
+            raise ValueError("tokenize.encoder_json and vocab_bpe go together: give both (local GPT-2 files) "
+                             "or neither (tiktoken downloads them)")
+        return self
 
 
 class ModelConfig(Section):

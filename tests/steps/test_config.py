@@ -45,6 +45,10 @@ def test_every_leaf_field_is_documented():
         ({"finetune_instruct": {"lora": {"bogus": 1}}}, "finetune_instruct.lora.bogus", "unknown key"),
         ({"model": {"emb_dim": 10, "n_heads": 3}}, "model", "divisible"),
         ({"finetune_classifier": {"train_fraction": 0.8, "val_fraction": 0.2}}, "finetune_classifier", "test split"),
+        ({"tokenize": {"kind": "gpt3"}}, "tokenize.kind", "'bpe' or 'gpt2'"),
+        ({"tokenize": {"workers": -1}}, "tokenize.workers", "greater than or equal"),
+        ({"tokenize": {"kind": "gpt2", "encoder_json": "e.json"}}, "tokenize", "give both"),
+        ({"tokenize": {"vocab_bpe": "v.bpe", "encoder_json": "e.json"}}, "tokenize", "only to kind gpt2"),
     ],
 )
 def test_invalid_params_name_the_key(data, key, why):
