@@ -1,4 +1,4 @@
-"""`gptpipe <stage>` runs one stage's flow; `gptpipe repro` runs the whole DVC pipeline."""
+"""`gptpipe <stage>` runs one stage's flow, `gptpipe repro` the whole DVC pipeline, `gptpipe compare` compares runs."""
 
 from __future__ import annotations
 
@@ -6,6 +6,11 @@ import argparse
 import importlib
 import subprocess
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from steps.compare import Filters
 
 # Stage name -> (module, flow function). Modules are imported on demand: each stage process
 # pays only for its own imports.
@@ -36,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     prof = sub.add_parser("profile", help="switch params.yaml to a shipped profile (builtin, book, book-small)")
     prof.add_argument("name", nargs="?", help="profile name; omit to list them")
     prof.add_argument("--params", default="params.yaml", help="params file to edit (default: params.yaml)")
+    add_compare_parser(sub)
     args = parser.parse_args(argv)
 
     if args.command == "stages":
@@ -43,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "repro":
         return subprocess.call(["dvc", "repro"])
+    if args.command == "compare":
+        return compare_runs(args)
     from steps.config import ConfigError, load_params
 
     if args.command == "profile":
@@ -75,6 +83,84 @@ def _profile(name: str | None, params_path: str) -> int:
     print(f"{params_path}: profile {name!r} applied ({len(changed)} parameters changed); "
           "run `dvc repro` (or `dvc exp run -n <name>`) to rebuild what it affects")
     return 0
+
+
+def add_compare_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="compare MLflow runs: a markdown/HTML report with curves and the best run",
+                       description="Compare MLflow runs: one row per run (differing params, metrics, cost), "
+                                   "overlaid loss/accuracy curves, the best run marked.")
+    p.add_argument("--experiment", help="MLflow experiment (default: tracking.experiment in params.yaml, "
+                                        "else gptpipe)")
+    p.add_argument("--stage", help="only runs of this stage, e.g. finetune_classifier")
+    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                   help="only runs with this tag, e.g. dvc_exp=cls-lora (repeatable)")
+    p.add_argument("--runs", nargs="+", default=[], metavar="ID", help="only these run ids")
+    p.add_argument("--metrics", help="comma-separated metric columns (default: the stage's usual ones)")
+    p.add_argument("--best", metavar="METRIC", help="mark the best run by this metric "
+                                                     "(default: the stage's headline metric)")
+    direction = p.add_mutually_exclusive_group()
+    direction.add_argument("--minimize", dest="maximize", action="store_false", default=None,
+                           help="lower --best is better (default for losses, perplexities, times, memory)")
+    direction.add_argument("--maximize", dest="maximize", action="store_true", help="higher --best is better")
+    p.add_argument("--last", type=positive_int, default=20, metavar="N",
+                   help="the newest N matching runs (default: 20)")
+    p.add_argument("--status", default="FINISHED", choices=["FINISHED", "FAILED", "KILLED", "RUNNING", "any"],
+                   help="run status to include (default: FINISHED)")
+    p.add_argument("--out", default="reports/compare", type=Path,
+                   help="output folder (default: reports/compare)")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def compare_runs(args: argparse.Namespace) -> int:
+    from steps import compare, tracking
+
+    try:
+        filters = compare.Filters(
+            experiment=args.experiment or default_experiment(), stage=args.stage,
+            tags=compare.parse_tags(args.tag), run_ids=tuple(args.runs),
+            status=None if args.status == "any" else args.status, last=None if args.runs else args.last,
+        )
+        runs = tracking.fetch_runs(filters.experiment, filters.stage, filters.tags, filters.run_ids,
+                                   max_runs=filters.last, status=filters.status)
+        if not runs:
+            raise compare.CompareError(no_runs_message(filters, tracking.tracking_uri(),
+                                                       tracking.experiment_names()))
+        missing = set(filters.run_ids) - {run.run_id for run in runs}
+        if missing:
+            print(f"gptpipe compare: not among the matching runs: {', '.join(sorted(missing))}", file=sys.stderr)
+        metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+        result = compare.compare(runs, filters, metrics, args.best, args.maximize)
+    except ValueError as err:  # CompareError, or a filter MLflow's query language cannot express
+        print(f"gptpipe compare: {err}", file=sys.stderr)
+        return 2
+    curve_metrics = [m for names in compare.CURVE_FIGURES.values() for m in names]
+    histories = {run.run_id: tracking.metric_histories(run.run_id, curve_metrics) for run in runs}
+    paths = compare.write_report(result, histories, args.out)
+    print(compare.markdown_table(result))
+    print("\n".join(str(p) for p in paths))
+    return 0
+
+
+def default_experiment() -> str:
+    from steps.config import ConfigError, load_params
+
+    try:
+        return load_params().tracking.experiment
+    except ConfigError:
+        return "gptpipe"
+
+
+def no_runs_message(filters: Filters, uri: str, experiments: list[str]) -> str:
+    known = ", ".join(experiments) or "none yet"
+    return (f"no runs match {filters.describe()} in {uri}.\n"
+            f"Record some first (e.g. `dvc exp run -n cls-lora -S finetune_classifier.trainable=lora`), "
+            f"or check --experiment (experiments in this store: {known}), --stage, --tag, --runs and --status.")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -95,6 +95,38 @@ def grouped_bars(
     ax.set_title(title)
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
+    _save(fig, path)
+
+
+def overlaid_curves(
+    path: str | Path,
+    panels: dict[str, dict[str, Sequence[tuple[float, float]]]],
+    runs: Sequence[str],
+    title: str,
+    highlight: Collection[str] = (),
+) -> None:
+    """One subplot per metric ({metric: {run: [(step, value), ...]}}), one line per run.
+
+    A run keeps its colour in every subplot (and in every figure given the same `runs` order);
+    the `highlight` runs (e.g. the best) are drawn thicker.
+    """
+    colours = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20").colors
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    handles = {}
+    for ax, (metric, lines) in zip(axes[0], panels.items()):
+        for i, run in enumerate(runs):
+            points = sorted(lines.get(run, ()))
+            if points:
+                xs, ys = zip(*points)
+                (handles[run],) = ax.plot(xs, ys, color=colours[i % len(colours)], label=run,
+                                          linewidth=2.8 if run in highlight else 1.4,
+                                          marker="o" if len(points) < 30 else None, markersize=3)
+        ax.set_xlabel("step")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+    # One legend for the figure, listing runs in `runs` order even if the first panel lacks some.
+    axes[0][0].legend(handles=[handles[r] for r in runs if r in handles], fontsize=8)
+    fig.suptitle(title)
     _save(fig, path)
 
 

@@ -1,7 +1,8 @@
 """The only module that talks to MLflow: one run per stage, with params, metrics, artifacts, tags.
 
 Default store: `mlflow.db` (SQLite) in the repository root, artifacts in `mlartifacts/`.
-Set MLFLOW_TRACKING_URI to use a team server instead.
+Set MLFLOW_TRACKING_URI to use a team server instead. Runs are read back as plain records
+(`fetch_runs`, `metric_histories`) for `gptpipe compare`.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ import hashlib
 import logging
 import os
 import subprocess
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -139,3 +142,141 @@ def find_runs(experiment: str, stage: str | None = None, root: Path | None = Non
         return []
     query = f"tags.stage = '{stage}'" if stage else ""
     return client.search_runs([exp.experiment_id], filter_string=query, order_by=["attributes.start_time DESC"])
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One MLflow run as plain data, so code that compares runs never handles MLflow types."""
+
+    run_id: str
+    name: str
+    status: str
+    start_time: datetime | None
+    end_time: datetime | None
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+    @property
+    def seconds(self) -> float | None:
+        """Wall time of the run, from MLflow's start and end timestamps."""
+        if self.start_time is None or self.end_time is None:
+            return None
+        return (self.end_time - self.start_time).total_seconds()
+
+
+def fetch_runs(
+    experiment: str,
+    stage: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    run_ids: Sequence[str] | None = None,
+    max_runs: int | None = None,
+    status: str | None = "FINISHED",
+    root: Path | None = None,
+) -> list[RunRecord]:
+    """Runs of an experiment matching every filter given (status None: any), newest first."""
+    uri = tracking_uri(root)
+    if not _store_exists(uri):
+        return []
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    query = _filter_string(stage, tags or {}, run_ids or [], status)
+    runs: list[Any] = []
+    token = None
+    while max_runs is None or len(runs) < max_runs:
+        page = client.search_runs([exp.experiment_id], filter_string=query, page_token=token,
+                                  max_results=min(1000, max_runs - len(runs)) if max_runs else 1000,
+                                  order_by=["attributes.start_time DESC"])
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    return [_record(client, run) for run in runs]
+
+
+def metric_histories(run_id: str, keys: Iterable[str], root: Path | None = None) -> dict[str, list[tuple[int, float]]]:
+    """Every value logged for each metric, in the order it was logged: {metric: [(step, value), ...]}.
+
+    Metrics the run never logged are left out.
+    """
+    client = MlflowClient(tracking_uri(root))
+    histories = {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)] for key in keys}
+    return {key: points for key, points in histories.items() if points}
+
+
+def experiment_names(root: Path | None = None) -> list[str]:
+    """Names of the experiments in the store (for error messages that suggest one)."""
+    uri = tracking_uri(root)
+    if not _store_exists(uri):
+        return []
+    return sorted(exp.name for exp in MlflowClient(uri).search_experiments())
+
+
+def _store_exists(uri: str) -> bool:
+    # Opening a SQLite URI creates the database; a read-only command must not leave one behind.
+    prefix = "sqlite:///"  # SQLAlchemy: the file name is everything after the third slash
+    if not uri.startswith(prefix):
+        return True
+    path = uri[len(prefix):].split("?", 1)[0]
+    return path in ("", ":memory:") or Path(path).exists()
+
+
+def _filter_string(stage: str | None, tags: Mapping[str, str], run_ids: Sequence[str], status: str | None) -> str:
+    wanted = dict(tags)
+    if stage:
+        wanted["stage"] = stage
+    clauses = [f"tags.`{_tag_key(key)}` = {_quote(value)}" for key, value in wanted.items()]
+    if run_ids:
+        clauses.append("attributes.run_id IN (" + ", ".join(_quote(r) for r in run_ids) + ")")
+    if status:
+        clauses.append(f"attributes.status = {_quote(status)}")
+    return " AND ".join(clauses)
+
+
+def _tag_key(key: str) -> str:
+    if "`" in key:
+        raise ValueError(f"a tag name cannot contain a backtick: {key!r}")
+    return key
+
+
+def _quote(value: str) -> str:
+    # MLflow's filter grammar has no escapes: pick the quote the value does not contain.
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise ValueError(f"a filter value cannot contain both kinds of quote: {value!r}")
+
+
+def _record(client: MlflowClient, run: Any) -> RunRecord:
+    info = run.info
+    return RunRecord(
+        run_id=info.run_id,
+        name=info.run_name or "",
+        status=info.status,
+        start_time=_time(info.start_time),
+        end_time=_time(info.end_time),
+        params=dict(run.data.params),
+        metrics=_final_metrics(client, info.run_id, run.data.metrics),
+        tags={k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")},
+    )
+
+
+def _final_metrics(client: MlflowClient, run_id: str, latest: Mapping[str, float]) -> dict[str, float]:
+    """The value logged last in time for each metric.
+
+    MLflow's own "latest" value is the one with the highest step, but a stage logs its summary
+    (e.g. overall tokens_per_s, full-split train_loss) without a step, i.e. at step 0, after the
+    per-step history: MLflow would report the last training window instead of the summary.
+    """
+    final = {}
+    for key, value in latest.items():
+        history = client.get_metric_history(run_id, key)  # ordered by timestamp, then step
+        final[key] = history[-1].value if history else value
+    return final
+
+
+def _time(millis: int | None) -> datetime | None:
+    return datetime.fromtimestamp(millis / 1000) if millis else None

@@ -1,6 +1,7 @@
 """Shared test fixtures."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -98,3 +99,78 @@ def serve_folder_module():
     yield start
     for s in servers:
         s.close()
+# MLflow stores timestamps in milliseconds: pause so that runs start, and summaries follow the
+# per-step history, at distinct times (as they do in real stages).
+TICK = 0.01
+
+# dvc_exp name -> (trainable, final test_accuracy, final val_loss, summary tokens_per_s)
+CLASSIFIER_RUNS = {
+    "cls-head": ("head", 0.90, 0.40, 900.0),
+    "cls-block": ("last_block", 0.95, 0.30, 700.0),
+    "cls-lora": ("lora", 0.93, 0.20, 800.0),
+}
+
+
+def _record_stage_run(root: Path, stage: str, params: dict, history: list[dict], summary: dict,
+                      fail: bool = False) -> str:
+    import time
+
+    from steps.tracking import stage_run
+
+    with stage_run(stage, params, params_hash="h", inputs=[], experiment="cmp", root=root) as run:
+        for row in history:
+            run.log_metrics({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+        time.sleep(TICK)
+        run.log_metrics(summary)  # no step, as pipelines/stage.py logs a stage's summary
+        if fail:
+            raise RuntimeError("stage failed")
+    time.sleep(TICK)
+    return run.run_id
+
+
+@pytest.fixture(scope="session")
+def mlflow_runs(tmp_path_factory):
+    """An MLflow store (experiment `cmp`) with three finished classifier runs that differ only in
+    `trainable`, one failed classifier run and one instruction run; {dvc_exp: run id} plus the URI."""
+    import mlflow
+
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    ids = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.chdir(root)
+        for name, (trainable, accuracy, val_loss, tokens_per_s) in CLASSIFIER_RUNS.items():
+            mp.setenv("DVC_EXP_NAME", name)
+            params = {"seed": 123, "finetune_classifier.trainable": trainable,
+                      "finetune_classifier.lr": 0.001, "finetune_classifier.epochs": 2}
+            history = [
+                {"step": 0, "val_loss": 0.7, "val_accuracy": 0.5},
+                {"step": 5, "train_loss": 0.6, "tokens_per_s": 1000.0, "val_loss": val_loss + 0.1,
+                 "val_accuracy": accuracy - 0.1},
+                {"step": 10, "train_loss": 0.3, "tokens_per_s": 1100.0, "val_loss": val_loss,
+                 "val_accuracy": accuracy},
+            ]
+            summary = {"test_accuracy": accuracy, "test_f1": accuracy - 0.02, "val_accuracy": accuracy,
+                       "train_loss": 0.25, "val_loss": val_loss, "trainable_parameters": 1000,
+                       "peak_memory_mb": 50.0, "seconds_per_step": 0.1, "tokens_per_s": tokens_per_s}
+            ids[name] = _record_stage_run(root, "finetune_classifier", params, history, summary)
+        mp.setenv("DVC_EXP_NAME", "cls-all")
+        with pytest.raises(RuntimeError):
+            _record_stage_run(root, "finetune_classifier", {"finetune_classifier.trainable": "all"},
+                              [], {"test_accuracy": 0.99}, fail=True)
+        mp.setenv("DVC_EXP_NAME", "inst-lora")
+        ids["inst-lora"] = _record_stage_run(
+            root, "finetune_instruct", {"seed": 123, "finetune_instruct.method": "lora"},
+            [{"step": 0, "val_loss": 3.0}, {"step": 4, "train_loss": 2.0, "val_loss": 2.5}],
+            {"train_loss": 1.9, "val_loss": 2.5, "tokens_per_s": 600.0},
+        )
+        mlflow.set_tracking_uri(None)  # forget the global URI MLflow keeps beside the env var
+    return SimpleNamespace(root=root, uri=uri, ids=ids)
+
+
+@pytest.fixture
+def mlflow_store(mlflow_runs, monkeypatch):
+    """`mlflow_runs`, with MLFLOW_TRACKING_URI pointing at them (restored afterwards)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_runs.uri)
+    return mlflow_runs

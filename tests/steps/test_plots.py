@@ -100,3 +100,12 @@ def test_plots_overwrite_existing_file(tmp_path: Path) -> None:
     path.write_bytes(b"old")
     plots.grouped_bars(path, ["a"], {"s": [1.0]}, "t", "y")
     assert path.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_overlaid_curves_one_panel_per_metric(tmp_path: Path):
+    # Run "c" appears only in the second panel; the legend still lists it.
+    panels = {"val_loss": {"a": [(0, 1.0), (5, 0.5)], "b": [(0, 1.2), (5, 0.4)]},
+              "train_loss": {"b": [(5, 0.6)], "c": [(0, 2.0), (5, 1.0)]}}
+    plots.overlaid_curves(tmp_path / "c.png", panels, ["a", "b", "c"], "title", highlight=["b"])
+    width, height = png_size(tmp_path / "c.png")
+    assert width > 2 * height  # two panels side by side

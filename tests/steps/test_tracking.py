@@ -64,3 +64,45 @@ def test_data_hash_changes_with_content(tmp_path):
     first = tracking.data_hash([tmp_path])
     f.write_text("two")
     assert tracking.data_hash([tmp_path]) != first
+
+
+# --- reading runs back (fixture `mlflow_store`: tests/conftest.py) ---------------------------------
+
+def test_fetch_runs_filters_by_stage_tag_ids_and_status(mlflow_store):
+    ids = mlflow_store.ids
+    classifier = tracking.fetch_runs("cmp", stage="finetune_classifier")
+    # Newest first; the failed run is left out by default.
+    assert [r.tags["dvc_exp"] for r in classifier] == ["cls-lora", "cls-block", "cls-head"]
+    assert [r.tags["dvc_exp"] for r in tracking.fetch_runs("cmp", tags={"dvc_exp": "cls-block"})] == ["cls-block"]
+    assert [r.run_id for r in tracking.fetch_runs("cmp", run_ids=[ids["cls-head"], ids["inst-lora"]])] == [
+        ids["inst-lora"], ids["cls-head"]]
+    assert len(tracking.fetch_runs("cmp", stage="finetune_classifier", status=None)) == 4
+    assert len(tracking.fetch_runs("cmp", max_runs=2)) == 2
+    assert tracking.fetch_runs("cmp", stage="pretrain") == []
+    assert tracking.fetch_runs("no-such-experiment") == []
+
+
+def test_fetched_runs_are_plain_data_with_the_stage_summary_as_final_value(mlflow_store):
+    (run,) = tracking.fetch_runs("cmp", tags={"dvc_exp": "cls-head"})
+    assert run.status == "FINISHED" and run.name == "finetune_classifier"
+    assert run.params["finetune_classifier.trainable"] == "head"
+    assert run.tags["stage"] == "finetune_classifier" and "params_hash" in run.tags
+    assert run.seconds is not None and run.seconds >= 0
+    # MLflow's "latest" would be the last training window (1100 tokens/s at step 10); the
+    # summary logged after training is what the stage reported.
+    assert run.metrics["tokens_per_s"] == 900.0 and run.metrics["train_loss"] == 0.25
+    histories = tracking.metric_histories(run.run_id, ["val_loss", "not_logged"])
+    assert histories == {"val_loss": [(0, 0.7), (5, 0.5), (10, 0.4), (0, 0.4)]}
+
+
+def test_a_missing_local_store_is_not_created(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.fetch_runs("gptpipe", root=tmp_path) == []
+    assert tracking.experiment_names(root=tmp_path) == []
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_filter_values_with_both_quotes_are_rejected(mlflow_store):
+    with pytest.raises(ValueError, match="quote"):
+        tracking.fetch_runs("cmp", tags={"note": "it's \"odd\""})
+    assert tracking.fetch_runs("cmp", tags={"note": "it's"}) == []
