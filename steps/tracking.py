@@ -76,11 +76,17 @@ class StageRun:
     def __init__(self, run: mlflow.ActiveRun, log_models: bool) -> None:
         self.run_id = run.info.run_id
         self.log_models = log_models
+        self.last_step = 0
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Per-step metrics with `step`; a stage's summary without one. The summary goes at the
+        highest step logged so far, since MLflow's "latest" value of a metric is the one at the
+        highest step: at step 0 a run-wide figure (tokens/s) would hide behind the last window's."""
         clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        if step is not None:
+            self.last_step = max(self.last_step, step)
         if clean:
-            mlflow.log_metrics(clean, step=step)
+            mlflow.log_metrics(clean, step=self.last_step if step is None else step)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         mlflow.log_artifact(str(path), artifact_path=artifact_path)

@@ -52,7 +52,7 @@ def test_book_profile_is_the_books_setup(params: Path) -> None:
     fc = p.finetune_classifier
     assert (fc.balance, fc.train_fraction, fc.val_fraction, fc.trainable) == (True, 0.7, 0.1, "last_block")
     assert changed["model.emb_dim"] == (128, 768)
-    assert changed["download.corpus.source"][1]["kind"] == "url"
+    assert changed["download.corpus.source.kind"] == ("builtin", "url")
 
 
 def test_switching_back_restores_the_defaults_and_keeps_comments(params: Path) -> None:

@@ -50,6 +50,19 @@ def test_stage_run_records_params_metrics_artifacts_and_tags(store):
     assert (store / "mlartifacts").is_dir()
 
 
+def test_the_stage_summary_is_mlflows_latest_value(store):
+    """A summary logged without a step lands at the highest step so far: MLflow shows it, not the
+    last training window's value of the same metric."""
+    with tracking.stage_run("pretrain", {}, "h", [], experiment="exp") as run:
+        run.log_metrics({"tokens_per_s": 900.0}, step=10)
+        run.log_metrics({"tokens_per_s": 1200.0}, step=20)
+        run.log_metrics({"tokens_per_s": 1000.0, "val_loss": 2.5})
+    (found,) = tracking.find_runs("exp", stage="pretrain", root=store)
+    assert found.data.metrics["tokens_per_s"] == 1000.0
+    history = MlflowClient(tracking.tracking_uri(store)).get_metric_history(run.run_id, "tokens_per_s")
+    assert [(m.step, m.value) for m in history] == [(10, 900.0), (20, 1200.0), (20, 1000.0)]
+
+
 def test_a_failing_stage_marks_its_run_failed(store):
     with pytest.raises(RuntimeError):
         with tracking.stage_run("tokenize", {}, "h", [], experiment="exp"):
@@ -88,11 +101,10 @@ def test_fetched_runs_are_plain_data_with_the_stage_summary_as_final_value(mlflo
     assert run.params["finetune_classifier.trainable"] == "head"
     assert run.tags["stage"] == "finetune_classifier" and "params_hash" in run.tags
     assert run.seconds is not None and run.seconds >= 0
-    # MLflow's "latest" would be the last training window (1100 tokens/s at step 10); the
-    # summary logged after training is what the stage reported.
+    # The summary logged after training (not the last window's 1100 tokens/s) is the final value.
     assert run.metrics["tokens_per_s"] == 900.0 and run.metrics["train_loss"] == 0.25
     histories = tracking.metric_histories(run.run_id, ["val_loss", "not_logged"])
-    assert histories == {"val_loss": [(0, 0.7), (5, 0.5), (10, 0.4), (0, 0.4)]}
+    assert histories == {"val_loss": [(0, 0.7), (5, 0.5), (10, 0.4), (10, 0.4)]}
 
 
 def test_a_missing_local_store_is_not_created(tmp_path, monkeypatch):
