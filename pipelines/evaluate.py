@@ -8,13 +8,14 @@ import logging
 import torch
 from prefect import flow
 
-from model.atomic import write_text
+from model.atomic import write_json, write_text
 from model.checkpoint import load_model, read_config
-from pipelines.stage import StageContext, run_stage, stage_task
+from pipelines.stage import StageContext, io_task, run_stage, stage_task
 from steps import layout, plots
 from steps.classification import encode_examples, initial_classifier, loader, predict, read_labeled
 from steps.hardware import resolve_device
 from steps.instruction import generate_responses
+from steps.judge import JudgeOutcome, judge_instruct, judged_records
 from steps.language_modeling import fixed_windows, lm_loss, unigram_cross_entropy
 from steps.metrics import compute
 from steps.report import summary_markdown
@@ -74,7 +75,8 @@ def evaluate_classifier(ctx: StageContext, device: torch.device) -> tuple[dict[s
 
 
 @stage_task
-def evaluate_instruct(ctx: StageContext, device: torch.device) -> tuple[dict[str, float], list[dict]]:
+def evaluate_instruct(ctx: StageContext, device: torch.device) -> tuple[dict[str, float], list[dict], list[dict]]:
+    """Exact match and ROUGE-L of the finetuned responses and of the pretrained-only ones (returned too)."""
     cfg = ctx.params.finetune_instruct
     responses = json.loads((layout.INSTRUCT_MODEL / layout.RESPONSES).read_text(encoding="utf-8"))
     _, head = read_config(layout.INSTRUCT_MODEL)
@@ -90,12 +92,22 @@ def evaluate_instruct(ctx: StageContext, device: torch.device) -> tuple[dict[str
         preds = [r["model_response"] for r in recs]
         metrics[f"{name}_exact_match"] = compute("exact_match", predictions=preds, references=refs)["exact_match"]
         metrics[f"{name}_rougeL"] = compute("rouge_l", predictions=preds, references=refs)["rougeL"]
-    examples = [
+    return metrics, responses, baseline
+
+
+# Network I/O: JudgeUnavailable is caught inside (it becomes a warning and a metric), so the
+# task's retries only cover surprises, never a judge already known to be down.
+@io_task
+def judge_responses(ctx: StageContext, responses: list[dict], baseline: list[dict]) -> JudgeOutcome:
+    return judge_instruct(responses, baseline, ctx.params.evaluate.judge, ctx.params.seed)
+
+
+def instruct_examples(responses: list[dict], baseline: list[dict], n: int = 8) -> list[dict]:
+    return [
         {"instruction": r["instruction"], "input": r["input"], "output": r["output"],
          "finetuned": r["model_response"], "pretrained_only": b["model_response"]}
-        for r, b in zip(responses[:8], baseline[:8])
+        for r, b in zip(responses[:n], baseline[:n])
     ]
-    return metrics, examples
 
 
 def _body(ctx: StageContext) -> dict[str, float]:
@@ -103,8 +115,15 @@ def _body(ctx: StageContext) -> dict[str, float]:
     metrics = evaluate_pretrained(ctx, device)
     cls_metrics, confusion = evaluate_classifier(ctx, device)
     metrics.update(cls_metrics)
-    inst_metrics, examples = evaluate_instruct(ctx, device)
+    inst_metrics, responses, baseline = evaluate_instruct(ctx, device)
     metrics.update(inst_metrics)
+    judge = ctx.params.evaluate.judge
+    outcome = judge_responses(ctx, responses, baseline) if judge.enabled else None
+    if outcome is not None:
+        metrics.update(outcome.metrics)
+    # Written on every run (scores null when not judged): DVC expects the output to exist.
+    write_json(layout.JUDGED_RESPONSES, judged_records(responses, baseline, outcome))
+    ctx.run.log_artifact(layout.JUDGED_RESPONSES)
 
     plots.grouped_bars(
         ctx.plots / "before_after.png",
@@ -122,7 +141,8 @@ def _body(ctx: StageContext) -> dict[str, float]:
         {"unigram model": [metrics["unigram_val_loss"]], "pretrained GPT": [metrics["pretrain_val_loss"]]},
         "Pretrained model vs a unigram model", "cross-entropy",
     )
-    write_text(layout.SUMMARY, summary_markdown(metrics, confusion, examples))
+    write_text(layout.SUMMARY, summary_markdown(metrics, confusion, instruct_examples(responses, baseline),
+                                                judge=f"{judge.model} at {judge.endpoint}" if judge.enabled else None))
     ctx.run.log_artifact(layout.SUMMARY)
     return metrics
 

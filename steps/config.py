@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PARAMS_FILE = "params.yaml"
+# Keys whose invalid values an error message does not repeat: a misplaced API key must not reach a log.
+SECRET_KEYS = ("api_key_env",)
 
 
 class Section(BaseModel):
@@ -327,11 +330,48 @@ class InstructConfig(OptimConfig):
     """Adapter settings when method is `lora`."""
 
 
+class JudgeConfig(Section):
+    """An LLM that scores the instruction test responses 0-100 (the book's chapter 7), reached
+    through an OpenAI-compatible chat endpoint: Ollama's, OpenAI's or any server speaking it."""
+
+    enabled: bool = False
+    """Score the responses; off by default, since it needs a running model server."""
+    endpoint: str = "http://localhost:11434/v1"
+    """Base URL of the API; `/chat/completions` is appended (Ollama: http://localhost:11434/v1,
+    OpenAI: https://api.openai.com/v1)."""
+    model: str = "llama3"
+    """Model the endpoint serves, e.g. `llama3` (pull it first: `ollama pull llama3`)."""
+    api_key_env: str | None = None
+    """NAME of the environment variable holding the API key, sent as `Authorization: Bearer`;
+    null sends none (Ollama needs none). Never put the key itself in params.yaml."""
+    timeout_s: float = Field(60.0, gt=0.0)
+    """Seconds to wait for one reply (a model loading on first use can take a while)."""
+    max_records: int | None = Field(None, ge=1)
+    """Judge only the first N test records, to bound time and cost; null = all of them."""
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http(cls, endpoint: str) -> str:
+        if not endpoint.startswith(("http://", "https://")):
+            raise ValueError("endpoint must start with http:// or https://")
+        return endpoint
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _a_name_not_a_key(cls, name: str | None) -> str | None:
+        # A key pasted here would end up in git, DVC and MLflow; a variable name cannot hold "-".
+        if name is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ValueError("api_key_env names an environment variable (e.g. OPENAI_API_KEY), not the key itself")
+        return name
+
+
 class EvaluateConfig(Section):
     val_batches: int = Field(50, ge=1)
     """Validation batches used for the pretrained model's perplexity."""
     batch_size: int = Field(16, ge=1)
     """Sequences per evaluation batch."""
+    judge: JudgeConfig = JudgeConfig()
+    """Optional LLM-as-judge scoring of the instruction responses."""
 
 
 class TrackingConfig(Section):
@@ -379,6 +419,8 @@ def parse_params(data: Any, source: str = PARAMS_FILE) -> Params:
             key = ".".join(str(p) for p in e["loc"])
             if e["type"] == "extra_forbidden":
                 problems.append(f"  {key}: unknown key (check its spelling against params.yaml's documented keys)")
+            elif key.endswith(SECRET_KEYS):
+                problems.append(f"  {key}: {e['msg']}")  # the value may be a secret: not echoed
             else:
                 problems.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
         raise ConfigError(f"{source}: invalid parameters\n" + "\n".join(problems)) from None

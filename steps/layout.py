@@ -26,6 +26,7 @@ RESPONSES = "responses.json"
 
 REPORTS = Path("reports")
 SUMMARY = REPORTS / "summary.md"
+JUDGED_RESPONSES = REPORTS / "judged_responses.json"
 
 
 def metrics_file(stage: str) -> Path:

@@ -10,7 +10,39 @@ def _row(name: str, start: float, finetuned: float) -> str:
     return f"| {name} | {start:.4f} | {finetuned:.4f} | {finetuned - start:+.4f} |"
 
 
-def summary_markdown(metrics: dict[str, float], confusion: dict[str, Any], examples: Sequence[dict[str, str]]) -> str:
+def _judge_row(m: dict[str, float]) -> list[str]:
+    """The LLM-judge row, when the judge ran: scores are 0-100, and either side may have none."""
+    if m.get("instruct_judge_available") != 1:
+        return []
+    start, finetuned = m.get("instruct_start_judge_score"), m.get("instruct_judge_score")
+    change = f"{finetuned - start:+.1f}" if start is not None and finetuned is not None else "–"
+    return [f"| instruction LLM-judge score (0-100) | {_score(start)} | {_score(finetuned)} | {change} |"]
+
+
+def _score(value: float | None) -> str:
+    return "no score" if value is None else f"{value:.1f}"
+
+
+def _judge_note(m: dict[str, float], judge: str | None) -> list[str]:
+    if "instruct_judge_available" not in m:
+        return []  # judging is off
+    if m["instruct_judge_available"] != 1:
+        return ["", f"The LLM judge{_by(judge)} was unreachable, so this run has no judge scores (the evaluate",
+                "stage's log says why and how to fix it); every other number is unaffected."]
+    counts = [f"{int(m[f'{p}_judge_scored'])} scored and {int(m[f'{p}_judge_unscored'])} unscored {name}"
+              for p, name in (("instruct", "finetuned"), ("instruct_start", "pretrained-only"))]
+    return ["", f"LLM-judge scores{_by(judge)} use the book's chapter 7 prompt; the mean is over the replies",
+            f"that held a score ({counts[0]} responses; {counts[1]}). Per record:",
+            "`reports/judged_responses.json`."]
+
+
+def _by(judge: str | None) -> str:
+    return f" ({judge})" if judge else ""
+
+
+def summary_markdown(metrics: dict[str, float], confusion: dict[str, Any], examples: Sequence[dict[str, str]],
+                     judge: str | None = None) -> str:
+    """The report's markdown; `judge` names the judging model (e.g. "llama3 at http://...")."""
     m = metrics
     labels = confusion["labels"]
     lines = [
@@ -34,6 +66,8 @@ def summary_markdown(metrics: dict[str, float], confusion: dict[str, Any], examp
         _row("classifier macro F1", m["classifier_start_test_f1"], m["classifier_test_f1"]),
         _row("instruction exact match", m["instruct_start_exact_match"], m["instruct_exact_match"]),
         _row("instruction ROUGE-L", m["instruct_start_rougeL"], m["instruct_rougeL"]),
+        *_judge_row(m),
+        *_judge_note(m, judge),
         "",
         "The classifier starts from the pretrained body with a fresh head; the instruction model",
         "starts from the pretrained model answering the same Alpaca prompts.",

@@ -49,7 +49,7 @@ def test_outputs_are_the_paths_the_code_writes(repo_root):
     assert outs["pretrain"] == [str(layout.PRETRAIN_MODEL)]
     assert outs["finetune_classifier"] == [str(layout.CLASSIFIER_MODEL)]
     assert outs["finetune_instruct"] == [str(layout.INSTRUCT_MODEL)]
-    assert outs["evaluate"] == [str(layout.SUMMARY)]
+    assert outs["evaluate"] == [str(layout.SUMMARY), str(layout.JUDGED_RESPONSES)]
     for name, stage in stages.items():
         for plot in _names(stage["plots"]):
             assert plot.startswith(str(layout.plots_dir(name)) + "/"), plot

@@ -49,6 +49,10 @@ def test_every_leaf_field_is_documented():
         ({"tokenize": {"workers": -1}}, "tokenize.workers", "greater than or equal"),
         ({"tokenize": {"kind": "gpt2", "encoder_json": "e.json"}}, "tokenize", "give both"),
         ({"tokenize": {"vocab_bpe": "v.bpe", "encoder_json": "e.json"}}, "tokenize", "only to kind gpt2"),
+        ({"evaluate": {"judge": {"endpoint": "localhost:11434/v1"}}}, "evaluate.judge.endpoint", "http://"),
+        ({"evaluate": {"judge": {"max_records": 0}}}, "evaluate.judge.max_records", "greater than or equal"),
+        ({"evaluate": {"judge": {"timeout_s": 0.0}}}, "evaluate.judge.timeout_s", "greater than"),
+        ({"evaluate": {"judge": {"api_key_env": "sk-proj-abc"}}}, "evaluate.judge.api_key_env", "not the key itself"),
     ],
 )
 def test_invalid_params_name_the_key(data, key, why):
@@ -58,6 +62,14 @@ def test_invalid_params_name_the_key(data, key, why):
     assert "params.yaml" in message
     assert f"  {key}:" in message
     assert why in message
+
+
+def test_a_key_pasted_as_api_key_env_is_not_echoed():
+    with pytest.raises(ConfigError) as err:
+        parse_params({"evaluate": {"judge": {"api_key_env": "sk-proj-SECRET"}}})
+    assert "SECRET" not in str(err.value)
+    assert parse_params({"evaluate": {"judge": {"api_key_env": "OPENAI_API_KEY"}}}).evaluate.judge.api_key_env == (
+        "OPENAI_API_KEY")
 
 
 def test_int_is_accepted_where_a_float_is_expected():

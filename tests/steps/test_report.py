@@ -93,3 +93,35 @@ def test_per_class_table_when_given() -> None:
     text = summary_markdown(METRICS, confusion, [])
     assert "| label | precision | recall | F1 | support |" in text
     assert "| spam | 0.9363 | 0.9800 | 0.9577 | 150 |" in text
+
+
+JUDGED = {"instruct_judge_available": 1, "instruct_judge_score": 61.25, "instruct_judge_scored": 9,
+          "instruct_judge_unscored": 1, "instruct_start_judge_score": 4.0, "instruct_start_judge_scored": 8,
+          "instruct_start_judge_unscored": 2}
+
+
+def test_no_judge_lines_when_judging_is_off(lines: list[str]) -> None:
+    assert not any("judge" in line for line in lines)
+
+
+def test_judge_row_and_note() -> None:
+    text = summary_markdown({**METRICS, **JUDGED}, CONFUSION, [], judge="llama3 at http://localhost:11434/v1")
+    lines = text.splitlines()
+    i = lines.index("| instruction ROUGE-L | 0.1230 | 0.1000 | -0.0230 |")
+    assert lines[i + 1] == "| instruction LLM-judge score (0-100) | 4.0 | 61.2 | +57.2 |"
+    note = " ".join(lines[i + 2: i + 6])
+    assert "(llama3 at http://localhost:11434/v1)" in note
+    assert "9 scored and 1 unscored finetuned" in note and "8 scored and 2 unscored pretrained-only" in note
+    assert "judged_responses.json" in note
+
+
+def test_judge_row_when_one_side_has_no_score() -> None:
+    metrics = {**METRICS, **JUDGED}
+    del metrics["instruct_start_judge_score"]
+    assert "| instruction LLM-judge score (0-100) | no score | 61.2 | – |" in summary_markdown(metrics, CONFUSION, [])
+
+
+def test_unreachable_judge_is_said_and_nothing_else_changes(lines: list[str]) -> None:
+    text = summary_markdown({**METRICS, "instruct_judge_available": 0}, CONFUSION, EXAMPLES)
+    assert "LLM-judge score" not in text and "judge was unreachable" in text
+    assert set(lines) <= set(text.splitlines())
