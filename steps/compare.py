@@ -192,29 +192,36 @@ def curve_panels(
     """{metric: {run label: points}} for the metrics some run has a curve (2+ points) of."""
     panels = {}
     for metric in metrics:
-        lines = {plot_label(run): curve_points(histories.get(run.run_id, {}).get(metric, []))
+        lines = {plot_label(run, comparison): curve_points(histories.get(run.run_id, {}).get(metric, []))
                  for run in comparison.runs}
         if any(len(points) > 1 for points in lines.values()):
             panels[metric] = {label: points for label, points in lines.items() if points}
     return panels
 
 
-def plot_label(run: RunRecord) -> str:
-    # Names repeat (every run of a stage is named after it); the short id keeps lines apart.
-    return f"{run_label(run)} ({run.run_id[:8]})"
+def plot_label(run: RunRecord, comparison: Comparison | None = None) -> str:
+    """A legend entry. Names repeat (every run of a stage is named after it), so a run outside a
+    DVC experiment is told apart by the params that differ (`trainable=all lr=0.0005`), and the
+    short id keeps lines apart whatever happens."""
+    name = run_label(run)
+    if comparison is not None and "dvc_exp" not in run.tags and comparison.key_params:
+        shown = comparison.key_params[:3]
+        name = " ".join(f"{_param_label(p, comparison.stage, comparison.key_params)}={run.params.get(p, MISSING)}"
+                        for p in shown)
+    return f"{name} ({run.run_id[:8]})"
 
 
 def write_report(
     comparison: Comparison, histories: Mapping[str, Mapping[str, Sequence[tuple[int, float]]]], out: Path
 ) -> list[Path]:
     """compare.md, compare.html and the curve PNGs under `out`; returns the paths written."""
-    labels = [plot_label(run) for run in comparison.runs]
+    labels = [plot_label(run, comparison) for run in comparison.runs]
     images: dict[str, bytes] = {}
     for name, metrics in CURVE_FIGURES.items():
         panels = curve_panels(comparison, histories, metrics)
         if panels:
             title = f"{comparison.stage or 'all stages'}: {' and '.join(panels)} per step"
-            best = [plot_label(run) for run in comparison.runs if comparison.is_best(run)]
+            best = [plot_label(run, comparison) for run in comparison.runs if comparison.is_best(run)]
             plots.overlaid_curves(out / name, panels, labels, title, highlight=best)
             images[name] = (out / name).read_bytes()
     write_text(out / "compare.md", markdown(comparison, list(images)))

@@ -81,6 +81,13 @@ def test_compare_defaults_to_the_stage_columns_and_headline_metric():
     assert result.shared_params == {"lr": "0.001", "seed": "1"}
 
 
+def test_legend_names_runs_by_experiment_else_by_their_differing_params():
+    result = compare.compare(RUNS, FILTERS)
+    assert compare.plot_label(RUNS[0], result) == f"cls-head ({'a' * 8})"
+    assert compare.plot_label(RUNS[2], result) == f"rank=8 trainable=all ({'c' * 8})"
+    assert compare.plot_label(RUNS[2]) == f"finetune_classifier ({'c' * 8})"
+
+
 def test_compare_with_chosen_metrics_and_direction():
     result = compare.compare(RUNS, FILTERS, metrics=["val_loss"], best="test_accuracy", maximize=False)
     assert result.metrics == ["test_accuracy", "val_loss"]  # the best-by metric is always a column
