@@ -26,10 +26,20 @@ def save_model(folder: str | Path, model: GPTModel, head: dict[str, Any] | None 
     """
     folder = Path(folder)
     head = head or {"kind": "lm"}
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(folder / WEIGHTS) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt"})
+    save_weights(folder / WEIGHTS, model)
     write_json(folder / CONFIG, {"gpt": model.cfg.to_dict(), "head": head})
+
+
+def save_weights(path: str | Path, module: torch.nn.Module) -> None:
+    """Any module's state dict as one safetensors file (written atomically)."""
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
+
+
+def load_weights(path: str | Path, module: torch.nn.Module) -> None:
+    """Fill `module` from a safetensors file `save_weights` wrote; every key must match."""
+    module.load_state_dict(load_file(str(path), device="cpu"), strict=True)
 
 
 def read_config(folder: str | Path) -> tuple[GPTConfig, dict[str, Any]]:
