@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 
@@ -14,16 +15,22 @@ from steps.train import Batch
 
 
 def random_windows(
-    tokens: np.ndarray, batch_size: int, context: int, seed: int
+    tokens: np.ndarray, batch_size: int, context: int, seed: int, start: int = 0
 ) -> Iterator[Batch]:
-    """Endless batches of random (input, target) windows; the target is the input shifted by one."""
+    """Endless batches of random (input, target) windows, from batch number `start` on; the target
+    is the input shifted by one.
+
+    Batch i draws its window starts from a generator seeded with (seed, i), so the stream is a pure
+    function of the step: a run resumed after s steps reads, from `start=s`, exactly the batches an
+    uninterrupted run reads. Starts stay uniform and independent across batches.
+    """
     if len(tokens) < context + 1:
         raise ValueError(
             f"only {len(tokens)} training tokens for a context of {context}: "
             "use a larger corpus or a smaller model.context_length"
         )
-    rng = np.random.default_rng(seed)
-    while True:
+    for index in itertools.count(start):
+        rng = np.random.default_rng([seed, index])
         # A window reads context + 1 tokens, so the last valid start is len - context - 1.
         starts = rng.integers(0, len(tokens) - context, size=batch_size)
         yield _windows(tokens, starts, context)

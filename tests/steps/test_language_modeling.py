@@ -50,6 +50,16 @@ def test_random_windows_deterministic_for_a_seed() -> None:
     assert not torch.equal(a[0][0], a[1][0])
 
 
+def test_random_windows_restart_at_any_step() -> None:
+    # The data position of a checkpoint is its step: the stream from `start` must be the tail of
+    # the stream from 0, batch for batch.
+    data = np.random.default_rng(0).integers(0, 50, size=500).astype(np.uint16)
+    whole = list(itertools.islice(random_windows(data, 4, 16, seed=3), 8))
+    tail = list(itertools.islice(random_windows(data, 4, 16, seed=3, start=5), 3))
+    for (xa, ya), (xb, yb) in zip(whole[5:], tail):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
 def test_random_windows_stay_inside_the_data() -> None:
     data = tokens(20)
     for x, y in itertools.islice(random_windows(data, 8, 6, seed=1), 50):
