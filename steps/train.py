@@ -2,31 +2,47 @@
 
 It does not know which task it trains: the caller passes the batches, a loss function and an
 evaluation callback. Metrics leave through `on_metrics`, so the loop never talks to MLflow.
+With checkpoint settings it saves its whole state periodically (steps/checkpoints.py) and a rerun
+continues from the newest valid checkpoint, ending with the weights an uninterrupted run would have.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import resource
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from steps.checkpoints import (
+    CheckpointSettings,
+    capture_rng,
+    checkpoint_to_resume,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
 from steps.config import OptimConfig
 
 Batch = tuple[torch.Tensor, ...]
+BatchStream = Callable[[int], Iterator[Batch]]
+"""step s -> the batches of steps s + 1, s + 2, ...: a stream a resumed run can restart exactly."""
 LossFn = Callable[[nn.Module, Batch], tuple[torch.Tensor, int]]
 """(model, batch on device) -> (scalar loss, tokens the batch holds, for throughput)."""
 EvalFn = Callable[[nn.Module], dict[str, float]]
 """model -> validation metrics, e.g. {"val_loss": ...}; called in eval mode without grad."""
 MetricsFn = Callable[[dict[str, float], int], None]
 """(metrics, step) -> None: where metrics leave the loop (e.g. to MLflow)."""
+
+log = logging.getLogger("gptpipe.train")
 
 
 @dataclass(frozen=True)
@@ -109,7 +125,7 @@ def lr_factor(step: int, s: TrainSettings) -> float:
 
 def train(
     model: nn.Module,
-    batches: Iterator[Batch],
+    batches: Iterator[Batch] | BatchStream,
     loss_fn: LossFn,
     settings: TrainSettings,
     device: torch.device,
@@ -117,14 +133,27 @@ def train(
     evaluate: EvalFn | None = None,
     on_metrics: MetricsFn | None = None,
     desc: str = "train",
+    checkpoints: CheckpointSettings | None = None,
 ) -> TrainResult:
-    """Run `settings.max_steps` optimizer steps; evaluate at step 0, every eval_interval, and at the end."""
+    """Run `settings.max_steps` optimizer steps; evaluate at step 0, every eval_interval, and at the end.
+
+    With `checkpoints`, save a checkpoint every `checkpoints.interval` steps and at the end; when one
+    of this run is there already, restore it and go on from its step. Resuming needs `batches` as a
+    `BatchStream`, since a plain iterator cannot be restarted at a given step.
+    """
+    if checkpoints is not None and checkpoints.resume and not callable(batches):
+        raise ValueError("resuming from checkpoints needs batches as a function of the step (a BatchStream)")
     model.to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     optimizer = make_optimizer(model, settings, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, settings))
     result = TrainResult(optimizer=optimizer, scheduler=scheduler)
+    resumed = checkpoint_to_resume(checkpoints) if checkpoints is not None else None
+    rng_state = _restore(resumed, model, result) if resumed is not None else None
+    first = result.steps  # steps already done: 0, or the resumed checkpoint's step
+    earlier_seconds = result.seconds  # training time before the resume counts, the downtime does not
+    stream = batches(first) if callable(batches) else batches
     trainable = [p for p in model.parameters() if p.requires_grad]
 
     def autocast() -> contextlib.AbstractContextManager[Any]:
@@ -141,19 +170,29 @@ def train(
         model.train()
         return metrics
 
-    metrics = run_eval()
-    if metrics:
-        result.history.append({"step": 0, **metrics})
-        if on_metrics:
-            on_metrics(metrics, 0)
+    if resumed is None:
+        metrics = run_eval()
+        if metrics:
+            result.history.append({"step": 0, **metrics})
+            if on_metrics:
+                on_metrics(metrics, 0)
+    elif on_metrics:
+        # Replay the restored history: this run's tracker then holds the whole curve.
+        for row in result.history:
+            on_metrics({k: v for k, v in row.items() if k != "step"}, int(row["step"]))
 
     model.train()
     window_loss = torch.zeros((), device=device)
     window_steps = window_tokens = 0
     window_start = start = time.perf_counter()
-    bar = tqdm(total=settings.max_steps, desc=desc, unit="step", dynamic_ncols=True, mininterval=0.5)
-    for step in range(1, settings.max_steps + 1):
-        batch = tuple(t.to(device, non_blocking=True) for t in next(batches))
+    bar = tqdm(total=settings.max_steps, initial=first, desc=desc, unit="step", dynamic_ncols=True,
+               mininterval=0.5)
+    if rng_state is not None:
+        # Restored last, right before the first step: nothing between here and the checkpoint's
+        # moment in the uninterrupted run may draw random numbers differently.
+        restore_rng(rng_state)
+    for step in range(first + 1, settings.max_steps + 1):
+        batch = tuple(t.to(device, non_blocking=True) for t in next(stream))
         with autocast():
             loss, n_tokens = loss_fn(model, batch)
         optimizer.zero_grad(set_to_none=True)
@@ -186,9 +225,32 @@ def train(
             window_loss.zero_()
             window_steps = window_tokens = 0
             window_start = time.perf_counter()
+        if checkpoints is not None and checkpoints.due(step, settings.max_steps):
+            result.steps = step
+            # Taken after this step's evaluation, so that the RNG state saved is the one the next
+            # step starts from in an uninterrupted run.
+            result.seconds = earlier_seconds + time.perf_counter() - start
+            state = {**result.training_state(), "seconds": result.seconds, "history": result.history,
+                     "rng": capture_rng()}
+            save_checkpoint(checkpoints.folder, step, model, state, fingerprint=checkpoints.fingerprint,
+                            keep=checkpoints.keep)
     bar.close()
     result.steps = settings.max_steps
-    result.seconds = time.perf_counter() - start
+    result.seconds = earlier_seconds + time.perf_counter() - start
     result.peak_memory_mb = peak_memory_mb(device)
     model.eval()
     return result
+
+
+def _restore(checkpoint: Path, model: nn.Module, result: TrainResult) -> dict[str, Any]:
+    """Load weights, optimizer, schedule, counters and history into place; return the RNG state."""
+    assert result.optimizer is not None and result.scheduler is not None
+    state = load_checkpoint(checkpoint, model)
+    result.optimizer.load_state_dict(state["optimizer"])
+    result.scheduler.load_state_dict(state["scheduler"])
+    result.steps = state["step"]
+    result.tokens = state["tokens"]
+    result.seconds = state["seconds"]
+    result.history = list(state["history"])
+    log.info("resuming training from %s (step %d)", checkpoint, result.steps)
+    return state["rng"]
