@@ -1,7 +1,14 @@
-"""Stage `pretrain`: train the GPT from scratch on the token files; save it to models/pretrain/."""
+"""Stage `pretrain`: train the GPT from scratch on the token files; save it to models/pretrain/.
+
+While it runs it keeps crash-recovery checkpoints in models/pretrain-checkpoints/: rerunning the
+stage after a crash continues from the newest valid one, and they are deleted once it succeeds.
+"""
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import logging
 import shutil
 
@@ -14,10 +21,11 @@ from model.generate import generate
 from model.gpt import GPTModel, count_parameters
 from pipelines.stage import StageContext, run_stage, stage_task
 from steps import layout, plots
+from steps.checkpoints import CheckpointSettings, discard_checkpoints, file_sha256
 from steps.hardware import autocast_dtype, resolve_device
 from steps.language_modeling import fixed_windows, lm_loss, mean_loss, perplexity, random_windows, unigram_cross_entropy
 from steps.tokenizer import eot_id, load_tokenizer, read_tokens
-from steps.train import TrainSettings, train
+from steps.train import BatchStream, TrainSettings, train
 
 SECTIONS = ["seed", "model", "pretrain", "tracking"]
 log = logging.getLogger("gptpipe.pretrain")
@@ -27,6 +35,25 @@ def gpt_config(ctx: StageContext, vocab_size: int) -> GPTConfig:
     m = ctx.params.model
     return GPTConfig(vocab_size=vocab_size, context_length=m.context_length, emb_dim=m.emb_dim,
                      n_heads=m.n_heads, n_layers=m.n_layers, drop_rate=m.drop_rate, qkv_bias=m.qkv_bias)
+
+
+def run_fingerprint(ctx: StageContext, model_cfg: GPTConfig) -> str:
+    """What makes a checkpoint this run's: seed, architecture, pretrain params and the token files.
+
+    The checkpoint knobs themselves are left out, so that changing them does not forfeit a resume.
+    """
+    pretrain = ctx.params.pretrain.model_dump(exclude={"checkpoint_interval", "keep_checkpoints", "resume"})
+    payload = {"seed": ctx.params.seed, "model": model_cfg.to_dict(), "pretrain": pretrain,
+               "tokens": [file_sha256(layout.TRAIN_BIN), file_sha256(layout.VAL_BIN)]}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def checkpoint_settings(ctx: StageContext, model_cfg: GPTConfig) -> CheckpointSettings | None:
+    cfg = ctx.params.pretrain
+    if cfg.checkpoint_interval == 0:
+        return None
+    return CheckpointSettings(layout.PRETRAIN_CHECKPOINTS, cfg.checkpoint_interval, cfg.keep_checkpoints,
+                              cfg.resume, run_fingerprint(ctx, model_cfg))
 
 
 @stage_task
@@ -45,22 +72,25 @@ def pretrain_model(ctx: StageContext) -> dict[str, float]:
     ctx_len = cfg.seq_len or model_cfg.context_length
     val_batches = fixed_windows(val_tokens, cfg.batch_size, ctx_len, cfg.eval_batches)
     prompt = torch.tensor([tok.encode(cfg.sample_prompt).ids], dtype=torch.long)
-    sampler = torch.Generator().manual_seed(ctx.params.seed)
     samples: list[str] = []
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
         loss = mean_loss(m, val_batches, device)
+        # A fresh generator per evaluation: the samples then differ only by what the model learned,
+        # and a resumed run draws the same ones as an uninterrupted run.
+        sampler = torch.Generator().manual_seed(ctx.params.seed) if device.type == "cpu" else None
         out = generate(m, prompt.to(device), cfg.sample_tokens, ctx_len, temperature=cfg.temperature,
-                       top_k=cfg.top_k or None, eos_id=eot_id(tok), generator=sampler if device.type == "cpu" else None)
+                       top_k=cfg.top_k or None, eos_id=eot_id(tok), generator=sampler)
         text = tok.decode(out[0].tolist())
         samples.append(text)
         log.info("sample: %s", text.replace("\n", " "))
         return {"val_loss": loss, "val_perplexity": perplexity(loss)}
 
     settings = TrainSettings.from_config(cfg, cfg.max_steps)
-    batches = random_windows(train_tokens, cfg.batch_size, ctx_len, ctx.params.seed)
+    # A function of the step, so that a resumed run continues the same batch stream.
+    batches: BatchStream = functools.partial(random_windows, train_tokens, cfg.batch_size, ctx_len, ctx.params.seed)
     result = train(model, batches, lm_loss, settings, device, amp, evaluate,
-                   on_metrics=ctx.run.log_metrics, desc="pretrain")
+                   on_metrics=ctx.run.log_metrics, desc="pretrain", checkpoints=checkpoint_settings(ctx, model_cfg))
 
     model.to("cpu")
     save_model(layout.PRETRAIN_MODEL, model)
@@ -89,4 +119,8 @@ def pretrain_model(ctx: StageContext) -> dict[str, float]:
 
 @flow(name="pretrain")
 def pretrain_flow(params_path: str = "params.yaml") -> dict[str, float]:
-    return run_stage("pretrain", params_path, SECTIONS, [layout.TOKENS], pretrain_model)
+    metrics = run_stage("pretrain", params_path, SECTIONS, [layout.TOKENS], pretrain_model)
+    # The stage's outputs and run are complete: the checkpoints have served their purpose, and a
+    # later rerun (changed code, `dvc repro -f`) must train afresh rather than resume a finished run.
+    discard_checkpoints(layout.PRETRAIN_CHECKPOINTS)
+    return metrics

@@ -262,6 +262,16 @@ class PretrainConfig(OptimConfig):
     """Sampling temperature of the sample (0 = greedy)."""
     top_k: int = Field(40, ge=0)
     """Sample among the k most likely tokens (0 = all)."""
+    checkpoint_interval: int = Field(100, ge=0)
+    """Save a crash-recovery checkpoint (weights, optimizer, schedule, RNG states, step) to
+    models/pretrain-checkpoints/ every this many steps and at the end; 0 = none, so a crash
+    restarts from step 0. They are deleted once the stage has finished."""
+    keep_checkpoints: int = Field(2, ge=1)
+    """Newest checkpoints kept; older ones are deleted once a newer one is complete. Two survive
+    a corrupt latest one."""
+    resume: bool = True
+    """Rerunning after a crash continues from the newest valid checkpoint of the same run (same
+    seed, model, pretrain params and tokens); false always starts from step 0."""
 
 
 class LoraConfig(Section):

@@ -17,6 +17,8 @@ VAL_BIN = TOKENS / "val.bin"
 TOKENS_META = TOKENS / "meta.json"
 
 PRETRAIN_MODEL = Path("models/pretrain")
+# Beside the DVC out, not inside it: DVC deletes an out before rerunning its stage.
+PRETRAIN_CHECKPOINTS = Path("models/pretrain-checkpoints")
 CLASSIFIER_MODEL = Path("models/classifier")
 INSTRUCT_MODEL = Path("models/instruct")
 MODEL_TOKENIZER = "tokenizer.json"
