@@ -1,5 +1,10 @@
 """Shared test fixtures."""
 
+import functools
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -38,19 +43,65 @@ def shared_data() -> Path:
     return path
 
 
-class _FileServer:
-    """A loopback HTTP server over one folder; `fail` queues status codes for the next requests."""
+def free_port() -> int:
+    """A TCP port nothing listens on (bound, read, released): for refused-connection tests."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
-    def __init__(self, folder: Path) -> None:
-        import functools
-        import http.server
-        import threading
 
+class Loopback:
+    """HTTP servers on 127.0.0.1, each in a daemon thread; `stop()` shuts every one down."""
+
+    def __init__(self) -> None:
+        self._running: list[tuple[ThreadingHTTPServer, threading.Thread, Callable[[], None] | None]] = []
+
+    def start(self, httpd: ThreadingHTTPServer, on_stop: Callable[[], None] | None = None) -> str:
+        """Serve `httpd` until `stop()`; `on_stop` runs first (e.g. to release a sleeping handler).
+        Returns the server's base URL."""
+        thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        thread.start()
+        self._running.append((httpd, thread, on_stop))
+        return f"http://127.0.0.1:{httpd.server_address[1]}"
+
+    def stop(self) -> None:
+        for httpd, thread, on_stop in reversed(self._running):
+            if on_stop is not None:
+                on_stop()
+            httpd.shutdown()
+            httpd.server_close()
+            thread.join(timeout=5)
+        self._running.clear()
+
+
+@pytest.fixture
+def loopback(monkeypatch) -> Iterator[Loopback]:
+    """Start loopback HTTP servers for one test; a proxy in the environment must not intercept them."""
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    servers = Loopback()
+    yield servers
+    servers.stop()
+
+
+@pytest.fixture(scope="module")
+def loopback_module() -> Iterator[Loopback]:
+    """`loopback` for module-scoped fixtures (an end-to-end run shared by several tests, whose
+    subprocesses get NO_PROXY from their own environment)."""
+    servers = Loopback()
+    yield servers
+    servers.stop()
+
+
+class FileServer:
+    """Serves one folder; `fail` queues status codes for the next requests; `requests` logs paths."""
+
+    def __init__(self, folder: Path, servers: Loopback) -> None:
         self.requests: list[str] = []
         self.fail: list[int] = []
         server = self
 
-        class Handler(http.server.SimpleHTTPRequestHandler):
+        class Handler(SimpleHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
                 server.requests.append(self.path)
                 if server.fail:
@@ -61,44 +112,21 @@ class _FileServer:
             def log_message(self, *args) -> None:
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(
-            ("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.url = servers.start(ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder))))
 
 
 @pytest.fixture
-def serve_folder(monkeypatch):
+def serve_folder(loopback):
     """Start loopback HTTP servers over folders: `server = serve_folder(path)`; `server.url`."""
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    servers = []
-
-    def start(folder: Path) -> _FileServer:
-        servers.append(_FileServer(folder))
-        return servers[-1]
-
-    yield start
-    for s in servers:
-        s.close()
+    return lambda folder: FileServer(folder, loopback)
 
 
 @pytest.fixture(scope="module")
-def serve_folder_module():
-    """`serve_folder` for module-scoped fixtures (an end-to-end run shared by several tests)."""
-    servers = []
+def serve_folder_module(loopback_module):
+    """`serve_folder` for module-scoped fixtures."""
+    return lambda folder: FileServer(folder, loopback_module)
 
-    def start(folder: Path) -> _FileServer:
-        servers.append(_FileServer(folder))
-        return servers[-1]
 
-    yield start
-    for s in servers:
-        s.close()
 # MLflow stores timestamps in milliseconds: pause so that runs start, and summaries follow the
 # per-step history, at distinct times (as they do in real stages).
 TICK = 0.01

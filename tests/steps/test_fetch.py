@@ -6,19 +6,19 @@ import gzip
 import hashlib
 import io
 import json
-import socket
 import stat
 import tarfile
 import threading
 import time
 import zipfile
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import free_port
 
 from steps.fetch import (
     FetchError,
@@ -96,24 +96,10 @@ def _handler(server: Server) -> type[BaseHTTPRequestHandler]:
 
 
 @pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
-    # A proxy set in the environment must not intercept loopback requests.
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+def server(loopback) -> Server:
     srv = Server()
-    thread = threading.Thread(target=srv.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield srv
-    srv.release.set()
-    srv.httpd.shutdown()
-    srv.httpd.server_close()
-    thread.join(timeout=5)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    loopback.start(srv.httpd, on_stop=srv.release.set)
+    return srv
 
 
 def leftovers(folder: Path) -> list[str]:

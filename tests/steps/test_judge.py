@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+
+from tests.conftest import free_port
 
 from steps.config import JudgeConfig
 from steps.judge import (
@@ -108,24 +108,10 @@ def _handler(server: FakeChat) -> type[BaseHTTPRequestHandler]:
 
 
 @pytest.fixture
-def chat(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeChat]:
-    # A proxy set in the environment must not intercept loopback requests.
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+def chat(loopback) -> FakeChat:
     srv = FakeChat()
-    thread = threading.Thread(target=srv.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield srv
-    srv.release.set()
-    srv.httpd.shutdown()
-    srv.httpd.server_close()
-    thread.join(timeout=5)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    loopback.start(srv.httpd, on_stop=srv.release.set)
+    return srv
 
 
 def score(records: list[dict], cfg: JudgeConfig) -> JudgeResult:
