@@ -63,7 +63,8 @@ def fetch_url(src: UrlSource, cache_dir: Path, work_dir: Path) -> Fetched:
 def local_files(src: LocalSource, fmt: str) -> Fetched:
     """A file, every data file in a folder (recursively, hidden ones skipped), or a glob's matches."""
     path = Path(src.path).expanduser()
-    if any(ch in src.path for ch in "*?["):
+    pattern = any(ch in src.path for ch in "*?[")
+    if pattern:
         files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
     elif path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and _wanted(p.relative_to(path), fmt))
@@ -74,7 +75,8 @@ def local_files(src: LocalSource, fmt: str) -> Fetched:
                         f"repository root; check download.*.source.path in params.yaml)")
     if not files:
         raise DataError(f"{src.path}: matches no data files")
-    if not _watched(path if not any(ch in src.path for ch in "*?[") else Path(src.path.split("*")[0])):
+    # A pattern is watched when the folder it starts from is (`data/local/docs/**/*.txt`).
+    if not _watched(_fixed_prefix(path) if pattern else path):
         log.warning("%s is outside %s/: DVC will not notice when its content changes; run "
                     "`dvc repro -f download` after editing it, or move it under %s/",
                     src.path, WATCHED_LOCAL, WATCHED_LOCAL)
@@ -99,6 +101,16 @@ def load_hf(src: HfSource) -> Fetched:
     provenance = {"kind": "hf", "name": src.name, "config": src.config, "split": src.split,
                   "revision": src.revision, "resolved_revision": builder.hash, "rows": len(rows)}
     return Fetched(where=f"hf:{src.name}[{src.split}]", rows=rows, provenance=provenance)
+
+
+def _fixed_prefix(pattern: Path) -> Path:
+    """The folder a glob pattern starts from: its parts before the first wildcard."""
+    fixed = []
+    for part in pattern.parts:
+        if any(ch in part for ch in "*?["):
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path(".")
 
 
 def _wanted(relative: Path, fmt: str) -> bool:

@@ -134,9 +134,14 @@ def test_local_paths_that_match_nothing(tmp_path: Path, monkeypatch) -> None:
 
 def test_local_files_outside_data_local_get_a_warning(tmp_path: Path, monkeypatch, caplog) -> None:
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "local").mkdir(parents=True)
+    (tmp_path / "data" / "local" / "a.txt").write_text("x")
+    local_files(LocalSource(path="data/local/*.txt"), "auto")
+    local_files(LocalSource(path="data/local/a.txt"), "auto")
+    assert "DVC will not notice" not in caplog.text
     (tmp_path / "corpus.txt").write_text("x")
-    local_files(LocalSource(path="corpus.txt"), "auto")
-    assert "DVC will not notice" in caplog.text
+    local_files(LocalSource(path="*.txt"), "auto")
+    assert "*.txt is outside data/local/: DVC will not notice" in caplog.text
 
 
 # --- hf -----------------------------------------------------------------------------------------
