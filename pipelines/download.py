@@ -7,6 +7,7 @@ import logging
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from prefect.tasks import exponential_backoff
 from pipelines.stage import StageContext, run_stage, stage_task
 from steps import datasets, layout, plots
 from steps.classification import read_labels
-from steps.config import DatasetSource, HfSource, LocalSource, UrlSource
+from steps.config import BuiltinSizes, DatasetSource, HfSource, LocalSource, UrlSource
 from steps.fetch import TransientFetchError, default_cache_dir
 from steps.sources import Fetched, fetch_url, load_hf, local_files
 
@@ -53,40 +54,39 @@ def fetch(dataset: str, cfg: DatasetSource, work_dir: Path) -> Fetched:
     return fetch_source.with_options(**options)(dataset, cfg, work_dir)
 
 
+def dataset_input(dataset: str, cfg: DatasetSource, ctx: StageContext, work: Path,
+                  builtin: Callable[[int, BuiltinSizes], Iterable[Any]],
+                  read: Callable[[Fetched, Any], Iterable[Any]]) -> tuple[Iterable[Any], str, dict[str, Any]]:
+    """(items to write, how errors name the source, provenance) of one dataset: generated when its
+    source is `builtin`, else fetched (a Prefect task) and read with its format and field mapping."""
+    if cfg.source.kind == "builtin":
+        seed = ctx.params.seed
+        return builtin(seed, ctx.params.download.builtin), f"builtin {dataset}", {"kind": "builtin", "seed": seed}
+    got = fetch(dataset, cfg, work / dataset)
+    return read(got, cfg), got.where, got.provenance
+
+
 @stage_task
 def write_datasets(ctx: StageContext, staging: Path) -> dict[str, float]:
-    cfg, seed = ctx.params.download, ctx.params.seed
+    cfg = ctx.params.download
     work = Path(tempfile.mkdtemp(prefix="gptpipe-download-"))
     provenance: dict[str, Any] = {}
     metrics: dict[str, float] = {}
     try:
-        if cfg.corpus.source.kind == "builtin":
-            docs, where = datasets.builtin_documents(seed, cfg.builtin), "builtin corpus"
-            provenance["corpus"] = {"kind": "builtin", "seed": seed}
-        else:
-            got = fetch("corpus", cfg.corpus, work / "corpus")
-            docs, where = datasets.corpus_documents(got, cfg.corpus), got.where
-            provenance["corpus"] = got.provenance
+        docs, where, provenance["corpus"] = dataset_input(
+            "corpus", cfg.corpus, ctx, work, datasets.builtin_documents, datasets.corpus_documents)
         metrics.update(datasets.write_corpus(docs, staging / layout.CORPUS.name, where))
 
-        labels = cfg.classification.labels
-        if cfg.classification.source.kind == "builtin":
-            examples, where = datasets.builtin_classification(seed, cfg.builtin), "builtin sms"
-            provenance["classification"] = {"kind": "builtin", "seed": seed}
-        else:
-            got = fetch("classification", cfg.classification, work / "classification")
-            examples, where = datasets.classification_records(got, cfg.classification), got.where
-            provenance["classification"] = got.provenance
-        metrics.update(datasets.write_classification(
-            examples, labels, staging / layout.CLASSIFICATION.name, staging / layout.LABELS.name, where))
+        examples, where, provenance["classification"] = dataset_input(
+            "classification", cfg.classification, ctx, work, datasets.builtin_classification,
+            datasets.classification_records)
+        metrics.update(datasets.write_classification(examples, cfg.classification.labels,
+                                                     staging / layout.CLASSIFICATION.name,
+                                                     staging / layout.LABELS.name, where))
 
-        if cfg.instructions.source.kind == "builtin":
-            records, where = iter(datasets.builtin_instructions(seed, cfg.builtin)), "builtin instructions"
-            provenance["instructions"] = {"kind": "builtin", "seed": seed}
-        else:
-            got = fetch("instructions", cfg.instructions, work / "instructions")
-            records, where = datasets.instruction_records(got, cfg.instructions), got.where
-            provenance["instructions"] = got.provenance
+        records, where, provenance["instructions"] = dataset_input(
+            "instructions", cfg.instructions, ctx, work, datasets.builtin_instructions,
+            datasets.instruction_records)
         metrics.update(datasets.write_instructions(records, staging / layout.INSTRUCTIONS.name, where))
         datasets.write_provenance(staging / layout.SOURCES.name, provenance)
     finally:
