@@ -1,5 +1,4 @@
-"""`gptpipe <stage>` runs one stage's flow, `gptpipe repro` the whole DVC pipeline, `gptpipe compare` compares runs,
-`gptpipe services` starts the team servers."""
+"""`gptpipe <stage>` runs one stage's flow, `gptpipe repro` the whole DVC pipeline, `gptpipe compare` compares runs."""
 
 from __future__ import annotations
 
@@ -39,22 +38,22 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     sub.add_parser("repro", help="run the whole pipeline through DVC (only what changed reruns)")
     sub.add_parser("stages", help="list the stages")
+    add_services_parser(sub)
     prof = sub.add_parser("profile", help="switch params.yaml to a shipped profile (builtin, book, book-small)")
     prof.add_argument("name", nargs="?", help="profile name; omit to list them")
     prof.add_argument("--params", default="params.yaml", help="params file to edit (default: params.yaml)")
     add_compare_parser(sub)
-    add_services_parser(sub)
     args = parser.parse_args(argv)
 
     if args.command == "stages":
         print("\n".join(STAGES))
         return 0
+    if args.command == "services":
+        return services_command(args)
     if args.command == "repro":
         return subprocess.call(["dvc", "repro"])
     if args.command == "compare":
         return compare_runs(args)
-    if args.command == "services":
-        return services_command(args)
     from steps.config import ConfigError, load_params
 
     if args.command == "profile":
