@@ -262,13 +262,10 @@ def stop(root: Path = DEFAULT_DIR) -> list[str]:
     services = load(root.resolve())
     if services is None:
         return []
-    stopped = []
-    for name in ("prefect", "mlflow"):
-        proc = _process(services.processes.pop(name, None))
-        if proc is not None:
-            _terminate(proc)
-            stopped.append(name)
-        services.save()
+    running = {name: _process(services.processes.pop(name, None)) for name in ("prefect", "mlflow")}
+    stopped = [name for name, proc in running.items() if proc is not None]
+    _terminate(*(proc for proc in running.values() if proc is not None))
+    services.save()
     cluster = _cluster_or_none(services)
     if cluster is not None and cluster.running():
         cluster.stop()
@@ -324,20 +321,25 @@ def _alive(proc: psutil.Process) -> bool:
         return False
 
 
-def _terminate(proc: psutil.Process) -> None:
-    """SIGTERM the server's process group, SIGKILL it if it outlives STOP_TIMEOUT_S."""
+def _terminate(*procs: psutil.Process) -> None:
+    """SIGTERM each server's process group (all at once: shutting down takes seconds each), SIGKILL
+    the groups that outlive STOP_TIMEOUT_S, then any worker a leader left behind."""
+    pending = list(procs)
     for sig, wait in ((signal.SIGTERM, STOP_TIMEOUT_S), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)  # reaps it when it is our child
-            return
-        except psutil.TimeoutExpired:
-            continue
-        except psutil.NoSuchProcess:
-            return
+        for proc in pending:
+            _signal_group(proc.pid, sig)
+        _, pending = psutil.wait_procs(pending, timeout=wait)  # reaps those that are our children
+        if not pending:
+            break
+    for proc in procs:
+        _signal_group(proc.pid, signal.SIGKILL)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:  # the whole group is gone
+        pass
 
 
 def _healthy(url: str) -> bool:

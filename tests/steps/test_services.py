@@ -142,3 +142,18 @@ def test_status_line_shows_state_pid_and_address():
 def test_status_of_a_folder_never_started_is_empty(tmp_path):
     assert services.status(tmp_path) == []
     assert services.stop(tmp_path) == []
+
+
+def test_a_server_that_ignores_sigterm_is_killed(monkeypatch):
+    monkeypatch.setattr(services, "STOP_TIMEOUT_S", 0.5)
+    # An ignored signal stays ignored across exec: neither the shell nor its sleep heed SIGTERM.
+    shell = subprocess.Popen(["sh", "-c", "trap '' TERM; sleep 60 & wait"], start_new_session=True)
+    proc = psutil.Process(shell.pid)
+    deadline = time.monotonic() + 10
+    while not proc.children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = proc.children()[0]
+    started = time.monotonic()
+    services._terminate(proc)
+    assert shell.poll() is not None and time.monotonic() - started < 10
+    assert not psutil.wait_procs([child], timeout=5)[1]
