@@ -138,13 +138,13 @@ def start(root: Path = DEFAULT_DIR, **overrides: object) -> Services:
     (root / "logs").mkdir(exist_ok=True)
     services.save()  # written first, so that `stop` finds whatever a failed start left running
 
-    _start_postgres(services)
-    if "://" not in services.artifacts:
-        Path(services.artifacts).mkdir(parents=True, exist_ok=True)
     servers = [_mlflow_server(services), _prefect_server(services)]
     missing = [server for server in servers if _process(services.processes.get(server.name)) is None]
     for server in missing:  # every port checked before anything starts
         _require_free_port(server.port, server.name, f"--{server.name}-port")
+    _start_postgres(services)
+    if "://" not in services.artifacts:
+        Path(services.artifacts).mkdir(parents=True, exist_ok=True)
     for server in missing:  # both at once: each spends most of its start-up importing
         _launch(services, server)
     for server in servers:

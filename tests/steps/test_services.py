@@ -157,3 +157,18 @@ def test_a_server_that_ignores_sigterm_is_killed(monkeypatch):
     services._terminate(proc)
     assert shell.poll() is not None and time.monotonic() - started < 10
     assert not psutil.wait_procs([child], timeout=5)[1]
+
+
+def test_a_busy_server_port_stops_start_before_postgresql_starts(tmp_path, monkeypatch):
+    started = []
+    monkeypatch.setattr(services, "_start_postgres", lambda svc: started.append("postgres"))
+    # No PostgreSQL needed here: the port check comes first.
+    monkeypatch.setattr(postgres, "find_bindir", lambda extra=None: tmp_path)
+    monkeypatch.setattr(postgres, "server_account", lambda: postgres.Account("me", 1000, 1000, switch=False))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(ServiceError, match="--prefect-port"):
+            services.start(tmp_path, postgres_port=free_port(), mlflow_port=free_port(),
+                           prefect_port=busy.getsockname()[1])
+    assert started == []
