@@ -36,9 +36,10 @@ def install_command() -> list[str]:
 
 
 def find_bindir(extra: str | os.PathLike[str] | None = None) -> Path | None:
-    """The folder holding initdb, pg_ctl and postgres: `extra` if given, else the one behind
-    `pg_ctl` on PATH, else the newest /usr/lib/postgresql/<version>/bin; None if there is none."""
+    """The folder holding initdb, pg_ctl and postgres: `extra` or $GPTPIPE_PG_BINDIR if given, else
+    the one behind `pg_ctl` on PATH, else the newest /usr/lib/postgresql/<version>/bin; None if none."""
     candidates: list[Path] = []
+    extra = extra or os.environ.get("GPTPIPE_PG_BINDIR")
     if extra:
         candidates.append(Path(extra))
     on_path = shutil.which("pg_ctl")
@@ -57,8 +58,9 @@ def require_bindir(extra: str | os.PathLike[str] | None = None) -> Path:
     if folder is None:
         raise PostgresError(
             "PostgreSQL's server programs (initdb, pg_ctl, postgres) were not found on PATH nor under "
-            f"{DEBIAN_BINDIRS}. Install them with `{' '.join(install_command())}` (Debian/Ubuntu; "
-            "`brew install postgresql` on macOS), or point GPTPIPE_PG_BINDIR at the folder that holds them."
+            f"{DEBIAN_BINDIRS}. Install them with `{' '.join(install_command())}` (Debian/Ubuntu), or point "
+            "GPTPIPE_PG_BINDIR at the folder that holds them (macOS: `brew install postgresql@16`, then "
+            "GPTPIPE_PG_BINDIR=$(brew --prefix postgresql@16)/bin)."
         )
     return folder
 
@@ -119,7 +121,7 @@ class Cluster:
     @classmethod
     def at(cls, data_dir: Path, port: int, password: str, bindir: str | os.PathLike[str] | None = None) -> Cluster:
         return cls(Path(data_dir).resolve(), port, password,
-                   require_bindir(bindir or os.environ.get("GPTPIPE_PG_BINDIR")), server_account())
+                   require_bindir(bindir), server_account())
 
     @property
     def log_file(self) -> Path:

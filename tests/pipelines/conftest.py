@@ -69,7 +69,7 @@ def postgres_bindir() -> Path:
     otherwise (or if that fails) the test is skipped with the reason."""
     from steps import postgres
 
-    bindir = postgres.find_bindir(os.environ.get("GPTPIPE_PG_BINDIR"))
+    bindir = postgres.find_bindir()
     if bindir is None and os.environ.get("CI"):
         _apt_install_postgres()
         bindir = postgres.find_bindir()

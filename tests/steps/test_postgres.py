@@ -26,6 +26,7 @@ def fake_bindir(folder: Path, programs=postgres.SERVER_PROGRAMS) -> Path:
 def no_system_postgres(monkeypatch, tmp_path):
     """Nothing on PATH, and the Debian folders looked for under tmp_path/lib instead of /usr/lib."""
     monkeypatch.setenv("PATH", str(tmp_path / "empty-path"))
+    monkeypatch.delenv("GPTPIPE_PG_BINDIR", raising=False)
     monkeypatch.setattr(postgres, "DEBIAN_BINDIRS", f"{tmp_path}/lib/postgresql/*/bin")
     return tmp_path / "lib" / "postgresql"
 
@@ -46,6 +47,13 @@ def test_an_explicit_folder_comes_first(no_system_postgres, tmp_path):
     fake_bindir(no_system_postgres / "15" / "bin")
     mine = fake_bindir(tmp_path / "custom")
     assert postgres.find_bindir(mine) == mine
+
+
+def test_the_environment_can_name_the_folder(no_system_postgres, tmp_path, monkeypatch):
+    fake_bindir(no_system_postgres / "15" / "bin")
+    mine = fake_bindir(tmp_path / "custom")
+    monkeypatch.setenv("GPTPIPE_PG_BINDIR", str(mine))
+    assert postgres.find_bindir() == mine
 
 
 def test_pg_ctl_on_path_is_followed_to_its_real_folder(no_system_postgres, tmp_path, monkeypatch):
