@@ -215,8 +215,15 @@ class Cluster:
         """A psycopg connection in autocommit mode (CREATE DATABASE cannot run in a transaction);
         `with` closes it."""
         psycopg = import_driver()
-        return psycopg.connect(host="127.0.0.1", port=self.port, user=SUPERUSER, password=self.password,
-                               dbname=database, connect_timeout=10, autocommit=True)
+        try:
+            return psycopg.connect(host="127.0.0.1", port=self.port, user=SUPERUSER, password=self.password,
+                                   dbname=database, connect_timeout=10, autocommit=True)
+        except psycopg.OperationalError as err:
+            raise PostgresError(
+                f"cannot connect to database {database!r} on 127.0.0.1:{self.port} as {SUPERUSER}: {err}. "
+                f"If the password was changed or deleted, it no longer matches the cluster in {self.data_dir}: "
+                "stop the services, move that folder away (the runs in it go with it) and start again."
+            ) from None
 
     def log_tail(self, chars: int = 3000) -> str:
         try:

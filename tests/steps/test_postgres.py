@@ -131,3 +131,11 @@ def test_database_names_are_checked_before_any_sql(tmp_path):
 def test_a_cluster_never_initialized_is_not_running(tmp_path):
     c = cluster(tmp_path)
     assert not c.running() and c.pid() is None
+
+
+def test_a_refused_connection_names_the_database_and_port(tmp_path):
+    from tests.conftest import free_port
+
+    nobody_listens = Cluster(tmp_path / "pg", free_port(), "pw", tmp_path, cluster(tmp_path).account)
+    with pytest.raises(PostgresError, match=rf"database 'mlflow' on 127.0.0.1:{nobody_listens.port}"):
+        nobody_listens.connect("mlflow")
