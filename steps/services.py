@@ -290,7 +290,8 @@ def status(root: Path = DEFAULT_DIR) -> list[ServiceStatus]:
     ):
         proc = _process(services.processes.get(name))
         running = proc is not None and _healthy(f"{url}/health")
-        result.append(ServiceStatus(name, running, proc.pid if proc else None, url, f"{detail}; log {_log(services, name)}"))
+        result.append(ServiceStatus(name, running, proc.pid if proc else None, url,
+                                    f"{detail}; log {_log(services, name)}"))
     return result
 
 

@@ -18,7 +18,8 @@ from tests.conftest import free_port
 
 
 def test_settings_and_exports_survive_in_the_folder(tmp_path):
-    saved = Services(tmp_path, Settings(mlflow_port=5100, prefect_port=4300), {"mlflow": {"pid": 1, "create_time": 2.0}})
+    saved = Services(tmp_path, Settings(mlflow_port=5100, prefect_port=4300),
+                     {"mlflow": {"pid": 1, "create_time": 2.0}})
     saved.save()
     loaded = services.load(tmp_path)
     assert loaded.settings == saved.settings and loaded.processes == saved.processes
