@@ -286,8 +286,8 @@ class PretrainConfig(OptimConfig):
     @model_validator(mode="after")
     def _batch_splits_across_processes(self) -> "PretrainConfig":
         if self.batch_size % self.nproc:
-            raise ValueError(f"pretrain.batch_size ({self.batch_size}) must be a multiple of pretrain.nproc ({self.nproc}): it is "
-                             "the global batch, split evenly across the processes")
+            raise ValueError(f"pretrain.batch_size ({self.batch_size}) must be a multiple of pretrain.nproc "
+                             f"({self.nproc}): it is the global batch, split evenly across the processes")
         return self
 
 

@@ -94,6 +94,24 @@ class Distributed:
             fully_shard(block, mesh=mesh)
         return fully_shard(model, mesh=mesh)
 
+    @contextmanager
+    def no_sync(self, net: nn.Module) -> Iterator[None]:
+        """Backward passes inside keep their gradients on this rank (no all-reduce / reduce-scatter);
+        the first backward after the block synchronises everything accumulated. For gradient
+        accumulation: every micro-batch but the last of an optimizer step runs inside."""
+        if not self.enabled:
+            yield
+            return
+        if hasattr(net, "set_requires_gradient_sync"):  # FSDP2
+            net.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                net.set_requires_gradient_sync(True)
+            return
+        with net.no_sync():  # DDP
+            yield
+
     def model_state(self, net: nn.Module) -> dict[str, torch.Tensor]:
         """The full weights on CPU, keyed as the unwrapped model's state dict. A collective when
         distributed (every rank calls it); complete on rank 0 only."""

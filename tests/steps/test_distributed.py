@@ -85,6 +85,33 @@ def scenario(out, me, drop, checkpoint_dir=None, crash_after=None, init_seed=0):
         Path(out, "history.json").write_text(json.dumps({"losses": losses, "tokens": result.tokens}))
 
 
+def accumulate(out, me):
+    """Two micro-batches per rank, the first inside no_sync: rank 0 saves each rank's gradients after
+    the first backward and the synchronised gradients, with those of one backward over both."""
+    torch.manual_seed(0)
+    model = GPTModel(GPTConfig(vocab_size=64, context_length=16, emb_dim=16, n_heads=2, n_layers=2, drop_rate=0.0))
+    net = me.wrap(model, torch.device("cpu"))
+    first, second = [next(random_windows(TOKENS, GLOBAL_BATCH, 16, 9, i, rows=me.shard(GLOBAL_BATCH))) for i in (0, 1)]
+
+    def grads():
+        # FSDP's gradients are sharded DTensors: gathered whole to compare them.
+        return {n: (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad).clone()
+                for n, p in net.named_parameters() if p.grad is not None}
+
+    with me.no_sync(net):
+        lm_loss(net, first)[0].backward()
+    local = grads()  # FSDP keeps unsynchronised gradients apart: the parameters have none yet
+    lm_loss(net, second)[0].backward()
+    accumulated = grads()
+    net.zero_grad(set_to_none=True)
+    (lm_loss(net, first)[0] + lm_loss(net, second)[0]).backward()
+    at_once = grads()
+    local_by_rank = me.gather_to_main(local)
+    if me.is_main:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        torch.save({"local": local_by_rank, "accumulated": accumulated, "at_once": at_once}, Path(out) / "grads.pt")
+
+
 def audited(root):
     """Paths under `root` this process opened for writing, created, renamed or removed."""
     seen = []
@@ -114,6 +141,7 @@ def main(work):
         for strategy in ("ddp", "fsdp"):
             me = dataclasses.replace(me, strategy=strategy)
             scenario(runs / strategy, me, drop=0.0)
+            accumulate(runs / f"{strategy}-accumulate", me)
             # Dropout on: each rank draws its own masks, so a resume must restore every rank's RNG.
             scenario(runs / f"{strategy}-whole", me, drop=0.1, checkpoint_dir=runs / f"{strategy}-whole-ckpt")
             scenario(None, me, drop=0.1, checkpoint_dir=runs / f"{strategy}-ckpt", crash_after=7)
@@ -197,6 +225,21 @@ def test_checkpoints_hold_every_ranks_rng_state(two_ranks: Path, strategy: str) 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_no_sync_keeps_gradients_local_until_the_last_micro_batch(two_ranks: Path, strategy: str) -> None:
+    grads = torch.load(two_ranks / "runs" / f"{strategy}-accumulate" / "grads.pt", weights_only=True)
+    if strategy == "ddp":  # inside no_sync each rank holds the gradient of its own rows only
+        rank0, rank1 = grads["local"]
+        assert rank0.keys() == rank1.keys() and rank0
+        assert any(not torch.allclose(rank0[name], rank1[name]) for name in rank0)
+    else:  # FSDP reduce-scatters into the sharded parameters' .grad: nothing there yet
+        assert grads["local"] == [{}, {}]
+    assert grads["accumulated"].keys() == grads["at_once"].keys() and grads["at_once"]
+    for name, grad in grads["accumulated"].items():
+        assert torch.allclose(grad, grads["at_once"][name], atol=1e-6, rtol=1e-4), name
+
+
+@pytest.mark.slow
 def test_only_rank_0_writes(two_ranks: Path) -> None:
     rank0 = json.loads((two_ranks / "writes-rank0.json").read_text())
     rank1 = json.loads((two_ranks / "writes-rank1.json").read_text())
@@ -216,6 +259,9 @@ def test_outside_torchrun_is_one_process(monkeypatch) -> None:
     model = torch.nn.Linear(2, 2)
     assert me.wrap(model, device) is model and me.full_model(model, lambda: torch.nn.Linear(2, 2)) is model
     assert me.gather_to_main("x") == ["x"] and me.scatter_from_main(["y"]) == "y"
+    with me.no_sync(model):  # nothing to hold back with one process
+        model(torch.ones(1, 2)).sum().backward()
+    assert model.weight.grad is not None
 
 
 def test_from_env_reads_torchruns_variables(monkeypatch) -> None:
