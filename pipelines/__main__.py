@@ -24,10 +24,35 @@ STAGES: dict[str, tuple[str, str]] = {
 }
 
 
+# Stages that can run as several torchrun processes -> (module, what ranks other than 0 run).
+RANK_ENTRIES: dict[str, tuple[str, str]] = {
+    "pretrain": ("pipelines.pretrain", "pretrain_rank"),
+}
+
+
 def run_flow(stage: str, params_path: str) -> dict[str, float]:
+    """The stage's flow; under torchrun, ranks other than 0 run the stage's rank entry instead."""
+    if stage in RANK_ENTRIES:
+        from steps.distributed import is_main_process
+
+        if not is_main_process():
+            module, name = RANK_ENTRIES[stage]
+            getattr(importlib.import_module(module), name)(params_path=params_path)
+            return {}
     module, name = STAGES[stage]
     flow = getattr(importlib.import_module(module), name)
     return flow(params_path=params_path)
+
+
+def torchrun_relaunch(stage: str, params_path: str, nproc: int) -> list[str] | None:
+    """The torchrun command that runs `stage` as `nproc` processes, or None to run it here: with one
+    process, or when this process is one of torchrun's already (a launch of your own, e.g. on
+    several machines, is not launched again)."""
+    from steps.distributed import torchrun_command, under_torchrun
+
+    if stage not in RANK_ENTRIES or nproc <= 1 or under_torchrun():
+        return None
+    return torchrun_command(nproc, ["pipelines", stage, "--params", params_path])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         # Validate before the flow starts: a typo should not cost a Prefect server start-up.
-        load_params(args.params)
+        params = load_params(args.params)
+        relaunch = torchrun_relaunch(args.command, args.params, params.pretrain.nproc)
+        if relaunch is not None:
+            return subprocess.call(relaunch)
         run_flow(args.command, args.params)
     except ConfigError as err:
         print(f"gptpipe: {err}", file=sys.stderr)
