@@ -1,7 +1,9 @@
 """The one training loop: AdamW, warmup + cosine schedule, clipping, periodic evaluation.
 
 It does not know which task it trains: the caller passes the batches, a loss function and an
-evaluation callback. Metrics leave through `on_metrics`, so the loop never talks to MLflow.
+evaluation callback. One step is one optimizer update; with gradient accumulation it sums the
+gradients of `accum_steps` micro-batches first. Mixed precision (bf16, or fp16 with a gradient
+scaler), torch.compile and activation checkpointing are switches of `TrainSettings`. Metrics leave through `on_metrics`, so the loop never talks to MLflow.
 With checkpoint settings it saves its whole state periodically (steps/checkpoints.py) and a rerun
 continues from the newest valid checkpoint, ending with the weights an uninterrupted run would have.
 """
@@ -30,11 +32,15 @@ from steps.checkpoints import (
     restore_rng,
     save_checkpoint,
 )
+from model.gpt import GPTModel
 from steps.config import OptimConfig
+from steps.hardware import compile_unsupported, enable_tf32, fused_adamw_supported
+from steps.throughput import mfu
 
 Batch = tuple[torch.Tensor, ...]
 BatchStream = Callable[[int], Iterator[Batch]]
-"""step s -> the batches of steps s + 1, s + 2, ...: a stream a resumed run can restart exactly."""
+"""n -> micro-batches n, n + 1, ... (0-based): a stream a resumed run can restart exactly. After s
+steps of k micro-batches each, the loop asks for the stream from n = s * k."""
 LossFn = Callable[[nn.Module, Batch], tuple[torch.Tensor, int]]
 """(model, batch on device) -> (scalar loss, tokens the batch holds, for throughput)."""
 EvalFn = Callable[[nn.Module], dict[str, float]]
@@ -55,6 +61,21 @@ class TrainSettings:
     grad_clip: float = 1.0
     eval_interval: int = 50
     log_interval: int = 10
+    accum_steps: int = 1
+    """Micro-batches whose gradients are summed (each loss divided by accum_steps) per step."""
+    compile: bool = False
+    """Run the forward and backward through torch.compile (the eval and saved weights use the
+    plain module)."""
+    activation_checkpointing: bool = False
+    """Recompute each transformer block's activations in the backward pass (GPTModel only)."""
+    flops_per_token: float | None = None
+    """Training FLOPs per token (steps/throughput.py); with peak_flops, rows get an `mfu`."""
+    peak_flops: float | None = None
+    """The hardware's peak FLOP/s that MFU is quoted against; None = no MFU."""
+
+    def __post_init__(self) -> None:
+        if self.accum_steps < 1:
+            raise ValueError(f"accum_steps must be >= 1, got {self.accum_steps}")
 
     @classmethod
     def from_config(cls, cfg: OptimConfig, max_steps: int) -> "TrainSettings":
@@ -74,6 +95,7 @@ class TrainResult:
     """CUDA: peak memory held by tensors during training; CPU: the process's peak resident set."""
     optimizer: torch.optim.Optimizer | None = None
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    scaler: torch.amp.GradScaler | None = None
 
     @property
     def tokens_per_s(self) -> float:
@@ -82,12 +104,15 @@ class TrainResult:
     def training_state(self) -> dict[str, Any]:
         """What resuming needs besides the weights."""
         assert self.optimizer is not None and self.scheduler is not None
-        return {
+        state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "step": self.steps,
             "tokens": self.tokens,
         }
+        if self.scaler is not None and self.scaler.is_enabled():
+            state["scaler"] = self.scaler.state_dict()  # fp16's loss scale: part of an exact resume
+        return state
 
 
 def cycle(batches: Iterable[Batch]) -> Iterator[Batch]:
@@ -111,7 +136,9 @@ def make_optimizer(model: nn.Module, s: TrainSettings, device: torch.device) -> 
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": s.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=s.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
+    # Fused: one kernel updates every parameter (CUDA, and CPU since torch 2.4) instead of a
+    # handful of ops per tensor.
+    return torch.optim.AdamW(groups, lr=s.lr, betas=(0.9, 0.95), fused=fused_adamw_supported(device))
 
 
 def lr_factor(step: int, s: TrainSettings) -> float:
@@ -140,20 +167,30 @@ def train(
     With `checkpoints`, save a checkpoint every `checkpoints.interval` steps and at the end; when one
     of this run is there already, restore it and go on from its step. Resuming needs `batches` as a
     `BatchStream`, since a plain iterator cannot be restarted at a given step.
+    `amp_dtype` float16 adds a gradient scaler (fp16 gradients underflow without one).
     """
     if checkpoints is not None and checkpoints.resume and not callable(batches):
         raise ValueError("resuming from checkpoints needs batches as a function of the step (a BatchStream)")
     model.to(device)
+    enable_tf32(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    if settings.activation_checkpointing:
+        set_activation_checkpointing(model)
+    # The compiled wrapper only runs the training forward/backward: evaluation (generation with a
+    # KV cache would recompile for every length) and checkpoints use `model` itself, so saved
+    # weights carry no `_orig_mod.` prefix.
+    step_model = compiled(model, device) if settings.compile else model
     optimizer = make_optimizer(model, settings, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, settings))
-    result = TrainResult(optimizer=optimizer, scheduler=scheduler)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    result = TrainResult(optimizer=optimizer, scheduler=scheduler, scaler=scaler)
     resumed = checkpoint_to_resume(checkpoints) if checkpoints is not None else None
     rng_state = _restore(resumed, model, result) if resumed is not None else None
     first = result.steps  # steps already done: 0, or the resumed checkpoint's step
     earlier_seconds = result.seconds  # training time before the resume counts, the downtime does not
-    stream = batches(first) if callable(batches) else batches
+    accum = settings.accum_steps
+    stream = batches(first * accum) if callable(batches) else batches
     trainable = [p for p in model.parameters() if p.requires_grad]
 
     def autocast() -> contextlib.AbstractContextManager[Any]:
@@ -192,33 +229,34 @@ def train(
         # moment in the uninterrupted run may draw random numbers differently.
         restore_rng(rng_state)
     for step in range(first + 1, settings.max_steps + 1):
-        batch = tuple(t.to(device, non_blocking=True) for t in next(stream))
-        with autocast():
-            loss, n_tokens = loss_fn(model, batch)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        for _ in range(accum):
+            batch = tuple(t.to(device, non_blocking=True) for t in next(stream))
+            with autocast():
+                loss, n_tokens = loss_fn(step_model, batch)
+            # Each micro-batch's mean loss / accum: the summed gradients are those of the mean
+            # over all accum micro-batches, as if they were one batch.
+            scaler.scale(loss / accum).backward()
+            # Accumulate on device: .item() every step would force a sync and stall a GPU.
+            window_loss += loss.detach()
+            window_tokens += n_tokens
+            result.tokens += n_tokens
         if settings.grad_clip > 0:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
             torch.nn.utils.clip_grad_norm_(trainable, settings.grad_clip)
-        optimizer.step()
+        scaler.step(optimizer)  # skips the update if fp16 gradients overflowed
+        scaler.update()
         scheduler.step()
-        # Accumulate on device: .item() every step would force a sync and stall a GPU.
-        window_loss += loss.detach()
-        window_steps += 1
-        window_tokens += n_tokens
-        result.tokens += n_tokens
+        window_steps += accum
         bar.update(1)
 
         is_eval = step % settings.eval_interval == 0 or step == settings.max_steps
         if step % settings.log_interval == 0 or is_eval:
-            elapsed = time.perf_counter() - window_start
-            row = {
-                "train_loss": window_loss.item() / window_steps,
-                "lr": scheduler.get_last_lr()[0],
-                "tokens_per_s": window_tokens / max(elapsed, 1e-9),
-            }
+            row = _log_row(window_loss.item() / window_steps, scheduler.get_last_lr()[0],
+                           window_tokens / max(time.perf_counter() - window_start, 1e-9), settings)
             if is_eval:
                 row.update(run_eval())
-            bar.set_postfix({"loss": f"{row['train_loss']:.3f}", "tok/s": f"{row['tokens_per_s']:.0f}"})
+            bar.set_postfix(_postfix(row))
             result.history.append({"step": step, **row})
             if on_metrics:
                 on_metrics(row, step)
@@ -242,12 +280,45 @@ def train(
     return result
 
 
+def _log_row(train_loss: float, lr: float, tokens_per_s: float, s: TrainSettings) -> dict[str, float]:
+    row = {"train_loss": train_loss, "lr": lr, "tokens_per_s": tokens_per_s}
+    if s.flops_per_token and s.peak_flops:
+        row["mfu"] = mfu(tokens_per_s, s.flops_per_token, s.peak_flops)
+    return row
+
+
+def _postfix(row: dict[str, float]) -> dict[str, str]:
+    shown = {"loss": f"{row['train_loss']:.3f}", "tok/s": f"{row['tokens_per_s']:.0f}"}
+    if "mfu" in row:
+        shown["mfu"] = f"{row['mfu']:.1%}"
+    return shown
+
+
+def set_activation_checkpointing(model: nn.Module) -> None:
+    """Switch recomputation on in the GPT inside `model` (which may be wrapped, e.g. by peft)."""
+    gpts = [m for m in model.modules() if isinstance(m, GPTModel)]
+    if not gpts:
+        raise ValueError(f"activation_checkpointing needs a GPTModel, got {type(model).__name__}")
+    for gpt in gpts:
+        gpt.activation_checkpointing = True
+
+
+def compiled(model: nn.Module, device: torch.device) -> nn.Module:
+    """`torch.compile(model)`, or a clear error where compiling cannot work."""
+    reason = compile_unsupported(device)
+    if reason is not None:
+        raise RuntimeError(f"compile: true cannot be used here: {reason}. Set compile: false in params.yaml")
+    return torch.compile(model)
+
+
 def _restore(checkpoint: Path, model: nn.Module, result: TrainResult) -> dict[str, Any]:
     """Load weights, optimizer, schedule, counters and history into place; return the RNG state."""
     assert result.optimizer is not None and result.scheduler is not None
     state = load_checkpoint(checkpoint, model)
     result.optimizer.load_state_dict(state["optimizer"])
     result.scheduler.load_state_dict(state["scheduler"])
+    if "scaler" in state and result.scaler is not None:
+        result.scaler.load_state_dict(state["scaler"])
     result.steps = state["step"]
     result.tokens = state["tokens"]
     result.seconds = state["seconds"]
