@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import functools
+import os
+import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -77,9 +80,6 @@ def fused_adamw_supported(device: torch.device) -> bool:
 
 def compile_unsupported(device: torch.device) -> str | None:
     """Why torch.compile cannot be used here, or None when it can (pretrain.compile: true)."""
-    import shutil
-    import sys
-
     if not torch._dynamo.is_dynamo_supported():
         return f"torch.compile does not support this platform (Python {sys.version.split()[0]} on {sys.platform})"
     if device.type == "mps":
@@ -95,6 +95,4 @@ def compile_unsupported(device: torch.device) -> str | None:
 
 
 def _cxx_candidates() -> list[str]:
-    import os
-
     return [c for c in (os.environ.get("CXX"), "g++", "clang++", "c++") if c]
