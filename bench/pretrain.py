@@ -7,8 +7,8 @@
 The bare loop is written out below in plain PyTorch: forward, cross-entropy, backward, clip, AdamW
 (fused where torch has it, as ours), nothing else. Ours is the whole `train()` call the pretrain stage
 makes: LR schedule, on-device loss window, periodic logging rows, the progress bar, optimizer set-up.
-Both are warmed up, then run alternately (A B A B ...) so that load from other processes hits both
-alike; the table gives the best and the median repetition. Prints, as its last line, one JSON object
+Both are warmed up, then run alternately (A B B A A B ...) so that load from other processes hits
+both alike; the table gives the best and the median repetition. Prints, as its last line, one JSON object
 whose headline is `ratio` = our tokens/s / bare tokens/s (best repetitions; 1.0 = no overhead).
 On CUDA it also prints MFU (steps/throughput.py: 6N + attention FLOPs per token, over the GPU's peak).
 """
@@ -99,7 +99,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="default: 8")
     parser.add_argument("--seq-len", type=int, default=None, help="default: the preset's context length")
     parser.add_argument("--steps", type=int, default=None, help="steps per repetition; default: 6 (small), 20 (124m)")
-    parser.add_argument("--repeats", type=int, default=3, help="repetitions of each loop, interleaved")
+    parser.add_argument("--repeats", type=int, default=4, help="repetitions of each loop, interleaved")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     args = parser.parse_args()
@@ -124,9 +124,10 @@ def main() -> None:
     for name, loop in loops.items():  # warm-up: allocator, kernels, the fused optimizer's first call
         timed(loop, models[name], batches, 2, device, amp, device=device)
     seconds: dict[str, list[float]] = {"bare": [], "ours": []}
-    for _ in range(args.repeats):
-        for name, loop in loops.items():
-            seconds[name].append(timed(loop, models[name], batches, steps, device, amp, device=device))
+    for repeat in range(args.repeats):
+        # A B, then B A: neither loop always runs first (caches, CPU clocks, neighbours' load).
+        for name in ("bare", "ours") if repeat % 2 == 0 else ("ours", "bare"):
+            seconds[name].append(timed(loops[name], models[name], batches, steps, device, amp, device=device))
 
     tokens = steps * batch_size * seq_len
     rate = {name: tokens / min(s) for name, s in seconds.items()}

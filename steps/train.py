@@ -3,7 +3,8 @@
 It does not know which task it trains: the caller passes the batches, a loss function and an
 evaluation callback. One step is one optimizer update; with gradient accumulation it sums the
 gradients of `accum_steps` micro-batches first. Mixed precision (bf16, or fp16 with a gradient
-scaler), torch.compile and activation checkpointing are switches of `TrainSettings`. Metrics leave through `on_metrics`, so the loop never talks to MLflow.
+scaler), torch.compile and activation checkpointing are switches of `TrainSettings`. Metrics
+leave through `on_metrics`, so the loop never talks to MLflow.
 With checkpoint settings it saves its whole state periodically (steps/checkpoints.py) and a rerun
 continues from the newest valid checkpoint, ending with the weights an uninterrupted run would have.
 """
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from model.gpt import GPTModel
 from steps.checkpoints import (
     CheckpointSettings,
     capture_rng,
@@ -32,7 +34,6 @@ from steps.checkpoints import (
     restore_rng,
     save_checkpoint,
 )
-from model.gpt import GPTModel
 from steps.config import OptimConfig
 from steps.hardware import compile_unsupported, enable_tf32, fused_adamw_supported
 from steps.throughput import mfu
