@@ -1,4 +1,4 @@
-"""Pick the device and the autocast precision a training or evaluation run uses."""
+"""Pick the device and the autocast precision a run uses, and what the hardware allows: TF32, fused AdamW, torch.compile."""
 
 from __future__ import annotations
 
@@ -90,9 +90,9 @@ def compile_unsupported(device: torch.device) -> str | None:
         if not has_triton():
             return "torch.compile on CUDA needs Triton (pip install triton, or a torch wheel that bundles it)"
     if device.type == "cpu" and not any(shutil.which(c) for c in _cxx_candidates()):
-        return "torch.compile on CPU needs a C++ compiler (g++ or clang++; set CXX to point at one)"
+        return "torch.compile on CPU needs a C++ compiler (g++ or clang++, MSVC on Windows; set CXX to point at one)"
     return None
 
 
 def _cxx_candidates() -> list[str]:
-    return [c for c in (os.environ.get("CXX"), "g++", "clang++", "c++") if c]
+    return [c for c in (os.environ.get("CXX"), "g++", "clang++", "c++", "cl") if c]  # cl: MSVC on Windows
