@@ -1,4 +1,4 @@
-"""Pick the device and the autocast precision a run uses, and what the hardware allows: TF32, fused AdamW, torch.compile."""
+"""Device and autocast precision of a run, and what the hardware allows: TF32, fused AdamW, compile."""
 
 from __future__ import annotations
 
