@@ -30,21 +30,60 @@ def save_model(folder: str | Path, model: GPTModel, head: dict[str, Any] | None 
     write_json(folder / CONFIG, {"gpt": model.cfg.to_dict(), "head": head})
 
 
+def tied_aliases(module: torch.nn.Module) -> dict[str, str]:
+    """Second names of shared parameters -> their first name (tied embeddings:
+    `out_head.weight` -> `tok_emb.weight`)."""
+    first: dict[int, str] = {}
+    aliases: dict[str, str] = {}
+    for name, param in module.named_parameters(remove_duplicate=False):
+        if id(param) in first:
+            aliases[name] = first[id(param)]
+        else:
+            first[id(param)] = name
+    return aliases
+
+
 def save_weights(path: str | Path, module: torch.nn.Module) -> None:
     """Any module's state dict as one safetensors file (written atomically)."""
     save_state_dict(path, module.state_dict())
 
 
 def save_state_dict(path: str | Path, state_dict: dict[str, torch.Tensor]) -> None:
-    """A state dict (e.g. one gathered from several processes) as one safetensors file."""
-    state = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    """A state dict (e.g. one gathered from several processes) as one safetensors file.
+
+    A tied matrix is stored once, under its first name: safetensors refuses tensors that share
+    memory, and one copy is all that loading needs (see `fill_weights`).
+    """
+    state: dict[str, torch.Tensor] = {}
+    seen: set[tuple[int, tuple[int, ...]]] = set()
+    for name, tensor in state_dict.items():
+        key = (tensor.data_ptr(), tuple(tensor.shape))
+        if key in seen and tensor.numel():
+            continue  # the second name of a tied matrix
+        seen.add(key)
+        state[name] = tensor.detach().contiguous().cpu()
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
 
 
+def with_tied_aliases(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` plus the tied names `save_state_dict` left out, pointing at their first name."""
+    state = dict(state)
+    for alias, name in tied_aliases(module).items():
+        if alias not in state and name in state:
+            state[alias] = state[name]
+    return state
+
+
+def fill_weights(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a state dict `save_weights` wrote: tied names it left out point at their first name;
+    every other key must match exactly."""
+    module.load_state_dict(with_tied_aliases(module, state), strict=True)
+
+
 def load_weights(path: str | Path, module: torch.nn.Module) -> None:
     """Fill `module` from a safetensors file `save_weights` wrote; every key must match."""
-    module.load_state_dict(load_file(str(path), device="cpu"), strict=True)
+    fill_weights(module, load_file(str(path), device="cpu"))
 
 
 def read_config(folder: str | Path) -> tuple[GPTConfig, dict[str, Any]]:
@@ -72,8 +111,7 @@ def load_model(folder: str | Path, map_location: str = "cpu") -> tuple[GPTModel,
     """Rebuild the model a folder holds; returns it (in eval mode) with its head description."""
     cfg, head = read_config(folder)
     model = build_model(cfg, head)
-    state = load_file(str(Path(folder) / WEIGHTS), device=map_location)
-    model.load_state_dict(state, strict=True)
+    fill_weights(model, load_file(str(Path(folder) / WEIGHTS), device=map_location))
     model.eval()
     return model, head
 

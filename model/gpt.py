@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from model.config import GPTConfig
 
@@ -120,14 +121,21 @@ class GPTModel(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
+        rows = cfg.padded_vocab_size
+        self.tok_emb = nn.Embedding(rows, cfg.emb_dim)
         self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)
         self.drop_emb = nn.Dropout(cfg.drop_rate)
         self.trf_blocks = nn.Sequential(*[TransformerBlock(cfg) for _ in range(cfg.n_layers)])
         self.final_norm = nn.LayerNorm(cfg.emb_dim)
         # The head is a plain attribute so task heads can replace it (see model/heads.py).
-        self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
+        self.out_head = nn.Linear(cfg.emb_dim, rows, bias=False)
         self.apply(_init_weights)
+        if cfg.tie_embeddings:
+            # One Parameter under two names: parameters() lists it once, state_dict() under both.
+            self.out_head.weight = self.tok_emb.weight
+        self.activation_checkpointing = False
+        """Recompute each block's activations in the backward pass instead of keeping them: less
+        memory for about a third more compute. A training switch, not architecture: not saved."""
 
     def forward(self, in_idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
         """With `kv_cache`, `in_idx` holds only the tokens after those already cached."""
@@ -140,10 +148,22 @@ class GPTModel(nn.Module):
         pos = torch.arange(past, past + t, device=in_idx.device)
         x = self.tok_emb(in_idx) + self.pos_emb(pos)  # (B, T, C)
         x = self.drop_emb(x)
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled() and kv_cache is None
         for layer, block in enumerate(self.trf_blocks):
-            x = block(x, kv_cache, layer)
+            if recompute:
+                # Non-reentrant checkpointing restores the RNG state, so dropout masks are redrawn
+                # identically in the recomputation and the gradients match the plain path.
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x, kv_cache, layer)
         x = self.final_norm(x)
-        return self.out_head(x)  # (B, T, out)
+        logits = self.out_head(x)  # (B, T, out); out = padded vocab for the LM head
+        if logits.size(-1) == self.cfg.padded_vocab_size != self.cfg.vocab_size:
+            # Cut the padding rows off rather than masking them with -inf: every caller (loss,
+            # sampling, evaluation, export) then sees exactly vocab_size scores, and no padded id
+            # can be sampled or take probability mass. The matmul itself ran at the padded width.
+            logits = logits[..., : self.cfg.vocab_size]  # (B, T, V)
+        return logits
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -158,4 +178,5 @@ def _init_weights(module: nn.Module) -> None:
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Distinct parameters: a tied embedding/head matrix counts once."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -10,6 +10,7 @@ the same training body without Prefect or MLflow, and write nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -28,6 +29,7 @@ from steps import layout, plots
 from steps.checkpoints import CheckpointSettings, discard_checkpoints, file_sha256
 from steps.distributed import Distributed, process_group
 from steps.hardware import autocast_dtype, resolve_device
+from steps.throughput import default_peak_flops, flops_per_token
 from steps.language_modeling import fixed_windows, lm_loss, mean_loss, perplexity, random_windows, unigram_cross_entropy
 from steps.tokenizer import eot_id, load_tokenizer, read_tokens
 from steps.train import BatchStream, TrainSettings, train
@@ -39,15 +41,18 @@ log = logging.getLogger("gptpipe.pretrain")
 def gpt_config(ctx: StageContext, vocab_size: int) -> GPTConfig:
     m = ctx.params.model
     return GPTConfig(vocab_size=vocab_size, context_length=m.context_length, emb_dim=m.emb_dim,
-                     n_heads=m.n_heads, n_layers=m.n_layers, drop_rate=m.drop_rate, qkv_bias=m.qkv_bias)
+                     n_heads=m.n_heads, n_layers=m.n_layers, drop_rate=m.drop_rate, qkv_bias=m.qkv_bias,
+                     tie_embeddings=m.tie_embeddings, vocab_multiple=m.vocab_multiple)
 
 
 def run_fingerprint(ctx: StageContext, model_cfg: GPTConfig) -> str:
     """What makes a checkpoint this run's: seed, architecture, pretrain params and the token files.
 
-    The checkpoint knobs themselves are left out, so that changing them does not forfeit a resume.
+    The checkpoint knobs themselves and peak_flops (a reporting figure) are left out, so that
+    changing them does not forfeit a resume.
     """
-    pretrain = ctx.params.pretrain.model_dump(exclude={"checkpoint_interval", "keep_checkpoints", "resume"})
+    pretrain = ctx.params.pretrain.model_dump(exclude={"checkpoint_interval", "keep_checkpoints", "resume",
+                                                       "peak_flops"})
     payload = {"seed": ctx.params.seed, "model": model_cfg.to_dict(), "pretrain": pretrain,
                "tokens": [file_sha256(layout.TRAIN_BIN), file_sha256(layout.VAL_BIN)]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
@@ -84,7 +89,7 @@ def train_and_save(ctx: StageContext, dist: Distributed, device: torch.device) -
     log.info("GPT with %s parameters on %s (%s)%s", f"{count_parameters(model):,}", device, amp or "fp32",
              f", {dist.world_size} processes ({cfg.distributed})" if dist.enabled else "")
 
-    ctx_len = cfg.seq_len or model_cfg.context_length
+    ctx_len = ctx.params.pretrain_seq_len
     val_batches = fixed_windows(val_tokens, cfg.batch_size, ctx_len, cfg.eval_batches)
     prompt = torch.tensor([tok.encode(cfg.sample_prompt).ids], dtype=torch.long)
     samples: list[str] = []
@@ -102,9 +107,12 @@ def train_and_save(ctx: StageContext, dist: Distributed, device: torch.device) -
         log.info("sample: %s", text.replace("\n", " "))
         return {"val_loss": loss, "val_perplexity": perplexity(loss)}
 
-    settings = TrainSettings.from_config(cfg, cfg.max_steps)
-    # A function of the step, so that a resumed run continues the same batch stream; each rank
-    # reads its own rows of every global batch of cfg.batch_size.
+    settings = training_settings(ctx, model_cfg, device, dist.world_size)
+    log.info("%d tokens per step (%d micro-batch(es) of %d x %d)%s%s", settings.accum_steps * cfg.batch_size * ctx_len,
+             settings.accum_steps, cfg.batch_size, ctx_len, ", compiled" if settings.compile else "",
+             ", activation checkpointing" if settings.activation_checkpointing else "")
+    # A function of the micro-batch number, so that a resumed run continues the same batch stream;
+    # each rank reads its own rows of every global micro-batch of cfg.batch_size.
     batches: BatchStream = functools.partial(random_windows, train_tokens, cfg.batch_size, ctx_len, ctx.params.seed,
                                              rows=dist.shard(cfg.batch_size))
     result = train(model, batches, lm_loss, settings, device, amp, evaluate, on_metrics=ctx.run.log_metrics,
@@ -127,7 +135,7 @@ def train_and_save(ctx: StageContext, dist: Distributed, device: torch.device) -
     plots.write_csv(ctx.plots / "loss.csv", result.history, ["step", "train_loss", "val_loss"])
     plots.curves(ctx.plots / "loss.png", result.history, ["train_loss", "val_loss"],
                  "Pretraining loss", "cross-entropy (nats/token)", baselines={"unigram model": unigram})
-    return {
+    summary = {
         "train_loss": last["train_loss"],
         "val_loss": last["val_loss"],
         "val_perplexity": last["val_perplexity"],
@@ -138,6 +146,26 @@ def train_and_save(ctx: StageContext, dist: Distributed, device: torch.device) -
         "tokens_per_s": result.tokens_per_s,
         "peak_memory_mb": result.peak_memory_mb,
     }
+    if settings.flops_per_token and settings.peak_flops:
+        summary["mfu"] = result.tokens_per_s * settings.flops_per_token / settings.peak_flops
+    return summary
+
+
+def training_settings(ctx: StageContext, model_cfg: GPTConfig, device: torch.device, world_size: int = 1) -> TrainSettings:
+    """The loop's settings: the optimizer params plus accumulation, compile, recomputation and MFU.
+
+    The loop counts the tokens of every process, so MFU is quoted against the peak of all of them."""
+    cfg = ctx.params.pretrain
+    seq_len = ctx.params.pretrain_seq_len
+    peak = cfg.peak_flops or default_peak_flops(device)
+    if peak is None and device.type == "cuda":
+        log.warning("no peak FLOP/s known for %s: set pretrain.peak_flops to log MFU",
+                    torch.cuda.get_device_name(device))
+    return dataclasses.replace(
+        TrainSettings.from_config(cfg, cfg.max_steps),
+        accum_steps=cfg.accumulation_steps(seq_len), compile=cfg.compile,
+        activation_checkpointing=cfg.activation_checkpointing,
+        flops_per_token=flops_per_token(model_cfg, seq_len), peak_flops=peak * world_size if peak else None)
 
 
 @flow(name="pretrain")

@@ -37,7 +37,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from model.checkpoint import WEIGHTS, save_state_dict
+from model.checkpoint import WEIGHTS, fill_weights, save_state_dict
 
 STATE = "state.pt"
 MANIFEST = "manifest.json"
@@ -230,7 +230,7 @@ def latest_valid(folder: str | Path) -> Path | None:
 def load_checkpoint(checkpoint: str | Path, model: nn.Module) -> dict[str, Any]:
     """Fill `model` with the checkpoint's weights; return its training state (optimizer, rng, ...)."""
     weights, state = read_checkpoint(checkpoint)
-    model.load_state_dict(weights, strict=True)
+    fill_weights(model, weights)
     return state
 
 

@@ -215,6 +215,12 @@ class ModelConfig(Section):
     """Dropout rate in embeddings, attention and residual branches."""
     qkv_bias: bool = False
     """Bias in the query/key/value projections."""
+    tie_embeddings: bool = False
+    """Share one matrix between the token embedding and the output head (GPT-2 does; the book
+    keeps them separate, at vocab_size * emb_dim more parameters)."""
+    vocab_multiple: int = Field(1, ge=1)
+    """Pad the embedding and head rows to a multiple of this (64 helps GPU matmuls: GPT-2's
+    50,257 becomes 50,304); 1 = no padding. The extra rows never reach the loss or sampling."""
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> "ModelConfig":
@@ -242,8 +248,9 @@ class OptimConfig(Section):
     """Evaluate (and log validation metrics) every this many steps, and at the end."""
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     """Where to train; `auto` takes cuda, then mps, then cpu."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """`auto`: bf16 autocast on CUDA and on CPUs with AMX, fp32 elsewhere."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """`auto`: bf16 autocast on CUDA GPUs that support it (fp16 + gradient scaler on older ones)
+    and on CPUs with AMX, fp32 elsewhere. `fp16` (with a gradient scaler) needs cuda or mps."""
 
 
 class PretrainConfig(OptimConfig):
@@ -289,6 +296,33 @@ class PretrainConfig(OptimConfig):
             raise ValueError(f"pretrain.batch_size ({self.batch_size}) must be a multiple of pretrain.nproc "
                              f"({self.nproc}): it is the global batch, split evenly across the processes")
         return self
+
+    global_batch_tokens: int | None = Field(None, ge=1)
+    """Tokens per optimizer step; null = batch_size * seq_len (no accumulation). Otherwise a
+    multiple of batch_size * seq_len: the gradients of that many micro-batches are summed per step
+    (gradient accumulation), e.g. the 0.5 M tokens of GPT-2 on a GPU that fits 16 x 1,024."""
+    compile: bool = False
+    """Train through torch.compile: faster steps on GPUs after a compile of a minute or more; an
+    error names what is missing where it cannot work (no C++ compiler, no Triton, MPS)."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in the backward pass instead of storing them: fits a
+    larger batch or model for about 30% more compute."""
+    peak_flops: float | None = Field(None, gt=0.0)
+    """One device's peak FLOP/s for the MFU figure (with nproc processes MFU is against nproc
+    times it); null = the bf16 dense peak of known GPUs
+    (H100, H200, A100, L4, ...; steps/throughput.py), and no MFU on CPU or an unknown GPU."""
+
+    def accumulation_steps(self, seq_len: int) -> int:
+        """Micro-batches per optimizer step for windows of `seq_len` tokens."""
+        micro = self.batch_size * seq_len
+        if self.global_batch_tokens is None:
+            return 1
+        if self.global_batch_tokens % micro:
+            raise ValueError(
+                f"pretrain.global_batch_tokens ({self.global_batch_tokens}) must be a multiple of "
+                f"batch_size * seq_len = {self.batch_size} * {seq_len} = {micro} tokens per micro-batch; "
+                f"e.g. {max(1, round(self.global_batch_tokens / micro)) * micro}")
+        return self.global_batch_tokens // micro
 
 
 class LoraConfig(Section):
@@ -428,7 +462,13 @@ class Params(Section):
         if self.pretrain.seq_len is not None and self.pretrain.seq_len > self.model.context_length:
             raise ValueError(f"pretrain.seq_len ({self.pretrain.seq_len}) exceeds model.context_length "
                              f"({self.model.context_length})")
+        self.pretrain.accumulation_steps(self.pretrain_seq_len)
         return self
+
+    @property
+    def pretrain_seq_len(self) -> int:
+        """Tokens per pretraining window: pretrain.seq_len, or the model's context."""
+        return self.pretrain.seq_len or self.model.context_length
 
 
 class ConfigError(ValueError):

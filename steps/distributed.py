@@ -23,6 +23,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from model.checkpoint import fill_weights
+
 Strategy = Literal["ddp", "fsdp"]
 STRATEGIES: tuple[Strategy, ...] = ("ddp", "fsdp")
 # Variables torchrun sets for each process it starts.
@@ -124,7 +126,7 @@ class Distributed:
     def load_model_state(self, net: nn.Module, state: dict[str, torch.Tensor]) -> None:
         """Load full weights that rank 0 read (other ranks pass {}): rank 0 sends them to every rank."""
         if not self.enabled:
-            net.load_state_dict(state, strict=True)
+            fill_weights(net, state)  # a tied matrix is stored once (model/checkpoint.py)
             return
         from torch.distributed.checkpoint.state_dict import set_model_state_dict
 

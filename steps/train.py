@@ -1,7 +1,10 @@
 """The one training loop: AdamW, warmup + cosine schedule, clipping, periodic evaluation.
 
 It does not know which task it trains: the caller passes the batches, a loss function and an
-evaluation callback. Metrics leave through `on_metrics`, so the loop never talks to MLflow.
+evaluation callback. One step is one optimizer update; with gradient accumulation it sums the
+gradients of `accum_steps` micro-batches first. Mixed precision (bf16, or fp16 with a gradient
+scaler), torch.compile and activation checkpointing are switches of `TrainSettings`. Metrics
+leave through `on_metrics`, so the loop never talks to MLflow.
 With checkpoint settings it saves its whole state periodically (steps/checkpoints.py) and a rerun
 continues from the newest valid checkpoint, ending with the weights an uninterrupted run would have.
 Under torchrun it takes a `Distributed` (steps/distributed.py): the model trains wrapped in DDP or
@@ -24,6 +27,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from model.checkpoint import with_tied_aliases
+from model.gpt import GPTModel
 from steps.checkpoints import (
     CheckpointSettings,
     capture_rng,
@@ -34,10 +39,13 @@ from steps.checkpoints import (
 )
 from steps.config import OptimConfig
 from steps.distributed import SINGLE_PROCESS, Distributed
+from steps.hardware import compile_unsupported, enable_tf32, fused_adamw_supported
+from steps.throughput import mfu
 
 Batch = tuple[torch.Tensor, ...]
 BatchStream = Callable[[int], Iterator[Batch]]
-"""step s -> the batches of steps s + 1, s + 2, ...: a stream a resumed run can restart exactly."""
+"""n -> micro-batches n, n + 1, ... (0-based): a stream a resumed run can restart exactly. After s
+steps of k micro-batches each, the loop asks for the stream from n = s * k."""
 LossFn = Callable[[nn.Module, Batch], tuple[torch.Tensor, int]]
 """(model, batch on device) -> (scalar loss, tokens the batch holds, for throughput)."""
 EvalFn = Callable[[nn.Module], dict[str, float]]
@@ -58,6 +66,21 @@ class TrainSettings:
     grad_clip: float = 1.0
     eval_interval: int = 50
     log_interval: int = 10
+    accum_steps: int = 1
+    """Micro-batches whose gradients are summed (each loss divided by accum_steps) per step."""
+    compile: bool = False
+    """Run the forward and backward through torch.compile (the eval and saved weights use the
+    plain module)."""
+    activation_checkpointing: bool = False
+    """Recompute each transformer block's activations in the backward pass (GPTModel only)."""
+    flops_per_token: float | None = None
+    """Training FLOPs per token (steps/throughput.py); with peak_flops, rows get an `mfu`."""
+    peak_flops: float | None = None
+    """The hardware's peak FLOP/s that MFU is quoted against; None = no MFU."""
+
+    def __post_init__(self) -> None:
+        if self.accum_steps < 1:
+            raise ValueError(f"accum_steps must be >= 1, got {self.accum_steps}")
 
     @classmethod
     def from_config(cls, cfg: OptimConfig, max_steps: int) -> "TrainSettings":
@@ -77,6 +100,7 @@ class TrainResult:
     """CUDA: peak memory held by tensors during training; CPU: the process's peak resident set."""
     optimizer: torch.optim.Optimizer | None = None
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    scaler: torch.amp.GradScaler | None = None
     optimizer_state: Callable[[], dict[str, Any]] | None = None
     """The full optimizer state when it is spread over processes (FSDP); a collective: every rank
     calls `training_state()`. None: `optimizer.state_dict()`."""
@@ -88,12 +112,15 @@ class TrainResult:
     def training_state(self) -> dict[str, Any]:
         """What resuming needs besides the weights."""
         assert self.optimizer is not None and self.scheduler is not None
-        return {
+        state = {
             "optimizer": self.optimizer_state() if self.optimizer_state else self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "step": self.steps,
             "tokens": self.tokens,
         }
+        if self.scaler is not None and self.scaler.is_enabled():
+            state["scaler"] = self.scaler.state_dict()  # fp16's loss scale: part of an exact resume
+        return state
 
 
 def cycle(batches: Iterable[Batch]) -> Iterator[Batch]:
@@ -117,7 +144,9 @@ def make_optimizer(model: nn.Module, s: TrainSettings, device: torch.device) -> 
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": s.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=s.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
+    # Fused: one kernel updates every parameter (CUDA, and CPU since torch 2.4) instead of a
+    # handful of ops per tensor.
+    return torch.optim.AdamW(groups, lr=s.lr, betas=(0.9, 0.95), fused=fused_adamw_supported(device))
 
 
 def lr_factor(step: int, s: TrainSettings) -> float:
@@ -147,6 +176,7 @@ def train(
     With `checkpoints`, save a checkpoint every `checkpoints.interval` steps and at the end; when one
     of this run is there already, restore it and go on from its step. Resuming needs `batches` as a
     `BatchStream`, since a plain iterator cannot be restarted at a given step.
+    `amp_dtype` float16 adds a gradient scaler (fp16 gradients underflow without one).
 
     Distributed (`dist`, one call per rank): each rank's `batches` hold its own rows of the global
     batch and `loss_fn` averages over them, so DDP's gradient average is the single-process
@@ -155,19 +185,28 @@ def train(
     if checkpoints is not None and checkpoints.resume and not callable(batches):
         raise ValueError("resuming from checkpoints needs batches as a function of the step (a BatchStream)")
     model.to(device)
+    enable_tf32(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    net = dist.wrap(model, device)  # forward/backward go through it; `model` itself with one process
+    if settings.activation_checkpointing:
+        set_activation_checkpointing(model)
+    net = dist.wrap(model, device)  # DDP / FSDP under torchrun; `model` itself with one process
+    # The compiled wrapper only runs the training forward/backward: evaluation (generation with a
+    # KV cache would recompile for every length) and checkpoints use `net` itself, so saved
+    # weights carry no `_orig_mod.` prefix.
+    step_model = compiled(net, device) if settings.compile else net
     optimizer = make_optimizer(net, settings, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, settings))
-    result = TrainResult(optimizer=optimizer, scheduler=scheduler)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    result = TrainResult(optimizer=optimizer, scheduler=scheduler, scaler=scaler)
     if dist.enabled:
         result.optimizer_state = lambda: dist.optimizer_state(net, optimizer)
     resumed = _checkpoint_to_resume(checkpoints, dist) if checkpoints is not None else None
-    rng_state = _restore(resumed, net, result, dist) if resumed is not None else None
+    rng_state = _restore(resumed, model, net, result, dist) if resumed is not None else None
     first = result.steps  # steps already done: 0, or the resumed checkpoint's step
     earlier_seconds = result.seconds  # training time before the resume counts, the downtime does not
-    stream = batches(first) if callable(batches) else batches
+    accum = settings.accum_steps
+    stream = batches(first * accum) if callable(batches) else batches
     # After wrapping: FSDP replaces the parameters by sharded ones.
     trainable = [p for p in net.parameters() if p.requires_grad]
     on_metrics = on_metrics if dist.is_main else None  # rank 0 alone reports
@@ -208,34 +247,39 @@ def train(
         # moment in the uninterrupted run may draw random numbers differently.
         restore_rng(rng_state)
     for step in range(first + 1, settings.max_steps + 1):
-        batch = tuple(t.to(device, non_blocking=True) for t in next(stream))
-        with autocast():
-            loss, n_tokens = loss_fn(net, batch)
-        n_tokens *= dist.world_size  # every rank's shard is the same size
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        for micro in range(accum):
+            batch = tuple(t.to(device, non_blocking=True) for t in next(stream))
+            # Distributed, only the last micro-batch's backward averages gradients across ranks:
+            # the earlier ones accumulate locally instead of paying a collective each.
+            sync = dist.no_sync(net) if micro < accum - 1 else contextlib.nullcontext()
+            with sync:
+                with autocast():
+                    loss, n_tokens = loss_fn(step_model, batch)
+                # Each micro-batch's mean loss / accum: the summed gradients are those of the mean
+                # over all accum micro-batches, as if they were one batch.
+                scaler.scale(loss / accum).backward()
+            n_tokens *= dist.world_size  # every rank's shard is the same size
+            # Accumulate on device: .item() every step would force a sync and stall a GPU.
+            window_loss += loss.detach()
+            window_tokens += n_tokens
+            result.tokens += n_tokens
         if settings.grad_clip > 0:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
             torch.nn.utils.clip_grad_norm_(trainable, settings.grad_clip)
-        optimizer.step()
+        scaler.step(optimizer)  # skips the update if fp16 gradients overflowed
+        scaler.update()
         scheduler.step()
-        # Accumulate on device: .item() every step would force a sync and stall a GPU.
-        window_loss += loss.detach()
-        window_steps += 1
-        window_tokens += n_tokens
-        result.tokens += n_tokens
+        window_steps += accum
         bar.update(1)
 
         is_eval = step % settings.eval_interval == 0 or step == settings.max_steps
         if step % settings.log_interval == 0 or is_eval:
-            elapsed = time.perf_counter() - window_start
-            row = {
-                "train_loss": dist.all_reduce_mean(window_loss).item() / window_steps,
-                "lr": scheduler.get_last_lr()[0],
-                "tokens_per_s": window_tokens / max(elapsed, 1e-9),
-            }
+            row = _log_row(dist.all_reduce_mean(window_loss).item() / window_steps, scheduler.get_last_lr()[0],
+                           window_tokens / max(time.perf_counter() - window_start, 1e-9), settings)
             if is_eval:
                 row.update(run_eval())
-            bar.set_postfix({"loss": f"{row['train_loss']:.3f}", "tok/s": f"{row['tokens_per_s']:.0f}"})
+            bar.set_postfix(_postfix(row))
             result.history.append({"step": step, **row})
             if on_metrics:
                 on_metrics(row, step)
@@ -254,6 +298,37 @@ def train(
     result.peak_memory_mb = peak_memory_mb(device)
     model.eval()
     return result
+
+
+def _log_row(train_loss: float, lr: float, tokens_per_s: float, s: TrainSettings) -> dict[str, float]:
+    row = {"train_loss": train_loss, "lr": lr, "tokens_per_s": tokens_per_s}
+    if s.flops_per_token and s.peak_flops:
+        row["mfu"] = mfu(tokens_per_s, s.flops_per_token, s.peak_flops)
+    return row
+
+
+def _postfix(row: dict[str, float]) -> dict[str, str]:
+    shown = {"loss": f"{row['train_loss']:.3f}", "tok/s": f"{row['tokens_per_s']:.0f}"}
+    if "mfu" in row:
+        shown["mfu"] = f"{row['mfu']:.1%}"
+    return shown
+
+
+def set_activation_checkpointing(model: nn.Module) -> None:
+    """Switch recomputation on in the GPT inside `model` (which may be wrapped, e.g. by peft)."""
+    gpts = [m for m in model.modules() if isinstance(m, GPTModel)]
+    if not gpts:
+        raise ValueError(f"activation_checkpointing needs a GPTModel, got {type(model).__name__}")
+    for gpt in gpts:
+        gpt.activation_checkpointing = True
+
+
+def compiled(model: nn.Module, device: torch.device) -> nn.Module:
+    """`torch.compile(model)`, or a clear error where compiling cannot work."""
+    reason = compile_unsupported(device)
+    if reason is not None:
+        raise RuntimeError(f"compile: true cannot be used here: {reason}. Set compile: false in params.yaml")
+    return torch.compile(model)
 
 
 def _save(checkpoints: CheckpointSettings, step: int, net: nn.Module, result: TrainResult, dist: Distributed) -> None:
@@ -277,11 +352,14 @@ def _checkpoint_to_resume(checkpoints: CheckpointSettings, dist: Distributed) ->
     return dist.broadcast_from_main(checkpoint_to_resume(checkpoints) if dist.is_main else None)
 
 
-def _restore(checkpoint: Path, net: nn.Module, result: TrainResult, dist: Distributed) -> dict[str, Any]:
-    """Load weights, optimizer, schedule, counters and history into place; return this rank's RNG
-    state. Distributed, rank 0 reads the folder and sends every rank its part."""
+def _restore(checkpoint: Path, model: nn.Module, net: nn.Module, result: TrainResult,
+             dist: Distributed) -> dict[str, Any]:
+    """Load weights, optimizer, scaler, schedule, counters and history into place; return this
+    rank's RNG state. Distributed, rank 0 reads the folder and sends every rank its part."""
     assert result.optimizer is not None and result.scheduler is not None
     weights, state = read_checkpoint(checkpoint) if dist.is_main else ({}, {})
+    if dist.is_main:
+        weights = with_tied_aliases(model, weights)  # a tied matrix is stored once
     dist.load_model_state(net, weights)
     dist.load_optimizer_state(net, result.optimizer, state.pop("optimizer", {}))
     rng_states = None
@@ -291,8 +369,10 @@ def _restore(checkpoint: Path, net: nn.Module, result: TrainResult, dist: Distri
             raise ValueError(f"checkpoint {checkpoint} was written by {len(rng_states)} process(es), this run has "
                              f"{dist.world_size}: rerun with that many, or delete {checkpoint.parent} to start over")
     rng_state = dist.scatter_from_main(rng_states)
-    state = dist.broadcast_from_main(state)  # the small rest: schedule, counters, history
+    state = dist.broadcast_from_main(state)  # the small rest: schedule, scaler, counters, history
     result.scheduler.load_state_dict(state["scheduler"])
+    if "scaler" in state and result.scaler is not None:
+        result.scaler.load_state_dict(state["scaler"])
     result.steps = state["step"]
     result.tokens = state["tokens"]
     result.seconds = state["seconds"]

@@ -190,3 +190,19 @@ def test_failed_training_state_save_leaves_nothing(tmp_path: Path) -> None:
         save_training_state(tmp_path, {"step": 2, "fn": local})  # local functions cannot be pickled
     assert sorted(p.name for p in tmp_path.iterdir()) == [TRAINING_STATE]
     assert load_training_state(tmp_path) == {"step": 1}
+
+
+def test_tied_padded_model_round_trip_stores_the_matrix_once(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=50, context_length=16, emb_dim=32, n_heads=4, n_layers=2,
+                    tie_embeddings=True, vocab_multiple=64)
+    model = GPTModel(cfg).eval()
+    save_model(tmp_path, model)
+    assert "out_head.weight" not in load_file(str(tmp_path / WEIGHTS))  # stored once, under tok_emb
+    loaded, _ = load_model(tmp_path)
+    assert loaded.cfg == cfg
+    assert loaded.out_head.weight is loaded.tok_emb.weight  # still tied after loading
+    ids = sample_ids() % 50  # real token ids only
+    torch.testing.assert_close(loaded(ids), model(ids))

@@ -155,3 +155,74 @@ def test_count_parameters() -> None:
     model.out_head.requires_grad_(False)
     assert count_parameters(model) == expected
     assert count_parameters(model, trainable_only=True) == expected - 2 * V * C
+
+
+# --- tied embeddings, vocab padding, activation checkpointing ---------------------------------
+
+
+def test_tied_embeddings_share_one_matrix_counted_once() -> None:
+    tied = GPTModel(tiny_cfg(tie_embeddings=True))
+    untied = GPTModel(tiny_cfg())
+    assert tied.out_head.weight is tied.tok_emb.weight
+    assert count_parameters(untied) - count_parameters(tied) == 64 * 32
+    idx = torch.randint(0, 64, (2, 8))
+    F.cross_entropy(tied(idx).flatten(0, 1), idx.flatten()).backward()
+    # Both uses feed the one gradient: the head's contribution reaches rows no input token used.
+    unused = sorted(set(range(64)) - set(idx.flatten().tolist()))[0]
+    assert tied.tok_emb.weight.grad[unused].abs().sum() > 0
+
+
+def test_vocab_padding_rounds_rows_up_and_returns_real_vocab_scores() -> None:
+    cfg = tiny_cfg(vocab_size=50, vocab_multiple=64)
+    assert cfg.padded_vocab_size == 64
+    assert tiny_cfg(vocab_size=128, vocab_multiple=64).padded_vocab_size == 128
+    assert tiny_cfg(vocab_size=50257, vocab_multiple=64).padded_vocab_size == 50304
+    model = GPTModel(cfg)
+    assert model.tok_emb.weight.shape == (64, 32) and model.out_head.weight.shape == (64, 32)
+    idx = torch.randint(0, 50, (2, 8))
+    logits = model(idx)
+    assert logits.shape == (2, 8, 50)  # padded ids can never be sampled nor take probability mass
+    F.cross_entropy(logits.flatten(0, 1), idx.flatten()).backward()
+    assert model.out_head.weight.grad[50:].abs().sum() == 0  # padding rows do not touch the loss
+    assert model.out_head.weight.grad[:50].abs().sum() > 0
+
+
+def test_padding_changes_nothing_but_the_shapes() -> None:
+    torch.manual_seed(0)
+    plain = GPTModel(tiny_cfg(vocab_size=50)).eval()
+    padded = GPTModel(tiny_cfg(vocab_size=50, vocab_multiple=64)).eval()
+    state = plain.state_dict()
+    for name in ("tok_emb.weight", "out_head.weight"):
+        state[name] = torch.cat([state[name], torch.randn(14, 32)])  # any padding values at all
+    padded.load_state_dict(state)
+    idx = torch.randint(0, 50, (2, 8))
+    torch.testing.assert_close(padded(idx), plain(idx))
+
+
+def test_vocab_multiple_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="vocab_multiple"):
+        tiny_cfg(vocab_multiple=0)
+
+
+def test_config_json_without_new_fields_still_loads() -> None:
+    old = dict(vocab_size=64, context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.1, qkv_bias=False)
+    cfg = GPTConfig.from_dict(old)
+    assert cfg.tie_embeddings is False and cfg.vocab_multiple == 1 and cfg.padded_vocab_size == 64
+
+
+@pytest.mark.parametrize("drop_rate", [0.0, 0.2])
+def test_activation_checkpointing_gives_the_same_gradients(drop_rate: float) -> None:
+    torch.manual_seed(0)
+    model = GPTModel(tiny_cfg(drop_rate=drop_rate)).train()
+    idx = torch.randint(0, 64, (2, 12))
+
+    def grads(recompute: bool) -> dict[str, torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        model.activation_checkpointing = recompute
+        torch.manual_seed(1)  # the same dropout masks in both runs
+        F.cross_entropy(model(idx).flatten(0, 1), idx.flatten()).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    plain, recomputed = grads(False), grads(True)
+    for name in plain:
+        torch.testing.assert_close(recomputed[name], plain[name], msg=name)

@@ -42,3 +42,31 @@ def test_fingerprint_names_the_run_not_the_checkpoint_knobs(tokens_here: Path) -
     assert settings(seed=1).fingerprint != base
     np.arange(101, dtype=np.uint16).tofile(layout.TRAIN_BIN)  # other training data
     assert settings().fingerprint != base
+
+
+def test_fingerprint_ignores_peak_flops_but_not_the_batch(tokens_here: Path) -> None:
+    base = settings().fingerprint
+    assert settings({"peak_flops": 1.0e14}).fingerprint == base  # a reporting figure only
+    assert settings({"global_batch_tokens": 4096}).fingerprint != base  # other updates
+
+
+def test_training_settings_from_the_params() -> None:
+    import torch
+
+    from pipelines.pretrain import training_settings
+    from steps.throughput import flops_per_token
+
+    params = parse_params({"model": {"context_length": 64, "tie_embeddings": True, "vocab_multiple": 64},
+                           "pretrain": {"batch_size": 4, "seq_len": 32, "global_batch_tokens": 512,
+                                        "compile": True, "activation_checkpointing": True}})
+    ctx = StageContext("pretrain", params, run=None)  # type: ignore[arg-type]
+    model_cfg = gpt_config(ctx, vocab_size=500)
+    assert (model_cfg.tie_embeddings, model_cfg.padded_vocab_size) == (True, 512)
+    s = training_settings(ctx, model_cfg, torch.device("cpu"))
+    assert s.accum_steps == 4  # 512 tokens per step / (4 x 32) per micro-batch
+    assert s.compile and s.activation_checkpointing
+    assert s.flops_per_token == flops_per_token(model_cfg, 32)
+    assert s.peak_flops is None  # no MFU on a CPU unless peak_flops is given
+    given = parse_params({"pretrain": {"peak_flops": 2.0e12}})
+    ctx = StageContext("pretrain", given, run=None)  # type: ignore[arg-type]
+    assert training_settings(ctx, gpt_config(ctx, 500), torch.device("cpu")).peak_flops == 2.0e12

@@ -367,3 +367,24 @@ def test_sigkill_mid_run_then_rerun_ends_bit_identical(tmp_path: Path) -> None:
     assert whole.keys() == resumed.keys()
     for name in whole:
         assert torch.equal(whole[name], resumed[name]), name
+
+
+def test_resume_with_gradient_accumulation_is_bit_identical(tmp_path: Path) -> None:
+    # Two micro-batches per step: the resumed stream must restart at micro-batch 2 * step.
+    settings = TrainSettings(max_steps=10, lr=1e-2, warmup_steps=2, eval_interval=4, log_interval=2, accum_steps=2)
+
+    def accum_run(folder: Path | None, batches, init_seed: int = 0) -> GPTModel:
+        random.seed(init_seed)
+        np.random.seed(init_seed)
+        model = make_model(init_seed)
+        ckpt = CheckpointSettings(folder, interval=4, keep=2, fingerprint="run") if folder else None
+        train(model, batches, noisy_loss, settings, CPU, evaluate=evaluate, checkpoints=ckpt)
+        return model
+
+    reference = accum_run(None, stream)
+    with pytest.raises(Crash):
+        accum_run(tmp_path, stream_that_crashes(after=13))  # dies in step 7; checkpoints at 4
+    assert steps_in(tmp_path) == [4]
+    resumed = accum_run(tmp_path, stream, init_seed=7)
+    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name

@@ -56,6 +56,9 @@ def test_every_leaf_field_is_documented():
         ({"pretrain": {"nproc": 0}}, "pretrain.nproc", "greater than or equal"),
         ({"pretrain": {"distributed": "fsdp1"}}, "pretrain.distributed", "'ddp' or 'fsdp'"),
         ({"pretrain": {"batch_size": 6, "nproc": 4}}, "pretrain", "multiple of pretrain.nproc"),
+        ({"model": {"vocab_multiple": 0}}, "model.vocab_multiple", "greater than or equal"),
+        ({"pretrain": {"precision": "fp8"}}, "pretrain.precision", "'fp16'"),
+        ({"pretrain": {"peak_flops": 0.0}}, "pretrain.peak_flops", "greater than"),
     ],
 )
 def test_invalid_params_name_the_key(data, key, why):
@@ -102,3 +105,26 @@ def test_params_hash_tracks_only_the_named_sections():
     b = parse_params({"finetune_instruct": {"epochs": 9}})
     assert params_hash(a, ["pretrain", "model"]) == params_hash(b, ["pretrain", "model"])
     assert params_hash(a, ["finetune_instruct"]) != params_hash(b, ["finetune_instruct"])
+
+
+def test_global_batch_tokens_sets_the_accumulation_steps():
+    params = parse_params({"model": {"context_length": 128}, "pretrain": {"batch_size": 4, "seq_len": 64,
+                                                                          "global_batch_tokens": 1024}})
+    assert params.pretrain_seq_len == 64
+    assert params.pretrain.accumulation_steps(params.pretrain_seq_len) == 4  # 1024 / (4 * 64)
+    plain = parse_params({"model": {"context_length": 128}, "pretrain": {"batch_size": 4}})
+    assert plain.pretrain_seq_len == 128 and plain.pretrain.accumulation_steps(128) == 1
+
+
+def test_global_batch_tokens_not_a_multiple_names_the_key_and_a_fix():
+    # 16 x 128 = 2,048 tokens per micro-batch (seq_len null: the model's context): 3,000 is no multiple.
+    with pytest.raises(ConfigError, match=r"pretrain.global_batch_tokens \(3000\) must be a multiple of "
+                                          r"batch_size \* seq_len = 16 \* 128 = 2048 .* e.g. 2048"):
+        parse_params({"model": {"context_length": 128}, "pretrain": {"batch_size": 16, "global_batch_tokens": 3000}})
+
+
+def test_scaling_switches_default_off():
+    params = parse_params({})
+    assert params.model.tie_embeddings is False and params.model.vocab_multiple == 1
+    p = params.pretrain
+    assert (p.compile, p.activation_checkpointing, p.global_batch_tokens, p.peak_flops) == (False, False, None, None)

@@ -56,8 +56,9 @@ class Crash(Exception):
     """Stands for every process dying between two steps."""
 
 
-def scenario(out, me, drop, checkpoint_dir=None, crash_after=None, init_seed=0):
-    """Train a tiny GPT 10 steps on `me`'s rows of each global batch; rank 0 saves weights + history."""
+def scenario(out, me, drop, checkpoint_dir=None, crash_after=None, init_seed=0, accum=1):
+    """Train a tiny GPT 10 steps (of `accum` micro-batches) on `me`'s rows of each global batch;
+    rank 0 saves weights + history."""
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(init_seed)
@@ -72,7 +73,8 @@ def scenario(out, me, drop, checkpoint_dir=None, crash_after=None, init_seed=0):
             yield batch
 
     ckpt = CheckpointSettings(Path(checkpoint_dir), interval=3, keep=2, fingerprint="t") if checkpoint_dir else None
-    settings = TrainSettings(max_steps=10, lr=1e-2, warmup_steps=2, eval_interval=5, log_interval=1)
+    settings = TrainSettings(max_steps=10, lr=1e-2, warmup_steps=2, eval_interval=5, log_interval=1,
+                             accum_steps=accum)
     try:
         result = train(model, stream, lm_loss, settings, torch.device("cpu"), checkpoints=ckpt, dist=me)
     except Crash:
@@ -142,6 +144,8 @@ def main(work):
             me = dataclasses.replace(me, strategy=strategy)
             scenario(runs / strategy, me, drop=0.0)
             accumulate(runs / f"{strategy}-accumulate", me)
+            # Gradient accumulation in the loop: the earlier micro-batches run under no_sync.
+            scenario(runs / f"{strategy}-accum2", me, drop=0.0, accum=2)
             # Dropout on: each rank draws its own masks, so a resume must restore every rank's RNG.
             scenario(runs / f"{strategy}-whole", me, drop=0.1, checkpoint_dir=runs / f"{strategy}-whole-ckpt")
             scenario(None, me, drop=0.1, checkpoint_dir=runs / f"{strategy}-ckpt", crash_after=7)
@@ -178,6 +182,7 @@ def one_process(tmp_path_factory) -> Path:
     script.write_text(SCRIPT)
     scenario = runpy.run_path(str(script))["scenario"]
     scenario(work / "single", SINGLE_PROCESS, drop=0.0)
+    scenario(work / "single-accum2", SINGLE_PROCESS, drop=0.0, accum=2)
     return work / "single"
 
 
@@ -196,6 +201,22 @@ def test_two_processes_match_one_on_the_same_global_batch(two_ranks: Path, one_p
         assert abs(loss - ref) < LOSS_TOLERANCE, f"step {step}: {loss} vs {ref}"
     assert history["losses"][-1] < history["losses"][0] - 0.1  # it did learn
     assert weights.keys() == ref_weights.keys()  # FSDP's gathered weights keep the plain names
+    for name in weights:
+        assert torch.allclose(weights[name], ref_weights[name], atol=WEIGHT_TOLERANCE, rtol=0), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_accumulating_match_one(two_ranks: Path, one_process: Path, strategy: str) -> None:
+    """Two micro-batches per step in the loop itself (the first under no_sync) on 2 ranks: the same
+    losses and weights as one process accumulating the same micro-batches."""
+    weights, history = read_run(two_ranks / "runs" / f"{strategy}-accum2")
+    ref_weights, ref_history = read_run(one_process.parent / "single-accum2")
+    assert history["tokens"] == ref_history["tokens"] == 10 * 2 * 8 * 16
+    for step, (loss, ref) in enumerate(zip(history["losses"], ref_history["losses"], strict=True), start=1):
+        assert abs(loss - ref) < LOSS_TOLERANCE, f"step {step}: {loss} vs {ref}"
+    single, _ = read_run(one_process)
+    assert any(not torch.equal(weights[n], single[n]) for n in weights)  # accumulation changed the run
     for name in weights:
         assert torch.allclose(weights[name], ref_weights[name], atol=WEIGHT_TOLERANCE, rtol=0), name
 

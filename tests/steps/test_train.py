@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -279,3 +280,139 @@ def test_result_reports_cost_figures() -> None:
     assert result.tokens == 3 * 16
     assert result.tokens_per_s == pytest.approx(result.tokens / result.seconds)
     assert result.peak_memory_mb > 10  # a Python process with torch loaded holds far more than 10 MiB
+
+
+# --- gradient accumulation, fp16 scaler, recomputation, compile, MFU ---------------------------
+
+
+def windows(n: int, size: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    seq = torch.randint(0, 64, (n * size, 17), generator=torch.Generator().manual_seed(seed))
+    return [(seq[i : i + size, :-1], seq[i : i + size, 1:]) for i in range(0, n * size, size)]
+
+
+def test_accumulating_k_micro_batches_equals_one_batch_of_k_times_the_size() -> None:
+    k, b, steps = 4, 2, 3
+    micro = windows(k * steps, b)
+    # Step s of the big-batch run reads the k micro-batches step s of the accumulating run reads.
+    big = [tuple(torch.cat(parts) for parts in zip(*micro[i : i + k])) for i in range(0, k * steps, k)]
+    settings = TrainSettings(max_steps=steps, lr=1e-2, warmup_steps=1, grad_clip=1.0)
+    original_step = torch.optim.AdamW.step
+
+    def run(batches, accum: int) -> tuple[GPTModel, TrainResult, list[list[torch.Tensor]]]:
+        # Adam's update barely depends on the gradient's scale, so the gradients it is handed are
+        # compared too: a missing 1/k would pass a weights-only check.
+        grads: list[list[torch.Tensor]] = []
+
+        def spy(self, *args, **kwargs):
+            grads.append([p.grad.clone() for g in self.param_groups for p in g["params"]])
+            return original_step(self, *args, **kwargs)
+
+        torch.manual_seed(0)
+        model = GPTModel(CFG)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(torch.optim.AdamW, "step", spy)
+            result = train(model, iter(batches), lm_loss, replace(settings, accum_steps=accum), CPU)
+        return model, result, grads
+
+    one, one_result, one_grads = run(big, 1)
+    acc, acc_result, acc_grads = run(micro, k)
+    assert len(acc_grads) == len(one_grads) == steps  # a step is one optimizer update either way
+    for a, c in zip(one_grads[0], acc_grads[0]):  # from the same weights; later ones start apart by round-off
+        torch.testing.assert_close(c, a, rtol=1e-4, atol=1e-7)
+    for (name, a), c in zip(one.state_dict().items(), acc.state_dict().values()):
+        # Adam divides by sqrt(v): round-off in near-zero gradients grows to ~1e-4 (steps are 1e-2).
+        torch.testing.assert_close(c, a, rtol=1e-3, atol=2e-4, msg=name)
+    assert acc_result.tokens == one_result.tokens == steps * k * b * 16
+    assert acc_result.history[-1]["train_loss"] == pytest.approx(one_result.history[-1]["train_loss"], rel=1e-5)
+
+
+def test_accumulating_stream_restarts_at_the_micro_batch_of_the_step() -> None:
+    asked: list[int] = []
+
+    def stream(start: int):
+        asked.append(start)
+        return itertools.cycle(windows(1, 2))
+
+    torch.manual_seed(0)
+    train(GPTModel(CFG), stream, lm_loss, TrainSettings(max_steps=2, lr=1e-3, accum_steps=3), CPU)
+    assert asked == [0]  # a fresh run; a resume after s steps asks for s * 3 (see test_checkpoints)
+
+
+def test_accum_steps_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="accum_steps"):
+        TrainSettings(max_steps=1, lr=1e-3, accum_steps=0)
+
+
+def test_fp16_uses_a_gradient_scaler_whose_state_is_saved() -> None:
+    torch.manual_seed(0)
+    model = GPTModel(CFG)
+    result = train(model, cycle([fixed_batch()]), lm_loss, TrainSettings(max_steps=3, lr=1e-3), CPU,
+                   amp_dtype=torch.float16)
+    assert result.scaler is not None and result.scaler.is_enabled()
+    state = result.training_state()
+    assert state["scaler"]["scale"] > 1.0  # fp16 losses are scaled up so small gradients survive
+    assert math.isfinite(result.history[-1]["train_loss"])
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    bf16 = train(GPTModel(CFG), cycle([fixed_batch()]), lm_loss, TrainSettings(max_steps=1, lr=1e-3), CPU,
+                 amp_dtype=torch.bfloat16)
+    assert "scaler" not in bf16.training_state()  # bf16 has fp32's range: no scaler
+
+
+def test_activation_checkpointing_setting_trains_the_same_weights() -> None:
+    def run(recompute: bool) -> GPTModel:
+        torch.manual_seed(0)
+        model = GPTModel(CFG)
+        settings = TrainSettings(max_steps=3, lr=1e-2, activation_checkpointing=recompute)
+        train(model, cycle([fixed_batch()]), lm_loss, settings, CPU)
+        assert model.activation_checkpointing is recompute
+        return model
+
+    plain, recomputed = run(False), run(True)
+    for (name, a), b in zip(plain.state_dict().items(), recomputed.state_dict().values()):
+        torch.testing.assert_close(b, a, msg=name)
+
+
+def test_activation_checkpointing_needs_a_gpt() -> None:
+    settings = TrainSettings(max_steps=1, lr=1e-3, activation_checkpointing=True)
+    with pytest.raises(ValueError, match="needs a GPTModel"):
+        train(nn.Linear(2, 1), cycle([(torch.zeros(1),)]), lambda m, b: (m.weight.sum(), 1), settings, CPU)
+
+
+def test_mfu_is_logged_with_a_peak_and_omitted_without() -> None:
+    torch.manual_seed(0)
+    settings = TrainSettings(max_steps=2, lr=1e-3, log_interval=1, flops_per_token=1e6, peak_flops=1e12)
+    result = train(GPTModel(CFG), cycle([fixed_batch()]), lm_loss, settings, CPU)
+    for row in result.history:
+        assert row["mfu"] == pytest.approx(row["tokens_per_s"] * 1e6 / 1e12)
+    plain = train(GPTModel(CFG), cycle([fixed_batch()]), lm_loss, replace(settings, peak_flops=None), CPU)
+    assert all("mfu" not in row for row in plain.history)
+
+
+def test_compile_where_unsupported_is_a_clear_error(monkeypatch) -> None:
+    import steps.train as train_module
+
+    monkeypatch.setattr(train_module, "compile_unsupported", lambda device: "no C++ compiler (test)")
+    with pytest.raises(RuntimeError, match="compile: true cannot be used here: no C\\+\\+ compiler"):
+        train(GPTModel(CFG), cycle([fixed_batch()]), lm_loss, TrainSettings(max_steps=1, lr=1e-3, compile=True), CPU)
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_and_saves_plain_names(tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    from model.checkpoint import WEIGHTS
+    from steps.checkpoints import CheckpointSettings
+
+    def run(compile_: bool, folder) -> GPTModel:
+        torch.manual_seed(0)
+        model = GPTModel(CFG)
+        train(model, lambda start: cycle([fixed_batch()]), lm_loss,
+              TrainSettings(max_steps=2, lr=1e-2, compile=compile_), CPU,
+              checkpoints=CheckpointSettings(folder, interval=2))
+        return model
+
+    eager, compiled = run(False, tmp_path / "eager"), run(True, tmp_path / "compiled")
+    for (name, a), b in zip(eager.state_dict().items(), compiled.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
+    saved = load_file(str(tmp_path / "compiled" / "step-000002" / WEIGHTS))
+    assert saved.keys() == set(eager.state_dict()) and not any("_orig_mod" in k for k in saved)

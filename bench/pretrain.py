@@ -1,0 +1,157 @@
+"""Our training step (steps.train.train) against a bare PyTorch loop, same model, batch, dtype, optimizer.
+
+    python bench/pretrain.py                       # small config, about a minute on a CPU
+    python bench/pretrain.py --preset 124m         # the book's GPT_CONFIG_124M, for a GPU
+    python bench/pretrain.py --preset 124m --batch-size 8 --seq-len 1024 --steps 20
+
+The bare loop is written out below in plain PyTorch: forward, cross-entropy, backward, clip, AdamW
+(fused where torch has it, as ours), nothing else. Ours is the whole `train()` call the pretrain stage
+makes: LR schedule, on-device loss window, periodic logging rows, the progress bar, optimizer set-up.
+Both are warmed up, then run alternately (A B B A A B ...) so that load from other processes hits
+both alike; the table gives the best and the median repetition. Prints, as its last line, one JSON object
+whose headline is `ratio` = our tokens/s / bare tokens/s (best repetitions; 1.0 = no overhead).
+On CUDA it also prints MFU (steps/throughput.py: 6N + attention FLOPs per token, over the GPU's peak).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Run as a script, bench/ comes first on sys.path, where bench/tokenize.py would shadow the
+# standard library's `tokenize` (imported by inspect, hence by torch): put the repository there.
+if sys.path and os.path.realpath(sys.path[0]) == os.path.dirname(os.path.realpath(__file__)):
+    sys.path[0] = os.path.dirname(sys.path[0])
+
+import argparse  # noqa: E402
+import itertools  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from model.config import GPTConfig  # noqa: E402
+from model.gpt import GPTModel, count_parameters  # noqa: E402
+from steps.hardware import autocast_dtype, fused_adamw_supported, resolve_device  # noqa: E402
+from steps.language_modeling import lm_loss  # noqa: E402
+from steps.throughput import default_peak_flops, flops_per_token  # noqa: E402
+from steps.train import TrainSettings, train  # noqa: E402
+
+PRESETS = {
+    # params.yaml's default model with the default BPE vocabulary: a minute on a laptop CPU.
+    "small": dict(vocab_size=2048, context_length=128, emb_dim=128, n_heads=4, n_layers=4, drop_rate=0.0),
+    # The book's GPT_CONFIG_124M.
+    "124m": dict(vocab_size=50257, context_length=1024, emb_dim=768, n_heads=12, n_layers=12, drop_rate=0.1),
+}
+Batches = list[tuple[torch.Tensor, torch.Tensor]]
+LR, BETAS, WEIGHT_DECAY, CLIP = 3e-4, (0.9, 0.95), 0.1, 1.0
+
+
+def make_batches(cfg: GPTConfig, batch_size: int, seq_len: int, count: int) -> Batches:
+    """Random token windows on the CPU; both loops copy each to the device, as training does."""
+    gen = torch.Generator().manual_seed(0)
+    seqs = torch.randint(0, cfg.vocab_size, (count, batch_size, seq_len + 1), generator=gen)
+    return [(s[:, :-1], s[:, 1:]) for s in seqs]  # (B, T) inputs, (B, T) targets
+
+
+def bare_loop(model: GPTModel, batches: Batches, steps: int, device: torch.device, amp: torch.dtype | None) -> None:
+    """The minimal loop a PyTorch user would write, with the same optimizer and precision."""
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY,
+                            fused=fused_adamw_supported(device))
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    model.train()
+    for inputs, targets in itertools.islice(itertools.cycle(batches), steps):
+        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            logits = model(inputs)  # (B, T, V)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+        scaler.step(opt)
+        scaler.update()
+
+
+def our_loop(model: GPTModel, batches: Batches, steps: int, device: torch.device, amp: torch.dtype | None) -> None:
+    """What the pretrain stage runs, without evaluation (it is not part of a training step)."""
+    settings = TrainSettings(max_steps=steps, lr=LR, warmup_steps=min(10, steps), weight_decay=WEIGHT_DECAY,
+                             grad_clip=CLIP, eval_interval=10**9)
+    train(model, itertools.cycle(batches), lm_loss, settings, device, amp, desc="ours")
+
+
+def timed(loop: Callable[..., None], *args, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    loop(*args)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # the GPU's queue is part of the time
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 8")
+    parser.add_argument("--seq-len", type=int, default=None, help="default: the preset's context length")
+    parser.add_argument("--steps", type=int, default=None, help="steps per repetition; default: 6 (small), 20 (124m)")
+    parser.add_argument("--repeats", type=int, default=4, help="repetitions of each loop, interleaved")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    args = parser.parse_args()
+
+    cfg = GPTConfig(**PRESETS[args.preset])
+    small = args.preset == "small"
+    batch_size = args.batch_size or 8
+    seq_len = args.seq_len or cfg.context_length
+    steps = args.steps or (6 if small else 20)
+    device = resolve_device(args.device)
+    amp = autocast_dtype(device, args.precision)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # as train() sets it, so fp32 runs compare fairly
+        torch.set_float32_matmul_precision("high")
+    batches = make_batches(cfg, batch_size, seq_len, 8)
+    models = {}
+    for name in ("bare", "ours"):
+        torch.manual_seed(0)  # the same initial weights for both
+        models[name] = GPTModel(cfg).to(device)
+    loops = {"bare": bare_loop, "ours": our_loop}
+
+    for name, loop in loops.items():  # warm-up: allocator, kernels, the fused optimizer's first call
+        timed(loop, models[name], batches, 2, device, amp, device=device)
+    seconds: dict[str, list[float]] = {"bare": [], "ours": []}
+    for repeat in range(args.repeats):
+        # A B, then B A: neither loop always runs first (caches, CPU clocks, neighbours' load).
+        for name in ("bare", "ours") if repeat % 2 == 0 else ("ours", "bare"):
+            seconds[name].append(timed(loops[name], models[name], batches, steps, device, amp, device=device))
+
+    tokens = steps * batch_size * seq_len
+    rate = {name: tokens / min(s) for name, s in seconds.items()}
+    median = {name: tokens / statistics.median(s) for name, s in seconds.items()}
+    peak = default_peak_flops(device)
+    flops = flops_per_token(cfg, seq_len)
+    print(f"GPT {args.preset}: {count_parameters(models['bare']) / 1e6:.1f} M parameters, batch {batch_size} x "
+          f"{seq_len} tokens, {steps} steps x {args.repeats} repetitions (interleaved), {device} "
+          f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
+          f"{amp or 'fp32'}")
+    header = f"{'loop':<24}{'best tokens/s':>15}{'median tokens/s':>17}{'best s/step':>13}"
+    print(header + (f"{'MFU':>8}" if peak else ""))
+    for name, label in (("bare", "bare PyTorch loop"), ("ours", "steps.train.train")):
+        line = f"{label:<24}{rate[name]:>15.0f}{median[name]:>17.0f}{min(seconds[name]) / steps:>13.4f}"
+        print(line + (f"{rate[name] * flops / peak:>8.1%}" if peak else ""))
+    summary = {"ratio": round(rate["ours"] / rate["bare"], 3),
+               "median_ratio": round(median["ours"] / median["bare"], 3),
+               "tokens_per_s_ours": round(rate["ours"], 1), "tokens_per_s_bare": round(rate["bare"], 1),
+               "preset": args.preset, "device": device.type, "precision": str(amp or "fp32")}
+    if peak:
+        summary["mfu_ours"] = round(rate["ours"] * flops / peak, 4)
+        summary["mfu_bare"] = round(rate["bare"] * flops / peak, 4)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
