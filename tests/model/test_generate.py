@@ -189,7 +189,7 @@ def _cache_model() -> GPTModel:
 def test_cached_forward_in_chunks_equals_one_full_forward():
     model = _cache_model()
     x = torch.randint(0, 97, (2, 12))
-    cache = KVCache(model.cfg.n_layers)
+    cache = KVCache.for_model(model)
     # Prefill 5, then a chunk of 4 (needs the offset causal mask), then single tokens.
     chunks = [model(x[:, :5], kv_cache=cache), model(x[:, 5:9], kv_cache=cache)]
     chunks += [model(x[:, i : i + 1], kv_cache=cache) for i in range(9, 12)]
@@ -199,7 +199,7 @@ def test_cached_forward_in_chunks_equals_one_full_forward():
 
 def test_cache_refuses_to_grow_past_the_context():
     model = _cache_model()
-    cache = KVCache(model.cfg.n_layers)
+    cache = KVCache.for_model(model)
     model(torch.zeros(1, 24, dtype=torch.long), kv_cache=cache)
     with pytest.raises(ValueError, match="longer than context_length"):
         model(torch.zeros(1, 1, dtype=torch.long), kv_cache=cache)
