@@ -1,4 +1,5 @@
-"""Stage `pretrain`: train the GPT from scratch on the token files; save it to models/pretrain/.
+"""Stage `pretrain`: train the GPT on the token files, from scratch or from GPT-2's weights
+(`pretrain.init_from`); save it to models/pretrain/.
 
 While it runs it keeps crash-recovery checkpoints in models/pretrain-checkpoints/: rerunning the
 stage after a crash continues from the newest valid one, and they are deleted once it succeeds.
@@ -15,6 +16,7 @@ import shutil
 import torch
 from prefect import flow
 
+from model.atomic import write_json
 from model.checkpoint import save_model, save_training_state
 from model.config import GPTConfig
 from model.generate import generate
@@ -24,6 +26,7 @@ from steps import layout, plots
 from steps.checkpoints import CheckpointSettings, discard_checkpoints, file_sha256
 from steps.hardware import autocast_dtype, resolve_device
 from steps.language_modeling import fixed_windows, lm_loss, mean_loss, perplexity, random_windows, unigram_cross_entropy
+from steps.pretrained import INIT_PROVENANCE, initial_model
 from steps.tokenizer import eot_id, load_tokenizer, read_tokens
 from steps.train import BatchStream, TrainSettings, train
 
@@ -64,7 +67,7 @@ def pretrain_model(ctx: StageContext) -> dict[str, float]:
     train_tokens = read_tokens(layout.TRAIN_BIN, vocab)
     val_tokens = read_tokens(layout.VAL_BIN, vocab)
     model_cfg = gpt_config(ctx, vocab)
-    model = GPTModel(model_cfg)
+    model, init = initial_model(cfg, model_cfg)
     device = resolve_device(cfg.device)
     amp = autocast_dtype(device, cfg.precision)
     log.info("GPT with %s parameters on %s (%s)", f"{count_parameters(model):,}", device, amp or "fp32")
@@ -80,7 +83,7 @@ def pretrain_model(ctx: StageContext) -> dict[str, float]:
         # and a resumed run draws the same ones as an uninterrupted run.
         sampler = torch.Generator().manual_seed(ctx.params.seed) if device.type == "cpu" else None
         out = generate(m, prompt.to(device), cfg.sample_tokens, ctx_len, temperature=cfg.temperature,
-                       top_k=cfg.top_k or None, eos_id=eot_id(tok), generator=sampler)
+                       top_k=cfg.top_k or None, top_p=cfg.top_p, eos_id=eot_id(tok), generator=sampler)
         text = tok.decode(out[0].tolist())
         samples.append(text)
         log.info("sample: %s", text.replace("\n", " "))
@@ -96,6 +99,8 @@ def pretrain_model(ctx: StageContext) -> dict[str, float]:
     save_model(layout.PRETRAIN_MODEL, model)
     save_training_state(layout.PRETRAIN_MODEL, result.training_state())
     shutil.copy(layout.TOKENIZER, layout.PRETRAIN_MODEL / layout.MODEL_TOKENIZER)
+    if init is not None:
+        write_json(layout.PRETRAIN_MODEL / INIT_PROVENANCE, init)
     ctx.run.log_model_folder(layout.PRETRAIN_MODEL)
     ctx.run.log_text("\n\n---\n\n".join(f"step-eval {i}: {s}" for i, s in enumerate(samples)), "samples.txt")
 
@@ -104,8 +109,7 @@ def pretrain_model(ctx: StageContext) -> dict[str, float]:
     plots.write_csv(ctx.plots / "loss.csv", result.history, ["step", "train_loss", "val_loss"])
     plots.curves(ctx.plots / "loss.png", result.history, ["train_loss", "val_loss"],
                  "Pretraining loss", "cross-entropy (nats/token)", baselines={"unigram model": unigram})
-    return {
-        "train_loss": last["train_loss"],
+    metrics = {
         "val_loss": last["val_loss"],
         "val_perplexity": last["val_perplexity"],
         "unigram_val_loss": unigram,
@@ -115,6 +119,9 @@ def pretrain_model(ctx: StageContext) -> dict[str, float]:
         "tokens_per_s": result.tokens_per_s,
         "peak_memory_mb": result.peak_memory_mb,
     }
+    if "train_loss" in last:  # absent when max_steps is 0 (imported weights, evaluated only)
+        metrics["train_loss"] = last["train_loss"]
+    return metrics
 
 
 @flow(name="pretrain")
