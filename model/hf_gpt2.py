@@ -9,6 +9,7 @@ the reverse, so `transformers.GPT2LMHeadModel.from_pretrained(folder)` loads wha
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from model.atomic import atomic_path, write_json
+from model.checkpoint import load_model
 from model.config import GPTConfig
 from model.gpt import GPTModel
 
@@ -282,3 +284,17 @@ def export_hf(model: GPTModel, folder: str | Path) -> Path:
         save_file(state, str(tmp), metadata={"format": "pt"})
     write_json(folder / HF_CONFIG, hf_config_from_gpt(model.cfg, tied))
     return folder
+
+
+def export_model_folder(src: str | Path, dest: str | Path) -> Path:
+    """A gptpipe model folder (e.g. models/pretrain) as a Hugging Face GPT-2 folder; its
+    `tokenizer.json` (a `tokenizers` file) is copied along when there is one."""
+    model, head = load_model(src)
+    if head.get("kind") != "lm":
+        raise ValueError(f"{src}: holds a {head.get('kind')} model; only a language model (e.g. models/pretrain "
+                         "or models/instruct) can be exported to GPT-2's format")
+    export_hf(model, dest)
+    tokenizer = Path(src) / "tokenizer.json"
+    if tokenizer.is_file():
+        shutil.copy(tokenizer, Path(dest) / tokenizer.name)
+    return Path(dest)

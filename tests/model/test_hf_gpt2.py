@@ -186,3 +186,24 @@ def test_a_classifier_cannot_be_exported(tmp_path: Path) -> None:
     attach_classifier_head(model, 2)
     with pytest.raises(ValueError, match="task head"):
         export_hf(model, tmp_path)
+
+
+def test_a_model_folder_exports_with_its_tokenizer(tmp_path: Path) -> None:
+    from model.checkpoint import save_model
+    from model.hf_gpt2 import export_model_folder
+
+    torch.manual_seed(8)
+    ours = GPTModel(GPTConfig(vocab_size=101, context_length=32, emb_dim=48, n_heads=4, n_layers=2, drop_rate=0.0))
+    save_model(tmp_path / "pretrain", ours)
+    (tmp_path / "pretrain" / "tokenizer.json").write_text("{}")
+    export_model_folder(tmp_path / "pretrain", tmp_path / "hf")
+    assert (tmp_path / "hf" / "tokenizer.json").read_text() == "{}"
+    reference = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    torch.testing.assert_close(hf_logits(reference, tokens()), our_logits(ours, tokens()), atol=1e-5, rtol=1e-5)
+
+    from model.heads import attach_classifier_head
+
+    attach_classifier_head(ours, 2)
+    save_model(tmp_path / "classifier", ours, head={"kind": "classifier", "labels": ["a", "b"]})
+    with pytest.raises(ValueError, match="holds a classifier model"):
+        export_model_folder(tmp_path / "classifier", tmp_path / "hf2")
