@@ -20,7 +20,7 @@ from model.atomic import write_json
 from model.checkpoint import save_model, save_training_state
 from model.config import GPTConfig
 from model.generate import generate
-from model.gpt import GPTModel, count_parameters
+from model.gpt import count_parameters
 from pipelines.stage import StageContext, run_stage, stage_task
 from steps import layout, plots
 from steps.checkpoints import CheckpointSettings, discard_checkpoints, file_sha256
