@@ -11,6 +11,7 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
 from prefect.tasks import exponential_backoff
 
 from model.config import GPTConfig
@@ -135,6 +136,8 @@ def initial_model(cfg: PretrainConfig, wanted: GPTConfig) -> tuple[GPTModel, dic
     """Random weights, or `init_from`'s with their provenance when it is set."""
     if cfg.init_from is None:
         return GPTModel(wanted), None
-    files = fetch_init_weights(cfg)
+    # Ranks other than 0 of a torchrun launch run outside Prefect, where a task would start a
+    # server of its own: they locate the files directly (rank 0, inside the flow, downloaded them).
+    files = fetch_init_weights(cfg) if FlowRunContext.get() is not None else locate_weights(cfg, default_cache_dir())
     log.info("starting from %s (%s)", cfg.init_from, files.weights)
     return pretrained_model(cfg, wanted, files), files.provenance
