@@ -12,33 +12,59 @@ from model.config import GPTConfig
 
 class KVCache:
     """Keys and values of every layer for the tokens seen so far, so generation feeds one new
-    token per step instead of re-reading the whole sequence."""
+    token per step instead of re-reading the whole sequence.
 
-    def __init__(self, n_layers: int) -> None:
+    Each layer's keys and values live in one (B, H, max_len, D) buffer, allocated at the layer's
+    first write with the dtype and device of what is written, then filled in place: a token costs
+    a copy of its own keys and values, not a re-allocation of everything cached (torch.cat).
+    """
+
+    def __init__(self, n_layers: int, max_len: int) -> None:
+        self.max_len = max_len
         self.keys: list[torch.Tensor | None] = [None] * n_layers
         self.values: list[torch.Tensor | None] = [None] * n_layers
+        self.lengths = [0] * n_layers
+
+    @classmethod
+    def for_model(cls, model: "GPTModel") -> "KVCache":
+        return cls(model.cfg.n_layers, model.cfg.context_length)
 
     @property
     def length(self) -> int:
         """Tokens cached (read from the last layer, which is updated last in a forward pass)."""
-        return self.layer_length(len(self.keys) - 1)
+        return self.lengths[-1]
 
     def layer_length(self, layer: int) -> int:
-        k = self.keys[layer]
-        return 0 if k is None else k.size(2)
+        return self.lengths[layer]
 
     def reset(self) -> None:
-        self.keys = [None] * len(self.keys)
-        self.values = [None] * len(self.values)
+        """Forget the tokens; the buffers stay allocated for the next sequence."""
+        self.lengths = [0] * len(self.lengths)
 
     def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append this step's (B, H, T, D) keys/values; return all of them so far."""
-        past_k, past_v = self.keys[layer], self.values[layer]
-        if past_k is not None and past_v is not None:
-            k = torch.cat([past_k, k], dim=2)  # (B, H, P+T, D)
-            v = torch.cat([past_v, v], dim=2)
-        self.keys[layer], self.values[layer] = k, v
-        return k, v
+        """Write this step's (B, H, T, D) keys/values after the cached ones; return views of all
+        of them so far, (B, H, P+T, D)."""
+        start = self.lengths[layer]
+        end = start + k.size(2)
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds at most {self.max_len} tokens; {end} were given")
+        buf_k, buf_v = self.keys[layer], self.values[layer]
+        if buf_k is None or buf_v is None or not _fits(buf_k, k):
+            if start:
+                raise ValueError("the cached tokens had another batch size, width, dtype or device: reset() first")
+            b, h, _, d = k.shape
+            buf_k = k.new_empty(b, h, self.max_len, d)  # (B, H, max_len, D)
+            buf_v = v.new_empty(b, h, self.max_len, d)
+            self.keys[layer], self.values[layer] = buf_k, buf_v
+        buf_k[:, :, start:end] = k
+        buf_v[:, :, start:end] = v
+        self.lengths[layer] = end
+        return buf_k[:, :, :end], buf_v[:, :, :end]
+
+
+def _fits(buffer: torch.Tensor, new: torch.Tensor) -> bool:
+    return (buffer.shape[:2] == new.shape[:2] and buffer.size(3) == new.size(3)
+            and buffer.dtype == new.dtype and buffer.device == new.device)
 
 
 class MultiHeadAttention(nn.Module):

@@ -67,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     prof = sub.add_parser("profile", help="switch params.yaml to a shipped profile (builtin, book, book-small)")
     prof.add_argument("name", nargs="?", help="profile name; omit to list them")
     prof.add_argument("--params", default="params.yaml", help="params file to edit (default: params.yaml)")
+    exp = sub.add_parser("export-hf", help="write a model folder in Hugging Face's GPT-2 format "
+                                           "(GPT2LMHeadModel.from_pretrained loads it)")
+    exp.add_argument("model", type=Path, help="a gptpipe model folder, e.g. models/pretrain")
+    exp.add_argument("out", type=Path, help="folder to write config.json + model.safetensors into")
     add_compare_parser(sub)
     args = parser.parse_args(argv)
 
@@ -79,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         return subprocess.call(["dvc", "repro"])
     if args.command == "compare":
         return compare_runs(args)
+    if args.command == "export-hf":
+        return _export_hf(args.model, args.out)
     from steps.config import ConfigError, load_params
 
     if args.command == "profile":
@@ -113,6 +119,18 @@ def _profile(name: str | None, params_path: str) -> int:
         print(f"  {key}: {old!r} -> {new!r}")
     print(f"{params_path}: profile {name!r} applied ({len(changed)} parameters changed); "
           "run `dvc repro` (or `dvc exp run -n <name>`) to rebuild what it affects")
+    return 0
+
+
+def _export_hf(model: Path, out: Path) -> int:
+    from model.hf_gpt2 import export_model_folder
+
+    try:
+        export_model_folder(model, out)
+    except (OSError, ValueError) as err:
+        print(f"gptpipe export-hf: {err}", file=sys.stderr)
+        return 2
+    print(f"{out}: GPT-2 in Hugging Face's format (transformers.GPT2LMHeadModel.from_pretrained({str(out)!r}))")
     return 0
 
 

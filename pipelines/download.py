@@ -19,17 +19,11 @@ from pipelines.stage import StageContext, run_stage, stage_task
 from steps import datasets, layout, plots
 from steps.classification import read_labels
 from steps.config import BuiltinSizes, DatasetSource, HfSource, LocalSource, UrlSource
-from steps.fetch import TransientFetchError, default_cache_dir
+from steps.fetch import default_cache_dir, transient_fetch_failure
 from steps.sources import Fetched, fetch_url, load_hf, local_files
 
 SECTIONS = ["seed", "download", "tracking"]
 log = logging.getLogger("gptpipe.download")
-
-
-def _transient(task_: Any, task_run: Any, state: Any) -> bool:
-    """Retry only what can heal by itself (refused connection, timeout, 5xx); a 404 or a wrong
-    checksum fails at once."""
-    return isinstance(state.result(raise_on_failure=False), TransientFetchError)
 
 
 @task(cache_policy=NO_CACHE)
@@ -50,7 +44,7 @@ def fetch(dataset: str, cfg: DatasetSource, work_dir: Path) -> Fetched:
     options: dict[str, Any] = {"task_run_name": f"fetch-{dataset}"}
     if isinstance(src, UrlSource):
         options.update(retries=src.retries, retry_delay_seconds=exponential_backoff(src.retry_delay_s),
-                       retry_condition_fn=_transient)
+                       retry_condition_fn=transient_fetch_failure)
     return fetch_source.with_options(**options)(dataset, cfg, work_dir)
 
 

@@ -1,4 +1,5 @@
-"""Stage `pretrain`: train the GPT from scratch on the token files; save it to models/pretrain/.
+"""Stage `pretrain`: train the GPT on the token files, from scratch or from GPT-2's weights
+(`pretrain.init_from`); save it to models/pretrain/.
 
 While it runs it keeps crash-recovery checkpoints in models/pretrain-checkpoints/: rerunning the
 stage after a crash continues from the newest valid one, and they are deleted once it succeeds.
@@ -20,6 +21,7 @@ import shutil
 import torch
 from prefect import flow
 
+from model.atomic import write_json
 from model.checkpoint import save_model, save_training_state
 from model.config import GPTConfig
 from model.generate import generate
@@ -31,6 +33,7 @@ from steps.distributed import Distributed, process_group
 from steps.hardware import autocast_dtype, resolve_device
 from steps.throughput import default_peak_flops, flops_per_token
 from steps.language_modeling import fixed_windows, lm_loss, mean_loss, perplexity, random_windows, unigram_cross_entropy
+from steps.pretrained import INIT_PROVENANCE, initial_model
 from steps.tokenizer import eot_id, load_tokenizer, read_tokens
 from steps.train import BatchStream, TrainSettings, train
 
@@ -83,7 +86,7 @@ def train_and_save(ctx: StageContext, dist: Distributed, device: torch.device) -
     train_tokens = read_tokens(layout.TRAIN_BIN, vocab)
     val_tokens = read_tokens(layout.VAL_BIN, vocab)
     model_cfg = gpt_config(ctx, vocab)
-    model = GPTModel(model_cfg)  # the same weights on every rank: all were seeded alike
+    model, init = initial_model(cfg, model_cfg)  # the same weights on every rank: all were seeded alike
     dist.seed_rank(ctx.params.seed)
     amp = autocast_dtype(device, cfg.precision)
     log.info("GPT with %s parameters on %s (%s)%s", f"{count_parameters(model):,}", device, amp or "fp32",
@@ -101,7 +104,7 @@ def train_and_save(ctx: StageContext, dist: Distributed, device: torch.device) -
         # generates the same tokens (they must run the same number of forward passes).
         sampler = torch.Generator(device).manual_seed(ctx.params.seed) if device.type in ("cpu", "cuda") else None
         out = generate(m, prompt.to(device), cfg.sample_tokens, ctx_len, temperature=cfg.temperature,
-                       top_k=cfg.top_k or None, eos_id=eot_id(tok), generator=sampler)
+                       top_k=cfg.top_k or None, top_p=cfg.top_p, eos_id=eot_id(tok), generator=sampler)
         text = tok.decode(out[0].tolist())
         samples.append(text)
         log.info("sample: %s", text.replace("\n", " "))
@@ -127,6 +130,8 @@ def train_and_save(ctx: StageContext, dist: Distributed, device: torch.device) -
     save_model(layout.PRETRAIN_MODEL, model)
     save_training_state(layout.PRETRAIN_MODEL, training_state)
     shutil.copy(layout.TOKENIZER, layout.PRETRAIN_MODEL / layout.MODEL_TOKENIZER)
+    if init is not None:
+        write_json(layout.PRETRAIN_MODEL / INIT_PROVENANCE, init)
     ctx.run.log_model_folder(layout.PRETRAIN_MODEL)
     ctx.run.log_text("\n\n---\n\n".join(f"step-eval {i}: {s}" for i, s in enumerate(samples)), "samples.txt")
 
@@ -136,7 +141,6 @@ def train_and_save(ctx: StageContext, dist: Distributed, device: torch.device) -
     plots.curves(ctx.plots / "loss.png", result.history, ["train_loss", "val_loss"],
                  "Pretraining loss", "cross-entropy (nats/token)", baselines={"unigram model": unigram})
     summary = {
-        "train_loss": last["train_loss"],
         "val_loss": last["val_loss"],
         "val_perplexity": last["val_perplexity"],
         "unigram_val_loss": unigram,
@@ -146,6 +150,8 @@ def train_and_save(ctx: StageContext, dist: Distributed, device: torch.device) -
         "tokens_per_s": result.tokens_per_s,
         "peak_memory_mb": result.peak_memory_mb,
     }
+    if "train_loss" in last:  # absent when max_steps is 0 (imported weights, evaluated only)
+        summary["train_loss"] = last["train_loss"]
     if settings.flops_per_token and settings.peak_flops:
         summary["mfu"] = result.tokens_per_s * settings.flops_per_token / settings.peak_flops
     return summary

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from model.presets import PRESETS
+
 PARAMS_FILE = "params.yaml"
 # Keys whose invalid values an error message does not repeat: a misplaced API key must not reach a log.
 SECRET_KEYS = ("api_key_env",)
@@ -201,26 +203,58 @@ class TokenizeConfig(Section):
 
 
 class ModelConfig(Section):
-    """The GPT's architecture; the vocabulary size comes from the trained tokenizer."""
+    """The GPT's architecture; the vocabulary size comes from the trained tokenizer.
 
+    With a `preset`, the architecture fields left out or null take the preset's values, and one
+    that contradicts the preset is an error (a silently ignored `emb_dim: 128` would train another
+    model than the file says). `drop_rate` is a training choice: the preset only gives its default.
+    """
+
+    preset: Literal[tuple(PRESETS)] | None = None  # type: ignore[valid-type]
+    """A named architecture from model/presets.py (tiny, gpt2-small, gpt2-medium, gpt2-large,
+    gpt2-xl); null = the fields below, each written out."""
     context_length: int = Field(128, ge=8)
-    """Longest sequence the model reads."""
+    """Longest sequence the model reads (null with a preset = the preset's)."""
     emb_dim: int = Field(192, ge=8)
-    """Width of the residual stream."""
+    """Width of the residual stream (null with a preset = the preset's)."""
     n_heads: int = Field(6, ge=1)
-    """Attention heads per block (emb_dim must be divisible by it)."""
+    """Attention heads per block, emb_dim must be divisible by it (null with a preset = the preset's)."""
     n_layers: int = Field(4, ge=1)
-    """Transformer blocks."""
+    """Transformer blocks (null with a preset = the preset's)."""
     drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
-    """Dropout rate in embeddings, attention and residual branches."""
+    """Dropout rate in embeddings, attention and residual branches (null with a preset = the
+    preset's default; a value overrides it)."""
     qkv_bias: bool = False
-    """Bias in the query/key/value projections."""
+    """Bias in the query/key/value projections (null with a preset = the preset's)."""
     tie_embeddings: bool = False
     """Share one matrix between the token embedding and the output head (GPT-2 does; the book
     keeps them separate, at vocab_size * emb_dim more parameters)."""
     vocab_multiple: int = Field(1, ge=1)
     """Pad the embedding and head rows to a multiple of this (64 helps GPU matmuls: GPT-2's
     50,257 becomes 50,304); 1 = no padding. The extra rows never reach the loss or sampling."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        name = data.get("preset")
+        if name is None or name not in PRESETS:
+            return data  # no preset (fields as written), or an unknown name the field check reports
+        preset = PRESETS[name]
+        filled = dict(data)
+        for key, value in preset.architecture().items():
+            given = data.get(key)
+            if given is None:
+                filled[key] = value
+            elif given != value or type(given) is not type(value):
+                raise ValueError(
+                    f"model.{key} is {given!r} but preset {name} has {value!r}: set model.{key} to null "
+                    f"(or remove it) to take the preset's value, or set model.preset to null"
+                )
+        if data.get("drop_rate") is None:
+            filled["drop_rate"] = preset.drop_rate
+        return filled
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> "ModelConfig":
@@ -254,8 +288,24 @@ class OptimConfig(Section):
 
 
 class PretrainConfig(OptimConfig):
-    max_steps: int = Field(600, ge=1)
-    """Optimizer steps of pretraining."""
+    max_steps: int = Field(600, ge=0)
+    """Optimizer steps of pretraining (0 with `init_from`: import, evaluate and save the weights)."""
+    init_from: str | None = None
+    """Start from GPT-2 weights in Hugging Face's format instead of random ones: a local folder
+    holding `config.json` and `model.safetensors` (or `pytorch_model.bin`), or a hub name (`gpt2`,
+    `gpt2-medium`, `gpt2-large`, `gpt2-xl`, `owner/name`) downloaded once into the download cache;
+    an existing folder wins over a hub name. Needs tokenize.kind gpt2 and the checkpoint's
+    architecture (e.g. model.preset gpt2-small). null = random initialisation."""
+    init_url: str = "https://huggingface.co/{repo}/resolve/{revision}/{file}"
+    """Address of one file of a hub name in `init_from`, with `{repo}`, `{revision}` and `{file}`
+    filled in; point it at a mirror to download from elsewhere."""
+    init_revision: str = "main"
+    """Branch, tag or commit of the hub repository; a commit hash pins what `main` may change."""
+    init_sha256: str | None = None
+    """sha256 of the downloaded weights file; null = not pinned: the hash got is logged and kept
+    in models/pretrain/init_from.json (provenance)."""
+    init_timeout_s: float = Field(60.0, gt=0.0)
+    """Seconds without data before a weights download request fails (then retried)."""
     seq_len: int | None = Field(None, ge=2)
     """Tokens per training window; null = model.context_length. The book trains GPT_CONFIG_124M
     (context 1,024) on 256-token windows, since the-verdict.txt's validation split is ~500 tokens."""
@@ -269,6 +319,9 @@ class PretrainConfig(OptimConfig):
     """Sampling temperature of the sample (0 = greedy)."""
     top_k: int = Field(40, ge=0)
     """Sample among the k most likely tokens (0 = all)."""
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling: sample among the fewest most likely tokens whose probabilities add up to
+    at least top_p (1.0 = off)."""
     checkpoint_interval: int = Field(100, ge=0)
     """Save a crash-recovery checkpoint (weights, optimizer, schedule, RNG states, step) to
     models/pretrain-checkpoints/ every this many steps and at the end; 0 = none, so a crash
@@ -323,6 +376,16 @@ class PretrainConfig(OptimConfig):
                 f"batch_size * seq_len = {self.batch_size} * {seq_len} = {micro} tokens per micro-batch; "
                 f"e.g. {max(1, round(self.global_batch_tokens / micro)) * micro}")
         return self.global_batch_tokens // micro
+
+    @model_validator(mode="after")
+    def _init_download(self) -> "PretrainConfig":
+        if not self.init_url.startswith(("http://", "https://")) or "{file}" not in self.init_url:
+            raise ValueError(f"pretrain.init_url must be an http(s) address containing {{file}} (and "
+                             f"usually {{repo}} and {{revision}}), got {self.init_url!r}")
+        if self.init_sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", self.init_sha256):
+            raise ValueError("pretrain.init_sha256 must be 64 hex digits (`sha256sum` of a trusted copy of "
+                             "the weights file)")
+        return self
 
 
 class LoraConfig(Section):
@@ -469,6 +532,20 @@ class Params(Section):
     def pretrain_seq_len(self) -> int:
         """Tokens per pretraining window: pretrain.seq_len, or the model's context."""
         return self.pretrain.seq_len or self.model.context_length
+
+    @model_validator(mode="after")
+    def _gpt2_needs_its_tokenizer(self) -> "Params":
+        preset = self.model.preset
+        if preset is not None and PRESETS[preset].vocab_size is not None and self.tokenize.kind != "gpt2":
+            raise ValueError(f"model.preset {preset} is a GPT-2 architecture with GPT-2's vocabulary: set "
+                             f"tokenize.kind to gpt2 (it is {self.tokenize.kind}), or use preset null")
+        if self.pretrain.init_from is not None and self.tokenize.kind != "gpt2":
+            raise ValueError("pretrain.init_from loads GPT-2 weights, which read GPT-2's token ids: set "
+                             f"tokenize.kind to gpt2 (it is {self.tokenize.kind})")
+        if self.pretrain.max_steps == 0 and self.pretrain.init_from is None:
+            raise ValueError("pretrain.max_steps is 0 without pretrain.init_from: a randomly initialised "
+                             "model would be saved untrained; set max_steps >= 1 or give init_from")
+        return self
 
 
 class ConfigError(ValueError):

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, Any
 from urllib.parse import unquote, urlsplit
 
 import requests
@@ -51,6 +51,12 @@ class FetchError(RuntimeError):
 
 class TransientFetchError(FetchError):
     """A failure worth retrying: the network or the server may do better next time."""
+
+
+def transient_fetch_failure(task_: Any, task_run: Any, state: Any) -> bool:
+    """Prefect retry condition of fetching tasks: retry only what can heal by itself (refused
+    connection, timeout, 5xx); a 404 or a wrong checksum fails at once."""
+    return isinstance(state.result(raise_on_failure=False), TransientFetchError)
 
 
 # ---------------------------------------------------------------------------

@@ -189,7 +189,7 @@ def _cache_model() -> GPTModel:
 def test_cached_forward_in_chunks_equals_one_full_forward():
     model = _cache_model()
     x = torch.randint(0, 97, (2, 12))
-    cache = KVCache(model.cfg.n_layers)
+    cache = KVCache.for_model(model)
     # Prefill 5, then a chunk of 4 (needs the offset causal mask), then single tokens.
     chunks = [model(x[:, :5], kv_cache=cache), model(x[:, 5:9], kv_cache=cache)]
     chunks += [model(x[:, i : i + 1], kv_cache=cache) for i in range(9, 12)]
@@ -199,7 +199,7 @@ def test_cached_forward_in_chunks_equals_one_full_forward():
 
 def test_cache_refuses_to_grow_past_the_context():
     model = _cache_model()
-    cache = KVCache(model.cfg.n_layers)
+    cache = KVCache.for_model(model)
     model(torch.zeros(1, 24, dtype=torch.long), kv_cache=cache)
     with pytest.raises(ValueError, match="longer than context_length"):
         model(torch.zeros(1, 1, dtype=torch.long), kv_cache=cache)
@@ -224,3 +224,72 @@ def test_cached_sampling_matches_uncached_under_the_same_seed():
         for flag in (False, True)
     ]
     assert torch.equal(runs[0], runs[1])
+
+
+# --- top-p (nucleus) sampling -----------------------------------------------------------------
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p() -> None:
+    from model.generate import top_p_filter
+
+    probs = torch.tensor([[0.1, 0.5, 0.15, 0.25]])  # sorted: 0.5, 0.25, 0.15, 0.1
+    logits = probs.log()
+    kept = lambda p: torch.isfinite(top_p_filter(logits, p))[0].tolist()  # noqa: E731
+    assert kept(0.5) == [False, True, False, False]  # 0.5 alone reaches 0.5
+    assert kept(0.6) == [False, True, False, True]  # 0.5 + 0.25
+    assert kept(0.75) == [False, True, False, True]  # exactly reached: no third token
+    assert kept(0.76) == [False, True, True, True]
+    assert kept(0.95) == [True, True, True, True]
+    # Kept logits are untouched, so softmax renormalises over the nucleus.
+    assert torch.equal(top_p_filter(logits, 0.6)[0, [1, 3]], logits[0, [1, 3]])
+
+
+def test_top_p_always_keeps_the_most_likely_token_per_row() -> None:
+    from model.generate import top_p_filter
+
+    logits = torch.tensor([[5.0, 0.0, 0.0], [0.0, 0.0, 9.0]])
+    kept = torch.isfinite(top_p_filter(logits, 1e-6))
+    assert kept.tolist() == [[True, False, False], [False, False, True]]
+
+
+def test_top_p_renormalises_over_the_nucleus_when_sampling() -> None:
+    logits = torch.tensor([0.1, 0.5, 0.15, 0.25]).log().tolist()
+    rows = 4000
+    out = generate(FixedLogits(logits), torch.zeros(rows, 1, dtype=torch.long), 1, context_length=4,
+                   temperature=1.0, top_p=0.6, generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(out[:, -1], minlength=4).float() / rows
+    torch.testing.assert_close(freq, torch.tensor([0.0, 2 / 3, 0.0, 1 / 3]), rtol=0, atol=0.03)
+
+
+def test_top_p_one_is_off_and_bad_values_are_refused(model: GPTModel, prompt: torch.Tensor) -> None:
+    def sample(**kw):
+        return generate(model, prompt, 6, CONTEXT, temperature=1.0, generator=torch.Generator().manual_seed(4), **kw)
+
+    assert torch.equal(sample(top_p=1.0), sample())
+    assert torch.equal(sample(top_p=None), sample())
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="top_p must be in"):
+            sample(top_p=bad)
+
+
+def test_top_p_after_temperature() -> None:
+    # At temperature 0.2 token 1 holds > 0.99 of the mass, so top_p 0.9 keeps only it.
+    logits = [0.0, 1.0, -1.0]
+    out = generate(FixedLogits(logits), torch.zeros(200, 1, dtype=torch.long), 1, context_length=4,
+                   temperature=0.2, top_p=0.9, generator=torch.Generator().manual_seed(0))
+    assert set(out[:, -1].tolist()) == {1}
+
+
+def test_the_cache_is_preallocated_and_reused_after_reset() -> None:
+    model = _cache_model()
+    cache = KVCache.for_model(model)
+    model(torch.zeros(2, 3, dtype=torch.long), kv_cache=cache)
+    buffer = cache.keys[0]
+    assert buffer is not None and buffer.shape == (2, 4, 24, 8)  # (B, H, context_length, D)
+    model(torch.zeros(2, 1, dtype=torch.long), kv_cache=cache)
+    assert cache.keys[0] is buffer and cache.length == 4  # written in place
+    cache.reset()
+    model(torch.zeros(2, 5, dtype=torch.long), kv_cache=cache)
+    assert cache.keys[0] is buffer and cache.length == 5
+    with pytest.raises(ValueError, match="another batch size"):
+        model(torch.zeros(3, 1, dtype=torch.long), kv_cache=cache)

@@ -147,3 +147,17 @@ def test_compare_last_must_be_positive(capsys):
     with pytest.raises(SystemExit):
         main(["compare", "--last", "0"])
     assert "positive" in capsys.readouterr().err
+
+
+def test_export_hf_writes_a_transformers_folder_or_explains(tmp_path, capsys):
+    from model.checkpoint import save_model
+    from model.config import GPTConfig
+    from model.gpt import GPTModel
+
+    save_model(tmp_path / "pretrain", GPTModel(GPTConfig(vocab_size=50, context_length=16, emb_dim=16,
+                                                         n_heads=2, n_layers=1)))
+    assert main(["export-hf", str(tmp_path / "pretrain"), str(tmp_path / "hf")]) == 0
+    assert "GPT2LMHeadModel.from_pretrained" in capsys.readouterr().out
+    assert {p.name for p in (tmp_path / "hf").iterdir()} == {"config.json", "model.safetensors"}
+    assert main(["export-hf", str(tmp_path / "nope"), str(tmp_path / "hf2")]) == 2
+    assert "nope/config.json not found" in capsys.readouterr().err

@@ -128,3 +128,59 @@ def test_scaling_switches_default_off():
     assert params.model.tie_embeddings is False and params.model.vocab_multiple == 1
     p = params.pretrain
     assert (p.compile, p.activation_checkpointing, p.global_batch_tokens, p.peak_flops) == (False, False, None, None)
+
+
+# --- model presets and GPT-2 weights ----------------------------------------------------------
+
+GPT2_TOKENS = {"tokenize": {"kind": "gpt2"}}
+
+
+def test_a_preset_fills_the_architecture_fields_left_out_or_null():
+    p = parse_params({**GPT2_TOKENS, "model": {"preset": "gpt2-small", "emb_dim": None, "n_layers": None}})
+    m = p.model
+    assert (m.context_length, m.emb_dim, m.n_heads, m.n_layers, m.qkv_bias, m.drop_rate) == (1024, 768, 12, 12, True, 0.1)
+    tiny = parse_params({"model": {"preset": "tiny"}}).model
+    assert (tiny.emb_dim, tiny.n_layers, tiny.context_length) == (64, 2, 64)
+
+
+def test_a_field_equal_to_the_preset_is_fine_and_drop_rate_overrides_it():
+    m = parse_params({**GPT2_TOKENS, "model": {"preset": "gpt2-medium", "emb_dim": 1024, "drop_rate": 0.0}}).model
+    assert (m.emb_dim, m.n_layers, m.drop_rate) == (1024, 24, 0.0)
+
+
+@pytest.mark.parametrize(("field", "value"), [("emb_dim", 128), ("qkv_bias", False), ("context_length", 256)])
+def test_a_field_contradicting_the_preset_is_an_error_naming_both(field, value):
+    with pytest.raises(ConfigError) as err:
+        parse_params({**GPT2_TOKENS, "model": {"preset": "gpt2-small", field: value}})
+    message = str(err.value)
+    assert f"model.{field} is {value!r} but preset gpt2-small has" in message
+    assert "set it to null" in message or f"set model.{field} to null" in message
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "why"),
+    [
+        ({"model": {"preset": "gpt5"}}, "model.preset", "'tiny'"),
+        ({"model": {"preset": "gpt2-small"}}, "", "set tokenize.kind to gpt2 (it is bpe)"),
+        ({"pretrain": {"init_from": "gpt2"}}, "", "GPT-2's token ids: set tokenize.kind to gpt2"),
+        ({"pretrain": {"max_steps": 0}}, "", "max_steps is 0 without pretrain.init_from"),
+        ({"pretrain": {"top_p": 0.0}}, "pretrain.top_p", "greater than 0"),
+        ({"pretrain": {"top_p": 1.5}}, "pretrain.top_p", "less than or equal to 1"),
+        ({"pretrain": {"init_url": "ftp://mirror/{file}"}}, "pretrain", "http(s) address containing {file}"),
+        ({"pretrain": {"init_url": "https://mirror/gpt2.bin"}}, "pretrain", "containing {file}"),
+        ({"pretrain": {"init_sha256": "abc"}}, "pretrain", "64 hex digits"),
+    ],
+)
+def test_invalid_preset_and_init_params_are_explained(data, key, why):
+    with pytest.raises(ConfigError) as err:
+        parse_params(data, "params.yaml")
+    message = str(err.value)
+    assert f"  {key}:" in message or (key == "" and "  :" in message)
+    assert why in message
+
+
+def test_gpt2_weights_with_the_gpt2_tokenizer_are_valid():
+    p = parse_params({**GPT2_TOKENS, "model": {"preset": "gpt2-small"},
+                      "pretrain": {"init_from": "gpt2", "max_steps": 0, "top_p": 0.9}})
+    assert (p.pretrain.init_from, p.pretrain.max_steps, p.pretrain.top_p) == ("gpt2", 0, 0.9)
+    assert p.pretrain.init_url == "https://huggingface.co/{repo}/resolve/{revision}/{file}"

@@ -42,7 +42,9 @@ def test_book_profile_is_the_books_setup(params: Path) -> None:
     changed = apply_profile("book", params, PROFILES)
     p = load_params(params)
     assert p.model.context_length == 1024 and p.model.emb_dim == 768
-    assert (p.model.n_heads, p.model.n_layers, p.model.drop_rate, p.model.qkv_bias) == (12, 12, 0.1, False)
+    # The gpt2-small preset: GPT_CONFIG_124M with GPT-2's q/k/v biases, so its weights load too.
+    assert p.model.preset == "gpt2-small"
+    assert (p.model.n_heads, p.model.n_layers, p.model.drop_rate, p.model.qkv_bias) == (12, 12, 0.1, True)
     assert p.tokenize.kind == "gpt2"
     cls = p.download.classification
     assert (cls.format, cls.header, cls.columns, cls.labels) == ("tsv", False, ["label", "text"], ["ham", "spam"])
