@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -238,9 +239,15 @@ def weights_file(folder: str | Path) -> Path:
                             "are not supported: GPT-2's weights fit one file)")
 
 
-def load_gpt2_files(config_path: str | Path, weights_path: str | Path, drop_rate: float = 0.0) -> GPTModel:
-    """Our GPTModel (eval mode) holding the weights of a HF GPT-2 config + weights file pair."""
+def load_gpt2_files(config_path: str | Path, weights_path: str | Path, drop_rate: float = 0.0,
+                    tie_embeddings: bool = False, vocab_multiple: int = 1) -> GPTModel:
+    """Our GPTModel (eval mode) holding the weights of a HF GPT-2 config + weights file pair.
+
+    `tie_embeddings` and `vocab_multiple` are our layout choices, not the checkpoint's: GPT-2's
+    (tied) matrix fills both the embedding and the head either way, and padded rows stay as
+    initialised."""
     cfg = gpt_config_from_hf(read_hf_config(config_path), drop_rate, source=str(config_path))
+    cfg = replace(cfg, tie_embeddings=tie_embeddings, vocab_multiple=vocab_multiple)
     model = GPTModel(cfg)
     load_hf_state_dict(model, read_hf_weights(weights_path), source=str(weights_path))
     return model.eval()

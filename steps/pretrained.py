@@ -120,7 +120,8 @@ def preset_of(cfg: GPTConfig) -> str | None:
 
 def pretrained_model(cfg: PretrainConfig, wanted: GPTConfig, files: WeightFiles) -> GPTModel:
     """Our GPTModel holding the weights of `files`, whose architecture must be `wanted`'s."""
-    model = load_gpt2_files(files.config, files.weights, drop_rate=wanted.drop_rate)
+    model = load_gpt2_files(files.config, files.weights, drop_rate=wanted.drop_rate,
+                            tie_embeddings=wanted.tie_embeddings, vocab_multiple=wanted.vocab_multiple)
     check_architecture(model.cfg, wanted, repr(cfg.init_from))
     return model
 

@@ -126,3 +126,14 @@ def test_initial_model_is_random_without_init_from_and_the_weights_with_it(hf_fo
     assert provenance["source"] == "folder"
     assert model.cfg.drop_rate == 0.1  # dropout from params.yaml, architecture from the checkpoint
     logits_match(model, reference)
+
+
+@pytest.mark.parametrize("tie, multiple", [(True, 1), (False, 64), (True, 64)])
+def test_tied_or_padded_layouts_take_the_same_weights(hf_folder: Path, reference, tie: bool, multiple: int) -> None:
+    """model.tie_embeddings / vocab_multiple are our layout choices: GPT-2's weights fill either
+    one and give the same logits (padded rows are cut from the output)."""
+    wanted = GPTConfig(**{**OURS.to_dict(), "tie_embeddings": tie, "vocab_multiple": multiple})
+    model, _ = initial_model(pretrain_cfg(init_from=str(hf_folder)), wanted)
+    assert (model.out_head.weight is model.tok_emb.weight) == tie
+    assert model.tok_emb.weight.size(0) == (128 if multiple == 64 else 101)
+    logits_match(model, reference)
