@@ -5,9 +5,10 @@ nor a server start-up (about 20 s of a fresh process each on a 2-core CPU).
 `python -m pipelines <stage>` (what `dvc repro` runs) is the client: it connects to the runner of
 its environment, starting one if none answers, hands over its stdin/stdout/stderr, working
 directory, environment and `sys.path`, and exits with the stage's exit status. The runner forks
-a child that imports the project's own modules afresh from the client's path (an edited stage
-never runs stale code), points Prefect at the runner's server (or at PREFECT_API_URL when the
-client sets one) and runs the flow as `gptpipe <stage>` would in-process. Flow runs are recorded
+a child that keeps the project's modules as the runner loaded them only if the client's path
+finds the same files, unchanged, and imports them afresh otherwise (an edited stage never runs
+stale code), points Prefect at the runner's server (or at PREFECT_API_URL when the client sets
+one) and runs the flow as `gptpipe <stage>` would in-process. Flow runs are recorded
 in that server's database under PREFECT_HOME, as with Prefect's temporary server.
 
 The runner listens on a Linux abstract socket, named after everything that must match for a fork
@@ -179,6 +180,8 @@ def run_stage(argv: list[str], started: float) -> int:
     message = {"op": "run", "argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "path": sys.path,
                "started": started}
     with sock:
+        # An error up to here leaves nothing started: the caller may run the stage itself. From
+        # here on the stage runs in the runner's child; errors end this client, never rerun it.
         socket.send_fds(sock, [json.dumps(message).encode()], [0, 1, 2])
 
         def forward(signum: int, frame: Any) -> None:
@@ -189,6 +192,8 @@ def run_stage(argv: list[str], started: float) -> int:
             # A forwarded signal does not end the wait (PEP 475 retries the call): the child
             # decides when it ends, and its exit status is ours.
             reply = sock.recv(MAX_MESSAGE)
+        except OSError:
+            reply = b""
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -297,8 +302,8 @@ class PrefectServer:
 
 
 def _die_with_parent() -> None:
-    """In the server's process before exec: SIGTERM when the runner dies, even by SIGKILL, so no
-    orphaned server outlives it. (Linux: prctl PR_SET_PDEATHSIG, tied to the thread that forked.)"""
+    """SIGTERM to this process when the runner dies, even by SIGKILL, so no orphaned server or
+    stage outlives it. (Linux: prctl PR_SET_PDEATHSIG, tied to the thread that forked.)"""
     import ctypes
 
     PR_SET_PDEATHSIG = 1
@@ -444,6 +449,7 @@ class Runner:
         for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        _die_with_parent()  # a runner killed outright takes its stages along: no unobserved runs
         for sock in (self.listener, self.wake_r, self.wake_w, conn, *self.children.values()):
             sock.close()
         for target, fd in enumerate(fds):
