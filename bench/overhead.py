@@ -123,7 +123,8 @@ def table(rows: dict[str, dict[str, float]], dvc_start: float) -> str:
     out = [f"{'stage':<20} {'wall s':>8} {'compute s':>10} {'startup s':>10} {'rest s':>8}"]
     out.append(f"{'dvc (start-up)':<20} {dvc_start:>8.2f} {0:>10.2f} {'':>10} {dvc_start:>8.2f}")
     for stage, r in rows.items():
-        out.append(f"{stage:<20} {r['wall_s']:>8.2f} {r['compute_s']:>10.2f} {r['startup_s']:>10.2f} {r['rest_s']:>8.2f}")
+        out.append(f"{stage:<20} {r['wall_s']:>8.2f} {r['compute_s']:>10.2f} {r['startup_s']:>10.2f} "
+                   f"{r['rest_s']:>8.2f}")
     return "\n".join(out)
 
 
@@ -132,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runner", choices=["warm", "cold", "off"], default="warm")
     parser.add_argument("--quick", action="store_true", help="a few steps per stage (a check, not the headline)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary copy (its path is printed)")
-    parser.add_argument("--prefect-home", type=Path, default=Path(tempfile.gettempdir()) / "gptpipe-bench" / "prefect-home")
+    parser.add_argument("--prefect-home", type=Path,
+                        default=Path(tempfile.gettempdir()) / "gptpipe-bench" / "prefect-home")
     args = parser.parse_args(argv)
 
     tmp = Path(tempfile.mkdtemp(prefix="gptpipe-overhead-"))
