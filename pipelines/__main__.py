@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -55,7 +56,9 @@ def torchrun_relaunch(stage: str, params_path: str, nproc: int) -> list[str] | N
     return torchrun_command(nproc, ["pipelines", stage, "--params", params_path])
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, warm: bool = True) -> int:
+    """`warm`: run a stage in a child of the warm runner (pipelines/warm.py) when it is enabled;
+    the runner's child itself calls this with warm=False."""
     parser = argparse.ArgumentParser(prog="gptpipe", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for stage in STAGES:
@@ -64,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("repro", help="run the whole pipeline through DVC (only what changed reruns)")
     sub.add_parser("stages", help="list the stages")
     add_services_parser(sub)
+    warm_cmd = sub.add_parser("warm", help="the warm stage runner: start it, show it, stop it (see README)")
+    warm_cmd.add_argument("action", choices=["start", "status", "stop"])
     prof = sub.add_parser("profile", help="switch params.yaml to a shipped profile (builtin, book, book-small)")
     prof.add_argument("name", nargs="?", help="profile name; omit to list them")
     prof.add_argument("--params", default="params.yaml", help="params file to edit (default: params.yaml)")
@@ -85,6 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         return compare_runs(args)
     if args.command == "export-hf":
         return _export_hf(args.model, args.out)
+    if args.command == "warm":
+        return warm_command(args.action)
+    if warm and args.command in STAGES:
+        code = run_warm(args.command, args.params)
+        if code is not None:
+            return code
     from steps.config import ConfigError, load_params
 
     if args.command == "profile":
@@ -100,6 +111,57 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"gptpipe: {err}", file=sys.stderr)
         return 2
+    return 0
+
+
+def run_warm(stage: str, params_path: str) -> int | None:
+    """The stage's exit status from a child of the warm runner; None when the runner is off or
+    unreachable (then the caller runs the stage in this process, as before)."""
+    from pipelines import warm
+
+    # A torchrun rank (WORLD_SIZE set) is a process of its own by design: torchrun watches it and
+    # the process group binds it to its device, so it never hands over to the runner.
+    if not warm.enabled() or "WORLD_SIZE" in os.environ:
+        return None
+    started = process_start_time()
+    try:
+        return warm.run_stage([stage, "--params", params_path], started)
+    except (warm.WarmError, OSError) as err:
+        print(f"gptpipe: warm runner unavailable ({err}); running {stage} in this process", file=sys.stderr)
+        return None
+
+
+def process_start_time() -> float:
+    import psutil
+
+    return psutil.Process().create_time()
+
+
+def warm_command(action: str) -> int:
+    from pipelines import warm
+
+    if not warm.enabled():
+        print(f"gptpipe warm: disabled ({warm.ENABLE_ENV}=0, or not Linux); stages run in their own processes",
+              file=sys.stderr)
+        return 2
+    try:
+        if action == "start":
+            info = warm.start()
+        elif action == "stop":
+            info = warm.status()
+            if info is not None:
+                warm.stop()
+        else:
+            info = warm.status()
+    except warm.WarmError as err:
+        print(f"gptpipe warm: {err}", file=sys.stderr)
+        return 1
+    if info is None:
+        print("gptpipe warm: no runner for this environment")
+        return 0 if action == "stop" else 1
+    verb = {"start": "running", "status": "running", "stop": "stopping"}[action]
+    print(f"gptpipe warm: {verb}: pid {info['pid']}, Prefect API {info['prefect_api_url'] or 'PREFECT_API_URL'}, "
+          f"{info['stages_run']} stages run, exits after {info['idle_s']:.0f} s idle; log {warm.log_file()}")
     return 0
 
 

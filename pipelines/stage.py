@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -16,6 +17,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from model.atomic import write_json
+from pipelines.warm import STARTED_ENV
 from steps import layout
 from steps.config import Params, flat_params, load_params, params_hash
 from steps.tracking import StageRun, stage_run
@@ -66,6 +68,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def stage_process_start() -> float:
+    """When the stage's command started (Unix time): the client's start when a child of the warm
+    runner runs it (pipelines/warm.py), else this process's."""
+    started = os.environ.get(STARTED_ENV)
+    return float(started) if started else psutil.Process().create_time()
+
+
 def run_stage(
     stage: str,
     params_path: str,
@@ -86,7 +95,7 @@ def run_stage(
     ) as run:
         ctx = StageContext(stage, params, run)
         # Process start -> here: interpreter, imports, Prefect's server, MLflow's store.
-        startup = time.time() - psutil.Process().create_time()
+        startup = time.time() - stage_process_start()
         start = time.perf_counter()
         metrics = body(ctx)
         # The stage's own computation, to compare with its process wall time (orchestration cost).

@@ -31,6 +31,13 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def no_warm_runner(monkeypatch):
+    """Stages that tests run in-process stay in-process: no test starts a background warm runner
+    (pipelines/warm.py) unless it sets GPTPIPE_WARM itself."""
+    monkeypatch.setenv("GPTPIPE_WARM", "0")
+
+
 SHARED = ROOT.parent / "shared"
 
 

@@ -39,7 +39,7 @@ def make_project_copy(work: Path, edit: Callable[[Path, dict[str, str]], None] |
         if src.is_file():
             (work / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, work / name)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_API", "DVC_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_API", "DVC_", "GPTPIPE_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PREFECT_HOME"] = str(work.parent / "prefect-home")  # run history of this test only
     env["GPTPIPE_CACHE"] = str(work.parent / "download-cache")
@@ -53,14 +53,26 @@ def make_project_copy(work: Path, edit: Callable[[Path, dict[str, str]], None] |
     return work, env
 
 
+def stop_warm_runner(work: Path, env: dict[str, str]) -> None:
+    """Stop the warm runner the copy's stages started (pipelines/warm.py), if any: tests leave no
+    background process behind."""
+    subprocess.run([sys.executable, "-m", "pipelines", "warm", "stop"], cwd=work, env=env,
+                   capture_output=True, text=True, timeout=120)
+
+
 @pytest.fixture(scope="module")
 def project_copy(tmp_path_factory):
-    """`project_copy(edit)` -> (work dir, env) for a fresh copy of the project."""
+    """`project_copy(edit)` -> (work dir, env) for a fresh copy of the project. Its stages run
+    through the warm runner, as `dvc repro` does by default; the runner is stopped afterwards."""
+    made: list[tuple[Path, dict[str, str]]] = []
 
     def make(edit: Callable[[Path, dict[str, str]], None] | None = None) -> tuple[Path, dict[str, str]]:
-        return make_project_copy(tmp_path_factory.mktemp("e2e") / "repo", edit)
+        made.append(make_project_copy(tmp_path_factory.mktemp("e2e") / "repo", edit))
+        return made[-1]
 
-    return make
+    yield make
+    for work, env in made:
+        stop_warm_runner(work, env)
 
 
 @pytest.fixture(scope="session")

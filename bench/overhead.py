@@ -1,0 +1,195 @@
+"""Orchestration overhead of the default pipeline: wall time of `dvc repro` against the stages' own computation.
+
+    python bench/overhead.py [--runner warm|cold|off] [--quick] [--keep]
+
+Copies the project's tracked files into a temporary git repository and runs `dvc repro` there on
+the default params (`--quick`: a few steps per stage, for a fast check of the harness). Each line
+DVC prints is time-stamped as it arrives, so every stage gets a wall time: from DVC's
+"Running stage" line to the next one (or DVC's exit), i.e. including DVC's own work after it
+(hashing its outputs, writing dvc.lock). From reports/<stage>.json it takes `compute_seconds`
+(the stage body) and `startup_seconds` (the stage command's start to the body). For each stage:
+
+    wall     its share of `dvc repro`'s wall time
+    compute  the body: what the stage is for
+    startup  interpreter, imports, Prefect server and flow run, MLflow run, up to the body
+    rest     wall - compute - startup: MLflow logging, Prefect's flow teardown, exit, DVC's hashing
+
+plus a `dvc` row (DVC's start-up before the first stage). overhead = wall - sum of compute;
+the last line printed is one JSON object: overhead_share (a fraction), wall_s, compute_s,
+overhead_s, runner, setup_s and per-stage figures.
+
+--runner says how stages run (pipelines/warm.py):
+    warm  (default) a developer's repository after its first run: the warm runner is started,
+          and MLflow's store (mlflow.db) created, before the timed run; that one-time set-up is
+          reported as setup_s, outside the pipeline's wall time
+    cold  a fresh clone's first run: the first stage starts the runner and creates mlflow.db,
+          inside the timed run
+    off   GPTPIPE_WARM=0: every stage a fresh process with Prefect's temporary server (as before)
+
+Prefect's database lives in --prefect-home (default: a folder under the system's temporary
+directory that persists between runs), so only the first run ever pays for creating it. The
+machine's load (`os.getloadavg`) is printed before and after: on a shared machine the figures move.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ["download", "tokenize", "pretrain", "finetune_classifier", "finetune_instruct", "evaluate"]
+# --quick: each stage does a little of its work; the orchestration around it is unchanged.
+QUICK = {
+    "pretrain": {"max_steps": 20, "eval_interval": 10, "eval_batches": 2, "sample_tokens": 8},
+    "finetune_classifier": {"epochs": 1, "eval_interval": 20},
+    "finetune_instruct": {"epochs": 1, "eval_interval": 20},
+    "evaluate": {"val_batches": 5},
+}
+
+
+# What the first stage run in a repository does once: create the MLflow store's tables (all of
+# MLflow's migrations, tens of seconds on a busy 2-core machine).
+CREATE_MLFLOW_STORE = ("from mlflow.tracking import MlflowClient; from steps.tracking import tracking_uri; "
+                       "MlflowClient(tracking_uri()).search_experiments()")
+
+
+def copy_project(work: Path, quick: bool) -> None:
+    """The tracked (and untracked, not ignored) files of this checkout, committed in a new repository."""
+    names = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, names):
+        if (ROOT / name).is_file():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, work / name)
+    if quick:
+        params = yaml.safe_load((work / "params.yaml").read_text())
+        for section, values in QUICK.items():
+            params[section].update(values)
+        (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = dict(os.environ, GIT_AUTHOR_NAME="bench", GIT_COMMITTER_NAME="bench",
+               GIT_AUTHOR_EMAIL="bench@gptpipe.invalid", GIT_COMMITTER_EMAIL="bench@gptpipe.invalid")
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "bench copy"]):
+        subprocess.run(cmd, cwd=work, env=env, check=True, capture_output=True)
+
+
+def bench_env(prefect_home: Path, runner: str) -> dict[str, str]:
+    # A team's servers or an outer DVC experiment must not leak into the measurement.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "DVC_", "GPTPIPE_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PREFECT_HOME"] = str(prefect_home)
+    env["NO_PROXY"] = "127.0.0.1,localhost"
+    env["PYTHONUNBUFFERED"] = "1"  # stage lines arrive when printed, so their timestamps are right
+    if runner == "off":
+        env["GPTPIPE_WARM"] = "0"
+    return env
+
+
+def warm_cli(action: str, work: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pipelines", "warm", action], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def timed_repro(work: Path, env: dict[str, str]) -> tuple[float, list[tuple[float, str]], int]:
+    """(wall seconds, [(seconds since start, line)], exit status) of `dvc repro`."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(["dvc", "repro"], cwd=work, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    assert proc.stdout is not None
+    lines = [(time.perf_counter() - start, line.rstrip("\n")) for line in proc.stdout]
+    code = proc.wait()
+    return time.perf_counter() - start, lines, code
+
+
+def stage_spans(lines: list[tuple[float, str]], wall: float) -> tuple[dict[str, float], float]:
+    """Each stage's wall time (its "Running stage" line to the next, or to DVC's exit), and DVC's
+    time before the first stage."""
+    starts = [(t, line.split("'")[1]) for t, line in lines if line.startswith("Running stage '")]
+    if not starts:
+        return {}, wall
+    ends = [t for t, _ in starts[1:]] + [wall]
+    return {stage: end - t for (t, stage), end in zip(starts, ends)}, starts[0][0]
+
+
+def table(rows: dict[str, dict[str, float]], dvc_start: float) -> str:
+    out = [f"{'stage':<20} {'wall s':>8} {'compute s':>10} {'startup s':>10} {'rest s':>8}"]
+    out.append(f"{'dvc (start-up)':<20} {dvc_start:>8.2f} {0:>10.2f} {'':>10} {dvc_start:>8.2f}")
+    for stage, r in rows.items():
+        out.append(f"{stage:<20} {r['wall_s']:>8.2f} {r['compute_s']:>10.2f} {r['startup_s']:>10.2f} "
+                   f"{r['rest_s']:>8.2f}")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runner", choices=["warm", "cold", "off"], default="warm")
+    parser.add_argument("--quick", action="store_true", help="a few steps per stage (a check, not the headline)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary copy (its path is printed)")
+    parser.add_argument("--prefect-home", type=Path,
+                        default=Path(tempfile.gettempdir()) / "gptpipe-bench" / "prefect-home")
+    args = parser.parse_args(argv)
+
+    tmp = Path(tempfile.mkdtemp(prefix="gptpipe-overhead-"))
+    work = tmp / "repo"
+    work.mkdir()
+    args.prefect_home.mkdir(parents=True, exist_ok=True)
+    env = bench_env(args.prefect_home, args.runner)
+    print(f"copy: {work}  runner: {args.runner}  quick: {args.quick}  load: {os.getloadavg()}", flush=True)
+    warmup = 0.0
+    try:
+        copy_project(work, args.quick)
+        if args.runner != "off":
+            warm_cli("stop", work, env)  # a runner left by an earlier bench (older code) must not serve this one
+            time.sleep(0.5)
+        if args.runner == "warm":
+            t = time.perf_counter()
+            for step in (["-m", "pipelines", "warm", "start"], ["-c", CREATE_MLFLOW_STORE]):
+                done = subprocess.run([sys.executable, *step], cwd=work, env=env, capture_output=True, text=True,
+                                      timeout=900)
+                if done.returncode != 0:
+                    print(done.stdout + done.stderr, file=sys.stderr)
+                    return 1
+            warmup = time.perf_counter() - t
+            print(f"set-up (runner start, mlflow.db; outside the timed run): {warmup:.1f} s", flush=True)
+        wall, lines, code = timed_repro(work, env)
+        if code != 0:
+            print("\n".join(line for _, line in lines[-60:]), file=sys.stderr)
+            print(f"dvc repro failed ({code})", file=sys.stderr)
+            return 1
+        spans, dvc_start = stage_spans(lines, wall)
+        rows = {}
+        for stage in STAGES:
+            report = json.loads((work / "reports" / f"{stage}.json").read_text())
+            compute, startup = report["compute_seconds"], report["startup_seconds"]
+            span = spans.get(stage, 0.0)
+            rows[stage] = {"wall_s": round(span, 3), "compute_s": compute, "startup_s": startup,
+                           "rest_s": round(span - compute - startup, 3)}
+    finally:
+        if args.runner != "off":
+            warm_cli("stop", work, env)
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    compute_total = sum(r["compute_s"] for r in rows.values())
+    overhead = wall - compute_total
+    print(table(rows, dvc_start))
+    print(f"wall {wall:.1f} s, compute {compute_total:.1f} s, overhead {overhead:.1f} s "
+          f"({overhead / wall:.1%}); load after: {os.getloadavg()}")
+    print(json.dumps({"overhead_share": round(overhead / wall, 4), "wall_s": round(wall, 3),
+                      "compute_s": round(compute_total, 3), "overhead_s": round(overhead, 3),
+                      "runner": args.runner, "setup_s": round(warmup, 3), "quick": args.quick,
+                      "dvc_startup_s": round(dvc_start, 3), "stages": rows}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

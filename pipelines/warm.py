@@ -1,0 +1,569 @@
+"""The warm stage runner: one long-lived process that has imported torch, Prefect and MLflow once
+and keeps one Prefect server up, forking a child per stage, so a stage pays neither its imports
+nor a server start-up (about 20 s of a fresh process each on a 2-core CPU).
+
+`python -m pipelines <stage>` (what `dvc repro` runs) is the client: it connects to the runner of
+its environment, starting one if none answers, hands over its stdin/stdout/stderr, working
+directory, environment and `sys.path`, and exits with the stage's exit status. The runner forks
+a child that keeps the project's modules as the runner loaded them only if the client's path
+finds the same files, unchanged, and imports them afresh otherwise (an edited stage never runs
+stale code), points Prefect at the runner's server (or at PREFECT_API_URL when the client sets
+one) and runs the flow as `gptpipe <stage>` would in-process. Flow runs are recorded
+in that server's database under PREFECT_HOME, as with Prefect's temporary server.
+
+The runner listens on a Linux abstract socket, named after everything that must match for a fork
+of it to behave like a fresh process (interpreter, installed packages, this file, PREFECT_HOME,
+PREFECT_API_URL, thread and device variables); the kernel frees the name when the runner dies, so
+no stale PID or socket file can mislead a client. Two clients starting runners at once race for
+the name: the loser exits and both clients reach the winner. The runner exits after
+GPTPIPE_WARM_IDLE_S seconds without a stage (default 300) and stops its Prefect server.
+GPTPIPE_WARM=0, or a platform without abstract sockets, runs each stage in its own process.
+
+This module imports only the standard library at the top: the client's start-up is the cost
+being cut.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+ENABLE_ENV = "GPTPIPE_WARM"
+IDLE_ENV = "GPTPIPE_WARM_IDLE_S"
+DEFAULT_IDLE_S = 300.0
+# The client's process start (Unix time): a stage's startup_seconds counts from there, not from
+# the fork, so the reported cost is what the caller waited.
+STARTED_ENV = "GPTPIPE_STAGE_STARTED"
+# Packages whose modules a child imports afresh from the client's path.
+PROJECT_PACKAGES = ("pipelines", "steps", "model")
+# Variables a fork cannot change after the fact: read at import or server start-up.
+KEY_ENV = ("PREFECT_HOME", "PREFECT_API_URL", "PREFECT_PROFILE", "PYTHONPATH", "OMP_NUM_THREADS",
+           "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "PYTORCH_CUDA_ALLOC_CONF")
+# Modules stages import lazily, inside functions: preloaded too, so no child pays for them.
+LAZY_IMPORTS = ("mlflow.store.tracking.sqlalchemy_store", "mlflow.store.db.utils",
+                "prefect.flow_engine", "prefect.task_engine", "prefect.client.orchestration",
+                "prefect.events.worker", "prefect.logging.handlers")
+MAX_MESSAGE = 1 << 20  # one request: argv, cwd, environment, sys.path (a few kB)
+CONNECT_TIMEOUT_S = 600.0  # a cold start imports everything and starts Prefect's server
+
+
+class WarmError(RuntimeError):
+    """The runner could not be reached or started; the caller runs the stage in-process."""
+
+
+def enabled(env: dict[str, str] | None = None) -> bool:
+    env = os.environ if env is None else env
+    return sys.platform.startswith("linux") and env.get(ENABLE_ENV, "1") != "0"
+
+
+def runner_key(env: dict[str, str] | None = None) -> str:
+    """What a fork inherits and cannot change, hashed: runners with different keys never mix."""
+    env = os.environ if env is None else env
+    digest = hashlib.sha256()
+    packages = Path(sysconfig.get_paths()["purelib"])
+    for part in (sys.executable, str(packages.stat().st_mtime_ns) if packages.exists() else "",
+                 Path(__file__).read_bytes().hex(), *(f"{k}={env.get(k, '')}" for k in KEY_ENV)):
+        digest.update(part.encode() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def address(key: str) -> str:
+    # Leading NUL: Linux's abstract namespace, no file on disk.
+    return f"\0gptpipe-warm-{os.getuid()}-{key}"
+
+
+def log_file(env: dict[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    home = Path(env.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+    return home / "gptpipe-warm.log"
+
+
+def idle_seconds(env: dict[str, str] | None = None) -> float:
+    env = os.environ if env is None else env
+    text = env.get(IDLE_ENV, "")
+    try:
+        return float(text) if text else DEFAULT_IDLE_S
+    except ValueError as err:
+        raise WarmError(f"{IDLE_ENV}={text!r}: expected a number of seconds, e.g. 300") from err
+
+
+# ---------------------------------------------------------------- client side
+
+
+def _connect(key: str) -> socket.socket | None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        sock.connect(address(key))
+    except (ConnectionRefusedError, FileNotFoundError):
+        sock.close()
+        return None
+    return sock
+
+
+def spawn_runner(key: str) -> subprocess.Popen[bytes]:
+    """Start a runner for `key`, detached: its own session, no inherited pipes (a caller that
+    reads our stdout to EOF, like `subprocess.run(capture_output=True)`, must not wait for it)."""
+    log = log_file()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "pipelines.warm", "serve", key], stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+
+
+def connect(start: bool = True, timeout_s: float = CONNECT_TIMEOUT_S) -> socket.socket | None:
+    """A connection to this environment's runner; with `start`, one is started if none answers.
+    None when none runs and `start` is off."""
+    key = runner_key()
+    sock = _connect(key)
+    if sock is not None or not start:
+        return sock
+    proc = spawn_runner(key)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        sock = _connect(key)
+        if sock is not None:
+            return sock
+        if proc.poll() is not None:
+            # Lost the race for the name to another runner (it answers next try), or failed.
+            sock = _connect(key)
+            if sock is not None:
+                return sock
+            raise WarmError(f"the warm runner exited ({proc.returncode}) before listening; see {log_file()}")
+        time.sleep(0.02)
+    raise WarmError(f"no warm runner answered within {timeout_s:.0f} s; see {log_file()}")
+
+
+def _request(message: dict[str, Any], start: bool = False) -> dict[str, Any] | None:
+    sock = connect(start=start)
+    if sock is None:
+        return None
+    with sock:
+        sock.sendall(json.dumps(message).encode())
+        reply = sock.recv(MAX_MESSAGE)
+    return json.loads(reply) if reply else None
+
+
+def status() -> dict[str, Any] | None:
+    """The runner's pid, Prefect API URL, stages run and idle limit; None when none runs."""
+    return _request({"op": "status"})
+
+
+def start() -> dict[str, Any]:
+    """Start this environment's runner (if none runs) and wait until it serves; its status."""
+    reply = _request({"op": "status"}, start=True)
+    if reply is None:
+        raise WarmError(f"the warm runner closed the connection; see {log_file()}")
+    return reply
+
+
+def stop() -> bool:
+    """Stop this environment's runner (after its running stages end); False when none ran."""
+    return _request({"op": "stop"}) is not None
+
+
+def run_stage(argv: list[str], started: float) -> int:
+    """Run `gptpipe <argv>` in a child of the runner with this process's stdio, directory and
+    environment; the child's exit status. Signals to this process go to the child."""
+    sock = connect()
+    assert sock is not None
+    message = {"op": "run", "argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "path": sys.path,
+               "started": started}
+    with sock:
+        # An error up to here leaves nothing started: the caller may run the stage itself. From
+        # here on the stage runs in the runner's child; errors end this client, never rerun it.
+        socket.send_fds(sock, [json.dumps(message).encode()], [0, 1, 2])
+
+        def forward(signum: int, frame: Any) -> None:
+            sock.sendall(json.dumps({"signal": signum}).encode())
+
+        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        try:
+            # A forwarded signal does not end the wait (PEP 475 retries the call): the child
+            # decides when it ends, and its exit status is ours.
+            reply = sock.recv(MAX_MESSAGE)
+        except OSError:
+            reply = b""
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+    if not reply:
+        print(f"gptpipe: the warm runner died during the stage; see {log_file()}", file=sys.stderr)
+        return 1
+    return int(json.loads(reply)["exit"])
+
+
+# ---------------------------------------------------------------- runner side
+
+
+def preload() -> dict[str, tuple[str, int, int]]:
+    """Import every stage's modules and what they import lazily; a snapshot of the project's own
+    modules (file, mtime, size), by which a child tells whether it may use them as loaded."""
+    import importlib
+
+    from pipelines.__main__ import STAGES
+
+    for module, _ in STAGES.values():
+        importlib.import_module(module)
+    for module in LAZY_IMPORTS:
+        importlib.import_module(module)
+    return project_snapshot()
+
+
+def project_snapshot() -> dict[str, tuple[str, int, int]]:
+    snapshot = {}
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if name.split(".")[0] in PROJECT_PACKAGES and path:
+            stat = os.stat(path)
+            snapshot[name] = (path, stat.st_mtime_ns, stat.st_size)
+    return snapshot
+
+
+def project_unchanged(snapshot: dict[str, tuple[str, int, int]], path: list[str]) -> bool:
+    """Whether the client's `path` finds the project's packages where the runner loaded them,
+    with no loaded source file changed since: then its modules are what the client would import."""
+    import importlib.machinery
+
+    for package in PROJECT_PACKAGES:
+        spec = importlib.machinery.PathFinder.find_spec(package, path)
+        loaded = snapshot.get(package)
+        if (spec is None) != (loaded is None) or (spec is not None and spec.origin != loaded[0]):
+            return False
+    for file, mtime, size in snapshot.values():
+        try:
+            stat = os.stat(file)
+        except OSError:
+            return False
+        if (stat.st_mtime_ns, stat.st_size) != (mtime, size):
+            return False
+    return True
+
+
+def forget_project_modules() -> None:
+    for name in [n for n in sys.modules if n.split(".")[0] in PROJECT_PACKAGES]:
+        del sys.modules[name]
+
+
+class PrefectServer:
+    """Prefect's server as its temporary server runs it (no UI, no background services, the
+    database under PREFECT_HOME), but started once for all the stages a runner serves."""
+
+    def __init__(self) -> None:
+        import importlib.util
+
+        # Where Prefect is installed, without importing it (seconds this start-up overlaps).
+        packages = Path(importlib.util.find_spec("prefect").origin).parent.parent
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.api_url = f"http://127.0.0.1:{port}/api"
+        # The variables Prefect's own SubprocessASGIServer sets: API only, services off.
+        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--app-dir", str(packages), "--factory",
+             "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
+             "--log-level", "error", "--lifespan", "on"],
+            env=env, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+
+    def wait_healthy(self, timeout_s: float = 300.0) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        with httpx.Client(timeout=5) as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise WarmError(f"Prefect's server exited ({self.process.returncode}) during start-up")
+                try:
+                    if client.get(f"{self.api_url}/health").status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.1)
+        raise WarmError(f"Prefect's server did not answer at {self.api_url} within {timeout_s:.0f} s")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def _die_with_parent() -> None:
+    """SIGTERM to this process when the runner dies, even by SIGKILL, so no orphaned server or
+    stage outlives it. (Linux: prctl PR_SET_PDEATHSIG, tied to the thread that forked.)"""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class Runner:
+    """Accepts requests on the abstract socket; forks a child per stage and reports its exit."""
+
+    def __init__(self, listener: socket.socket, key: str, prefect_api_url: str | None, idle_s: float,
+                 snapshot: dict[str, tuple[str, int, int]]) -> None:
+        self.listener = listener
+        self.snapshot = snapshot
+        self.key = key
+        self.prefect_api_url = prefect_api_url
+        self.idle_s = idle_s
+        self.children: dict[int, socket.socket] = {}  # child pid -> its client's connection
+        self.stages_run = 0
+        self.stopping = False
+        self.wake_r, self.wake_w = socket.socketpair()
+        self.wake_r.setblocking(False)
+        self.wake_w.setblocking(False)
+
+    def status(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "key": self.key, "prefect_api_url": self.prefect_api_url,
+                "stages_run": self.stages_run, "running": len(self.children), "idle_s": self.idle_s}
+
+    def serve(self) -> None:
+        # SIGCHLD wakes select() at once: a finished stage is reported without polling delay.
+        signal.set_wakeup_fd(self.wake_w.fileno())
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGTERM, self._stop_signal)
+        last_active = time.monotonic()
+        while True:
+            self._reap()
+            if not self.children:
+                if self.stopping or time.monotonic() - last_active >= self.idle_s:
+                    return
+                timeout = self.idle_s - (time.monotonic() - last_active)
+            else:
+                timeout = None
+            conns = list(self.children.values())
+            ready, _, _ = select.select([self.listener, self.wake_r, *conns], [], [], timeout)
+            if self.wake_r in ready:
+                try:
+                    while self.wake_r.recv(4096):
+                        pass
+                except BlockingIOError:
+                    pass
+            for conn in conns:
+                if conn in ready:
+                    self._client_message(conn)
+            if self.listener in ready:
+                self._accept()
+                last_active = time.monotonic()
+            if self.children:
+                last_active = time.monotonic()
+
+    def _stop_signal(self, signum: int, frame: Any) -> None:
+        self.stopping = True
+        for pid in self.children:
+            _kill(pid, signal.SIGTERM)
+
+    def _reap(self) -> None:
+        while self.children:
+            try:
+                pid, wait_status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            conn = self.children.pop(pid, None)
+            if conn is None:
+                continue  # e.g. the Prefect server
+            code = os.waitstatus_to_exitcode(wait_status)
+            code = 128 - code if code < 0 else code  # killed by signal N: 128 + N, as a shell says
+            try:
+                conn.sendall(json.dumps({"exit": code}).encode())
+            except OSError:
+                pass  # the client is gone
+            conn.close()
+
+    def _client_message(self, conn: socket.socket) -> None:
+        pid = next(p for p, c in self.children.items() if c is conn)
+        try:
+            data = conn.recv(MAX_MESSAGE)
+        except OSError:
+            data = b""
+        if not data:
+            # The client died (DVC interrupted, say): its stage must not run on unobserved.
+            _kill(pid, signal.SIGTERM)
+            return
+        signum = json.loads(data).get("signal")
+        if isinstance(signum, int):
+            _kill(pid, signum)
+
+    def _accept(self) -> None:
+        conn, _ = self.listener.accept()
+        conn.settimeout(10)
+        try:
+            data, fds, _, _ = socket.recv_fds(conn, MAX_MESSAGE, 3)
+        except OSError:
+            conn.close()
+            return
+        if not data:
+            conn.close()
+            return
+        request = json.loads(data)
+        op = request.get("op")
+        if op == "run" and len(fds) == 3 and not self.stopping:
+            self._fork(conn, request, fds)
+        else:
+            if op == "stop":
+                self.stopping = True
+            reply = self.status() if op in ("status", "stop") else {"exit": 1}
+            conn.sendall(json.dumps(reply).encode())
+            conn.close()
+        for fd in fds:
+            os.close(fd)
+
+    def _fork(self, conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                self._become_stage(conn, request, fds)
+                code = run_child(request, self.prefect_api_url, self.snapshot)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                exit_child(code)
+        conn.setblocking(True)
+        self.children[pid] = conn
+        self.stages_run += 1
+
+    def _become_stage(self, conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
+        """In the child: drop the runner's sockets and signal set-up, take the client's stdio."""
+        signal.set_wakeup_fd(-1)
+        for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _die_with_parent()  # a runner killed outright takes its stages along: no unobserved runs
+        for sock in (self.listener, self.wake_r, self.wake_w, conn, *self.children.values()):
+            sock.close()
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+            os.close(fd)
+
+
+def exit_child(code: int) -> None:
+    """End the child as interpreter shutdown begins (threading's exit hooks, where Prefect drains
+    its queues of logs and events for the server, then atexit), but skip tearing down thousands
+    of modules: seconds of CPU for nothing."""
+    import atexit
+    import threading
+
+    try:
+        threading._shutdown()  # type: ignore[attr-defined]
+        atexit._run_exitfuncs()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def run_child(request: dict[str, Any], prefect_api_url: str | None, snapshot: dict[str, tuple[str, int, int]]) -> int:
+    """In the forked child: become the client (directory, environment, path) and run the stage
+    with the project's modules as loaded, unless the client's would differ: then afresh."""
+    import random
+
+    import numpy as np
+
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    os.environ[STARTED_ENV] = repr(request["started"])
+    own_server = bool(prefect_api_url) and not os.environ.get("PREFECT_API_URL")
+    if own_server:
+        os.environ["PREFECT_API_URL"] = prefect_api_url
+    sys.path[:] = request["path"]
+    if not project_unchanged(snapshot, sys.path):
+        forget_project_modules()
+    sys.argv = ["gptpipe", *request["argv"]]
+    # A fresh process would start from fresh entropy; every child would otherwise share the
+    # runner's random state (Prefect names flow runs with `random`).
+    random.seed()
+    np.random.seed()
+    import prefect.context
+
+    import pipelines
+    from pipelines.__main__ import main
+
+    pipelines.apply_env_defaults()  # into the client's environment
+    prefect.context.refresh_global_settings_context()  # re-read PREFECT_* from the client's env
+    if own_server:
+        without_heartbeats()
+    return main(request["argv"], warm=False)
+
+
+def without_heartbeats() -> None:
+    """No flow-run heartbeats against the runner's own server. They exist to flag crashed runs,
+    which only a server's background services do, and the temporary server runs none; yet the
+    heartbeat thread sleeps in 1 s steps, so ending each flow waited up to a second for it."""
+    import prefect.context
+
+    root = prefect.context.GLOBAL_SETTINGS_CONTEXT
+    flows = root.settings.flows.model_copy(update={"heartbeat_frequency": None})
+    settings = root.settings.model_copy(update={"flows": flows})
+    prefect.context.GLOBAL_SETTINGS_CONTEXT = prefect.context.SettingsContext(profile=root.profile, settings=settings)
+
+
+def _kill(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def serve(key: str) -> int:
+    """The runner's main: claim the name first (a second runner exits at once), then warm up."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        listener.bind(address(key))
+    except OSError:
+        print(f"gptpipe warm runner {key}: another runner holds the name; exiting", flush=True)
+        return 0
+    # Listening before the warm-up: clients connect at once and wait in the backlog.
+    listener.listen(16)
+    started = time.perf_counter()
+    server = None
+    try:
+        if not os.environ.get("PREFECT_API_URL"):
+            # Prefect's server boots in its own process while this one imports.
+            server = PrefectServer()
+        snapshot = preload()
+        if server is not None:
+            server.wait_healthy()
+        url = server.api_url if server is not None else None
+        os.chdir("/")  # hold no project directory open
+        print(f"gptpipe warm runner {key} (pid {os.getpid()}) ready in {time.perf_counter() - started:.1f} s; "
+              f"Prefect API {url or os.environ['PREFECT_API_URL']}", flush=True)
+        Runner(listener, key, url, idle_seconds(), snapshot).serve()
+    finally:
+        listener.close()
+        if server is not None:
+            server.stop()
+    print(f"gptpipe warm runner {key}: stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["serve"] and len(sys.argv) == 3:
+        code = serve(sys.argv[2])
+        sys.stdout.flush()
+        # Skip the interpreter's tear-down of thousands of modules: seconds of CPU for nothing.
+        os._exit(code)
+    sys.exit("usage: python -m pipelines.warm serve KEY (started by `gptpipe <stage>`; see `gptpipe warm`)")

@@ -1,0 +1,199 @@
+"""The warm stage runner: stages run in forked children of one long-lived process and one Prefect server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from pipelines import warm
+from pipelines.__main__ import main
+from pipelines.stage import stage_process_start
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL_DOWNLOAD = {"corpus_bytes": 150_000, "sms_messages": 100, "instructions_train": 20, "instructions_test": 5,
+                  "instructions_val": 5}
+
+
+# ---------------------------------------------------------------- fast: no runner started
+
+
+def test_the_key_changes_with_what_a_fork_cannot_change():
+    base = {"PATH": "/bin", "PREFECT_HOME": "/a"}
+    assert warm.runner_key(base) == warm.runner_key({**base, "PATH": "/usr/bin", "DVC_EXP_NAME": "x"})
+    assert warm.runner_key(base) != warm.runner_key({**base, "PREFECT_HOME": "/b"})
+    assert warm.runner_key(base) != warm.runner_key({**base, "PREFECT_API_URL": "http://127.0.0.1:1/api"})
+    assert warm.runner_key(base) != warm.runner_key({**base, "OMP_NUM_THREADS": "1"})
+
+
+def test_switched_off_by_the_environment():
+    assert not warm.enabled({"GPTPIPE_WARM": "0"})
+    assert warm.enabled({}) == sys.platform.startswith("linux")
+
+
+def test_a_bad_idle_limit_names_the_variable():
+    with pytest.raises(warm.WarmError, match="GPTPIPE_WARM_IDLE_S='soon'"):
+        warm.idle_seconds({"GPTPIPE_WARM_IDLE_S": "soon"})
+    assert warm.idle_seconds({}) == warm.DEFAULT_IDLE_S
+    assert warm.idle_seconds({"GPTPIPE_WARM_IDLE_S": "2.5"}) == 2.5
+
+
+def test_startup_counts_from_the_clients_start(monkeypatch):
+    monkeypatch.setenv(warm.STARTED_ENV, "1700000000.25")
+    assert stage_process_start() == 1700000000.25
+    monkeypatch.delenv(warm.STARTED_ENV)
+    assert 0 < time.time() - stage_process_start() < 24 * 3600  # this process's own start
+
+
+def test_warm_command_when_switched_off(capsys):
+    assert main(["warm", "status"]) == 2  # the autouse fixture sets GPTPIPE_WARM=0
+    assert "GPTPIPE_WARM=0" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- slow: a real runner
+
+
+def _env(prefect_home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "GPTPIPE_"))}
+    env.update(PYTHONPATH=str(ROOT), PREFECT_HOME=str(prefect_home), GPTPIPE_WARM_IDLE_S="120",
+               NO_PROXY="127.0.0.1,localhost")
+    return env
+
+
+def _stage_dir(folder: Path) -> Path:
+    folder.mkdir()
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["download"]["builtin"].update(SMALL_DOWNLOAD)
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    return folder
+
+
+def _gptpipe(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pipelines", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=900)
+
+
+def _status(cwd: Path, env: dict[str, str]) -> dict:
+    code = ("import json; from pipelines import warm; print(json.dumps(warm.status()))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    return json.loads(out)
+
+
+def _stops_answering(url: str, timeout_s: float = 60) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"{url}/health", timeout=2)
+        except httpx.ConnectError:
+            return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
+@pytest.fixture(scope="module")
+def runner(tmp_path_factory):
+    """Two download stages started at once with no runner up, then a third: (env, dirs, results)."""
+    base = tmp_path_factory.mktemp("warm")
+    env = _env(base / "prefect-home")
+    dirs = [_stage_dir(base / name) for name in ("a", "b", "c")]
+    results: dict[int, subprocess.CompletedProcess[str]] = {}
+
+    def stage(i: int) -> None:
+        results[i] = _gptpipe(["download"], dirs[i], env)
+
+    try:
+        pair = [threading.Thread(target=stage, args=(i,)) for i in (0, 1)]
+        for t in pair:
+            t.start()
+        for t in pair:
+            t.join()
+        status_after_pair = _status(dirs[2], env)
+        stage(2)
+        yield env, dirs, results, status_after_pair
+    finally:
+        _gptpipe(["warm", "stop"], base, env)
+
+
+@pytest.mark.slow
+def test_concurrent_and_later_stages_share_one_runner(runner):
+    env, dirs, results, first = runner
+    for i, proc in results.items():
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        # The child wrote to the client's stdout/stderr and in the client's directory.
+        assert "Beginning flow run" in proc.stdout + proc.stderr
+        assert (dirs[i] / "data" / "raw" / "corpus.txt").is_file()
+    # The two started at once raced to start a runner: one won, and both ran in it.
+    assert first["stages_run"] == 2
+    again = _status(dirs[2], env)
+    assert again["pid"] == first["pid"] and again["stages_run"] == 3
+    assert again["prefect_api_url"].startswith("http://127.0.0.1:")
+
+
+@pytest.mark.slow
+def test_flow_runs_are_recorded_in_the_runners_prefect_server(runner):
+    env, dirs, _, _ = runner
+    url = _status(dirs[2], env)["prefect_api_url"]
+    runs = httpx.post(f"{url}/flow_runs/filter", json={}, timeout=30).json()
+    assert len(runs) == 3 and all(r["state_type"] == "COMPLETED" for r in runs)
+    assert len({r["name"] for r in runs}) == 3  # each child drew fresh randomness for its run name
+    flows = {httpx.get(f"{url}/flows/{r['flow_id']}", timeout=30).json()["name"] for r in runs}
+    assert flows == {"download"}
+    tasks = httpx.post(f"{url}/task_runs/filter", json={}, timeout=30).json()
+    assert sum(t["name"].startswith("write_datasets") and t["state_type"] == "COMPLETED" for t in tasks) == 3
+
+
+@pytest.mark.slow
+def test_startup_is_measured_from_the_clients_start(runner):
+    _, dirs, _, _ = runner
+    cold = json.loads((dirs[0] / "reports" / "download.json").read_text())["startup_seconds"]
+    cold_b = json.loads((dirs[1] / "reports" / "download.json").read_text())["startup_seconds"]
+    warm_run = json.loads((dirs[2] / "reports" / "download.json").read_text())["startup_seconds"]
+    # The first two waited for the runner's imports and Prefect's server; the third found both up.
+    assert 0 < warm_run < min(cold, cold_b)
+
+
+@pytest.mark.slow
+def test_a_bad_params_file_is_reported_through_the_runner(runner, tmp_path):
+    env, _, _, _ = runner
+    (tmp_path / "params.yaml").write_text("download:\n  corpus: 3\n")
+    proc = _gptpipe(["download"], tmp_path, env)
+    assert proc.returncode == 2
+    assert "download.corpus" in proc.stderr and "params.yaml" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_killed_runner_is_replaced_and_a_failing_stage_keeps_its_exit_status(tmp_path):
+    env = _env(tmp_path / "prefect-home")
+    folder = _stage_dir(tmp_path / "stage")
+    try:
+        assert _gptpipe(["warm", "start"], folder, env).returncode == 0
+        first = _status(folder, env)
+        old = first["pid"]
+        os.kill(old, signal.SIGKILL)  # no clean-up at all: nothing on disk may point at it
+        time.sleep(0.5)
+        assert _status(folder, env) is None
+        assert _stops_answering(first["prefect_api_url"])  # its Prefect server died with it
+        proc = _gptpipe(["download"], folder, env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        new = _status(folder, env)
+        assert new["pid"] != old and new["stages_run"] == 1
+        shutil.rmtree(folder / "data")
+        (folder / "data").write_text("a file where the stage needs a folder")
+        proc = _gptpipe(["download"], folder, env)
+        assert proc.returncode == 1
+        assert "Traceback" in proc.stderr and "data/raw.partial" in proc.stderr
+    finally:
+        _gptpipe(["warm", "stop"], folder, env)
