@@ -161,3 +161,21 @@ def test_export_hf_writes_a_transformers_folder_or_explains(tmp_path, capsys):
     assert {p.name for p in (tmp_path / "hf").iterdir()} == {"config.json", "model.safetensors"}
     assert main(["export-hf", str(tmp_path / "nope"), str(tmp_path / "hf2")]) == 2
     assert "nope/config.json not found" in capsys.readouterr().err
+
+
+def test_a_torchrun_rank_never_hands_over_to_the_warm_runner(monkeypatch):
+    """Each rank torchrun starts must stay its own process (torchrun watches it, the process group
+    binds it to a device): with WORLD_SIZE set the stage runs here even with the runner on."""
+    from pipelines import __main__ as cli
+    from pipelines import warm
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("a torchrun rank was handed to the warm runner")
+
+    monkeypatch.setattr(warm, "run_stage", refuse)
+    monkeypatch.setattr(warm, "enabled", lambda env=None: True)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert cli.run_warm("pretrain", "params.yaml") is None
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.setattr(warm, "run_stage", lambda argv, started: 0)
+    assert cli.run_warm("pretrain", "params.yaml") == 0
