@@ -103,6 +103,9 @@ class StageRun:
     def log_text(self, text: str, name: str) -> None:
         mlflow.log_text(text, name)
 
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        mlflow.set_tags(dict(tags))
+
 
 @contextmanager
 def stage_run(
