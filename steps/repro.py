@@ -56,5 +56,5 @@ def failure(cmd: str, code: int, tail: list[str]) -> ReproFailed:
         error = next((line.strip() for line in reversed(tail) if line.startswith("ERROR:")), None)
     where = f"stage '{stage}' failed" if stage else f"`{cmd}` failed (exit {code})"
     headline = f"{where}: {error}" if error else where
-    shown = "\n".join(line for line in tail[-25:] if line.strip())
+    shown = "\n".join(line for line in tail[-12:] if line.strip())
     return ReproFailed(f"{headline}\n--- last lines of `{cmd}` ---\n{shown}", stage)
