@@ -121,8 +121,8 @@ def retrain_command(args: argparse.Namespace) -> int:
     except (ConfigError, retrain.ScheduleError) as err:
         print(f"gptpipe {args.command}: {err}", file=sys.stderr)
         return 2
-    except Exception as err:  # the flow run failed; Prefect has logged the traceback
-        print(f"gptpipe retrain: failed: {err}", file=sys.stderr)
+    except Exception as err:  # the flow run failed (Prefect has logged the traceback), or the server is down
+        print(f"gptpipe {args.command}: failed: {err}", file=sys.stderr)
         return 1
     for model in report["models"]:
         print(f"{model['registered_name']}: {model['reason']} (champion: version {model['champion_version_after']})")

@@ -141,3 +141,27 @@ def test_schedule_refuses_what_it_cannot_serve(args, message, monkeypatch, capsy
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     assert main(["schedule", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_retrain_command_prints_each_decision(monkeypatch, capsys):
+    from pipelines import retrain
+
+    report = {"models": [{"registered_name": "gptpipe-classifier", "champion_version_after": "3",
+                          "reason": "challenger classifier_test_accuracy 0.9000 ties champion 0.9000"}]}
+    seen = {}
+    monkeypatch.setattr(retrain, "retrain_flow", lambda **kw: seen.update(kw) or report)
+    assert main(["retrain", "--repo", "/somewhere", "--params", "p.yaml"]) == 0
+    assert seen == {"repo": "/somewhere", "params_path": "p.yaml"}
+    assert capsys.readouterr().out == ("gptpipe-classifier: challenger classifier_test_accuracy 0.9000 ties "
+                                       "champion 0.9000 (champion: version 3)\n")
+
+
+def test_a_failed_retrain_exits_non_zero_with_the_error(monkeypatch, capsys):
+    from pipelines import retrain
+
+    def fail(**kw):
+        raise RuntimeError("stage 'download' failed: DataError: data/local/x.jsonl:1: missing field 'label'")
+
+    monkeypatch.setattr(retrain, "retrain_flow", fail)
+    assert main(["retrain"]) == 1
+    assert "gptpipe retrain: failed: stage 'download' failed: DataError" in capsys.readouterr().err

@@ -46,8 +46,20 @@ def served(prefect_server, tmp_path_factory):
         log.close()
 
 
+def _call(method: str, url: str, **kwargs) -> httpx.Response:
+    """One API request; a 5xx is retried: a Prefect server on SQLite answers 503 while its database
+    is busy, which on a loaded machine happens."""
+    for attempt in range(6):
+        resp = httpx.request(method, url, timeout=30, **kwargs)
+        if resp.status_code < 500:
+            return resp
+        time.sleep(2 * (attempt + 1))
+    resp.raise_for_status()
+    return resp
+
+
 def _deployment(api: str) -> dict | None:
-    resp = httpx.get(f"{api}/deployments/name/retrain/{DEPLOYMENT}", timeout=10)
+    resp = _call("GET", f"{api}/deployments/name/retrain/{DEPLOYMENT}")
     return resp.json() if resp.status_code == 200 else None
 
 
@@ -62,13 +74,13 @@ def _wait_for(probe, timeout: float, proc: subprocess.Popen, log: Path):
 
 def _run_deployment(api: str, deployment: dict, parameters: dict | None = None, timeout: float = 900) -> dict:
     """Trigger one run of the deployment and wait for its final state; the flow run."""
-    created = httpx.post(f"{api}/deployments/{deployment['id']}/create_flow_run",
-                         json={"parameters": parameters or {}}, timeout=10)
+    created = _call("POST", f"{api}/deployments/{deployment['id']}/create_flow_run",
+                    json={"parameters": parameters or {}})
     created.raise_for_status()
     run_id = created.json()["id"]
     deadline = time.monotonic() + timeout
     while True:
-        run = httpx.get(f"{api}/flow_runs/{run_id}", timeout=10).json()
+        run = _call("GET", f"{api}/flow_runs/{run_id}").json()
         if run["state_type"] in TERMINAL:
             return run
         assert time.monotonic() < deadline, f"flow run {run_id} still {run['state_type']} after {timeout} s"
@@ -76,8 +88,15 @@ def _run_deployment(api: str, deployment: dict, parameters: dict | None = None, 
 
 
 def _logs(api: str, flow_run_id: str) -> list[str]:
-    body = {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200}
-    return [r["message"] for r in httpx.post(f"{api}/logs/filter", json=body, timeout=10).json()]
+    """Every log line of a flow run, page by page (the API returns at most 200 at a time)."""
+    lines: list[str] = []
+    while True:
+        body = {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "sort": "TIMESTAMP_ASC",
+                "limit": 200, "offset": len(lines)}
+        page = [r["message"] for r in _call("POST", f"{api}/logs/filter", json=body).json()]
+        lines += page
+        if len(page) < 200:
+            return lines
 
 
 def _registry(work: Path) -> MlflowClient:
