@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 # Stage commands in dvc.yaml call `python`: make it the project's interpreter.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup pipeline test clean-outputs
+.PHONY: setup pipeline test clean-outputs services services-stop services-status
 
 setup: $(STAMP)
 
@@ -21,6 +21,17 @@ pipeline: setup
 
 test: setup
 	$(PY) -m pytest
+
+# Team mode: PostgreSQL, an MLflow server on it and a Prefect server on 127.0.0.1 (state in .services/).
+# Options go in SERVICES_ARGS, e.g. make services SERVICES_ARGS="--mlflow-port 5001".
+services: setup
+	$(PY) -m pipelines services start $(SERVICES_ARGS)
+
+services-stop: setup
+	$(PY) -m pipelines services stop
+
+services-status: setup
+	$(PY) -m pipelines services status
 
 clean-outputs:
 	rm -rf data/raw data/tokens models reports

@@ -32,7 +32,12 @@ def save_model(folder: str | Path, model: GPTModel, head: dict[str, Any] | None 
 
 def save_weights(path: str | Path, module: torch.nn.Module) -> None:
     """Any module's state dict as one safetensors file (written atomically)."""
-    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    save_state_dict(path, module.state_dict())
+
+
+def save_state_dict(path: str | Path, state_dict: dict[str, torch.Tensor]) -> None:
+    """A state dict (e.g. one gathered from several processes) as one safetensors file."""
+    state = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
 

@@ -25,10 +25,35 @@ STAGES: dict[str, tuple[str, str]] = {
 }
 
 
+# Stages that can run as several torchrun processes -> (module, what ranks other than 0 run).
+RANK_ENTRIES: dict[str, tuple[str, str]] = {
+    "pretrain": ("pipelines.pretrain", "pretrain_rank"),
+}
+
+
 def run_flow(stage: str, params_path: str) -> dict[str, float]:
+    """The stage's flow; under torchrun, ranks other than 0 run the stage's rank entry instead."""
+    if stage in RANK_ENTRIES:
+        from steps.distributed import is_main_process
+
+        if not is_main_process():
+            module, name = RANK_ENTRIES[stage]
+            getattr(importlib.import_module(module), name)(params_path=params_path)
+            return {}
     module, name = STAGES[stage]
     flow = getattr(importlib.import_module(module), name)
     return flow(params_path=params_path)
+
+
+def torchrun_relaunch(stage: str, params_path: str, nproc: int) -> list[str] | None:
+    """The torchrun command that runs `stage` as `nproc` processes, or None to run it here: with one
+    process, or when this process is one of torchrun's already (a launch of your own, e.g. on
+    several machines, is not launched again)."""
+    from steps.distributed import torchrun_command, under_torchrun
+
+    if stage not in RANK_ENTRIES or nproc <= 1 or under_torchrun():
+        return None
+    return torchrun_command(nproc, ["pipelines", stage, "--params", params_path])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     sub.add_parser("repro", help="run the whole pipeline through DVC (only what changed reruns)")
     sub.add_parser("stages", help="list the stages")
+    add_services_parser(sub)
     prof = sub.add_parser("profile", help="switch params.yaml to a shipped profile (builtin, book, book-small)")
     prof.add_argument("name", nargs="?", help="profile name; omit to list them")
     prof.add_argument("--params", default="params.yaml", help="params file to edit (default: params.yaml)")
@@ -49,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "stages":
         print("\n".join(STAGES))
         return 0
+    if args.command == "services":
+        return services_command(args)
     if args.command == "repro":
         return subprocess.call(["dvc", "repro"])
     if args.command == "compare":
@@ -62,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         # Validate before the flow starts: a typo should not cost a Prefect server start-up.
-        load_params(args.params)
+        params = load_params(args.params)
+        relaunch = torchrun_relaunch(args.command, args.params, params.pretrain.nproc)
+        if relaunch is not None:
+            return subprocess.call(relaunch)
         run_flow(args.command, args.params)
     except ConfigError as err:
         print(f"gptpipe: {err}", file=sys.stderr)
@@ -152,6 +183,66 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
                    help="run status to include (default: FINISHED)")
     p.add_argument("--out", default="reports/compare", type=Path,
                    help="output folder (default: reports/compare)")
+
+
+def add_services_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("services", help="team mode: PostgreSQL + MLflow server + Prefect server on loopback",
+                       description="Start, stop or show the team servers: PostgreSQL, an MLflow tracking server "
+                                   "on it and a Prefect server, all on 127.0.0.1; state, logs and PIDs in --dir.")
+    actions = p.add_subparsers(dest="action", required=True)
+    start = actions.add_parser("start", help="start what is not running yet, wait until healthy, print the exports")
+    for action in (start, actions.add_parser("stop", help="stop Prefect, MLflow, then PostgreSQL"),
+                   actions.add_parser("status", help="show each service (exit 3 if any is stopped)")):
+        action.add_argument("--dir", type=Path, default=Path(".services"),
+                            help="folder for the database, artifacts, logs and PIDs (default: .services)")
+    # Defaults (None) mean: as at the last start in --dir, else steps.services.Settings' defaults.
+    start.add_argument("--postgres-port", type=positive_int, help="PostgreSQL port (default: 5433)")
+    start.add_argument("--mlflow-port", type=positive_int, help="MLflow server port (default: 5000)")
+    start.add_argument("--prefect-port", type=positive_int, help="Prefect server port (default: 4200)")
+    start.add_argument("--artifacts", metavar="FOLDER|URI",
+                       help="where MLflow stores artifacts: a folder or s3://bucket/path, gs://... "
+                            "(default: mlartifacts in --dir)")
+    start.add_argument("--prefect-db", choices=["postgres", "sqlite"],
+                       help="Prefect's database: the same PostgreSQL (default) or SQLite in --dir/prefect")
+    start.add_argument("--mlflow-workers", type=positive_int, help="MLflow server worker processes (default: 2)")
+
+
+def services_command(args: argparse.Namespace) -> int:
+    from steps import services
+    from steps.postgres import PostgresError
+
+    try:
+        if args.action == "start":
+            running = services.start(args.dir, postgres_port=args.postgres_port, mlflow_port=args.mlflow_port,
+                                     prefect_port=args.prefect_port, artifacts=_artifacts(args.artifacts),
+                                     prefect_db=args.prefect_db, mlflow_workers=args.mlflow_workers)
+            _print_status(services.status(args.dir))
+            print(f"\nMLflow UI: {running.mlflow_url}   Prefect UI: {running.prefect_url.removesuffix('/api')}")
+            print(f"Point the pipeline at them (or `source {args.dir / services.ENV_FILE}`):")
+            print("".join(f"  export {k}={v}\n" for k, v in running.exports().items()), end="")
+            return 0
+        if args.action == "stop":
+            stopped = services.stop(args.dir)
+            print(f"stopped: {', '.join(stopped)}" if stopped else f"nothing was running in {args.dir}")
+            return 0
+        states = services.status(args.dir)
+        if not states:
+            print(f"no services in {args.dir}: start them with `make services` (or `gptpipe services start`)")
+            return 3
+        _print_status(states)
+        return 0 if all(s.running for s in states) else 3
+    except (services.ServiceError, PostgresError) as err:
+        print(f"gptpipe services: {err}", file=sys.stderr)
+        return 2
+
+
+def _artifacts(where: str | None) -> str | None:
+    """A folder given on the command line is relative to where the command runs; a URI stays as is."""
+    return str(Path(where).resolve()) if where and "://" not in where else where
+
+
+def _print_status(states: list) -> None:
+    print("\n".join(s.line() for s in states))
 
 
 def positive_int(text: str) -> int:

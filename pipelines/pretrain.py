@@ -2,6 +2,10 @@
 
 While it runs it keeps crash-recovery checkpoints in models/pretrain-checkpoints/: rerunning the
 stage after a crash continues from the newest valid one, and they are deleted once it succeeds.
+
+With `pretrain.nproc` > 1, `gptpipe pretrain` starts itself under torchrun (pipelines/__main__.py):
+rank 0 runs this flow (Prefect, MLflow, every file written), the other ranks run `pretrain_rank`,
+the same training body without Prefect or MLflow, and write nothing.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ from model.checkpoint import save_model, save_training_state
 from model.config import GPTConfig
 from model.generate import generate
 from model.gpt import GPTModel, count_parameters
-from pipelines.stage import StageContext, run_stage, stage_task
+from pipelines.stage import StageContext, run_stage, run_stage_rank, stage_task
 from steps import layout, plots
 from steps.checkpoints import CheckpointSettings, discard_checkpoints, file_sha256
+from steps.distributed import Distributed, process_group
 from steps.hardware import autocast_dtype, resolve_device
 from steps.language_modeling import fixed_windows, lm_loss, mean_loss, perplexity, random_windows, unigram_cross_entropy
 from steps.tokenizer import eot_id, load_tokenizer, read_tokens
@@ -59,15 +64,25 @@ def checkpoint_settings(ctx: StageContext, model_cfg: GPTConfig) -> CheckpointSe
 @stage_task
 def pretrain_model(ctx: StageContext) -> dict[str, float]:
     cfg = ctx.params.pretrain
+    with process_group(resolve_device(cfg.device), cfg.distributed) as (dist, device):
+        return train_and_save(ctx, dist, device)
+
+
+def train_and_save(ctx: StageContext, dist: Distributed, device: torch.device) -> dict[str, float]:
+    """Train on this rank; rank 0 then saves the model, plots and samples and returns the metrics
+    (the other ranks return {})."""
+    cfg = ctx.params.pretrain
     tok = load_tokenizer(layout.TOKENIZER)
     vocab = tok.get_vocab_size()
+    # Every rank maps the token files itself and reads only its own windows.
     train_tokens = read_tokens(layout.TRAIN_BIN, vocab)
     val_tokens = read_tokens(layout.VAL_BIN, vocab)
     model_cfg = gpt_config(ctx, vocab)
-    model = GPTModel(model_cfg)
-    device = resolve_device(cfg.device)
+    model = GPTModel(model_cfg)  # the same weights on every rank: all were seeded alike
+    dist.seed_rank(ctx.params.seed)
     amp = autocast_dtype(device, cfg.precision)
-    log.info("GPT with %s parameters on %s (%s)", f"{count_parameters(model):,}", device, amp or "fp32")
+    log.info("GPT with %s parameters on %s (%s)%s", f"{count_parameters(model):,}", device, amp or "fp32",
+             f", {dist.world_size} processes ({cfg.distributed})" if dist.enabled else "")
 
     ctx_len = cfg.seq_len or model_cfg.context_length
     val_batches = fixed_windows(val_tokens, cfg.batch_size, ctx_len, cfg.eval_batches)
@@ -77,8 +92,9 @@ def pretrain_model(ctx: StageContext) -> dict[str, float]:
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
         loss = mean_loss(m, val_batches, device)
         # A fresh generator per evaluation: the samples then differ only by what the model learned,
-        # and a resumed run draws the same ones as an uninterrupted run.
-        sampler = torch.Generator().manual_seed(ctx.params.seed) if device.type == "cpu" else None
+        # a resumed run draws the same ones as an uninterrupted run, and under FSDP every rank
+        # generates the same tokens (they must run the same number of forward passes).
+        sampler = torch.Generator(device).manual_seed(ctx.params.seed) if device.type in ("cpu", "cuda") else None
         out = generate(m, prompt.to(device), cfg.sample_tokens, ctx_len, temperature=cfg.temperature,
                        top_k=cfg.top_k or None, eos_id=eot_id(tok), generator=sampler)
         text = tok.decode(out[0].tolist())
@@ -87,14 +103,21 @@ def pretrain_model(ctx: StageContext) -> dict[str, float]:
         return {"val_loss": loss, "val_perplexity": perplexity(loss)}
 
     settings = TrainSettings.from_config(cfg, cfg.max_steps)
-    # A function of the step, so that a resumed run continues the same batch stream.
-    batches: BatchStream = functools.partial(random_windows, train_tokens, cfg.batch_size, ctx_len, ctx.params.seed)
-    result = train(model, batches, lm_loss, settings, device, amp, evaluate,
-                   on_metrics=ctx.run.log_metrics, desc="pretrain", checkpoints=checkpoint_settings(ctx, model_cfg))
+    # A function of the step, so that a resumed run continues the same batch stream; each rank
+    # reads its own rows of every global batch of cfg.batch_size.
+    batches: BatchStream = functools.partial(random_windows, train_tokens, cfg.batch_size, ctx_len, ctx.params.seed,
+                                             rows=dist.shard(cfg.batch_size))
+    result = train(model, batches, lm_loss, settings, device, amp, evaluate, on_metrics=ctx.run.log_metrics,
+                   desc="pretrain", checkpoints=checkpoint_settings(ctx, model_cfg), dist=dist)
+    training_state = result.training_state()  # a collective under FSDP: every rank takes part
+    trained = dist.full_model(model, lambda: GPTModel(model_cfg))
+    if trained is None:  # not rank 0: its part is done
+        return {}
+    model = trained
 
     model.to("cpu")
     save_model(layout.PRETRAIN_MODEL, model)
-    save_training_state(layout.PRETRAIN_MODEL, result.training_state())
+    save_training_state(layout.PRETRAIN_MODEL, training_state)
     shutil.copy(layout.TOKENIZER, layout.PRETRAIN_MODEL / layout.MODEL_TOKENIZER)
     ctx.run.log_model_folder(layout.PRETRAIN_MODEL)
     ctx.run.log_text("\n\n---\n\n".join(f"step-eval {i}: {s}" for i, s in enumerate(samples)), "samples.txt")
@@ -124,3 +147,8 @@ def pretrain_flow(params_path: str = "params.yaml") -> dict[str, float]:
     # later rerun (changed code, `dvc repro -f`) must train afresh rather than resume a finished run.
     discard_checkpoints(layout.PRETRAIN_CHECKPOINTS)
     return metrics
+
+
+def pretrain_rank(params_path: str = "params.yaml") -> None:
+    """What ranks other than 0 of a torchrun launch run: the training body, outside Prefect and MLflow."""
+    run_stage_rank("pretrain", params_path, pretrain_model.fn)

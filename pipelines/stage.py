@@ -28,11 +28,30 @@ stage_task = task(cache_policy=NO_CACHE)
 io_task = task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
 
 
+class NoTracking:
+    """Stands in for the MLflow run on torchrun ranks other than 0: rank 0 alone records the stage."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def log_artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def log_model_folder(self, folder: str | Path) -> None:
+        pass
+
+    def log_text(self, text: str, name: str) -> None:
+        pass
+
+
 @dataclass
 class StageContext:
     stage: str
     params: Params
-    run: StageRun
+    run: StageRun | NoTracking
 
     @property
     def plots(self) -> Path:
@@ -80,3 +99,12 @@ def run_stage(
             run.log_artifacts(layout.plots_dir(stage), artifact_path="plots")
     log.info("%s metrics: %s", stage, metrics)
     return metrics
+
+
+def run_stage_rank(stage: str, params_path: str, body: Callable[[StageContext], dict[str, float]]) -> None:
+    """A torchrun rank other than 0: the stage's body with the same params and seed as rank 0, but
+    no Prefect flow, no MLflow run and no reports (the body writes only on rank 0)."""
+    params = load_params(params_path)
+    seed_everything(params.seed)
+    logging.getLogger("gptpipe").setLevel(logging.WARNING)  # rank 0 tells the story once
+    body(StageContext(stage, params, NoTracking()))

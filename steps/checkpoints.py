@@ -5,6 +5,8 @@ A checkpoint is a folder `<checkpoint dir>/step-000120/` holding
 - `model.safetensors`: the trained module's weights;
 - `state.pt`: optimizer, LR schedule, step, tokens seen, metric history and the RNG states
   (Python, NumPy, torch CPU, CUDA when present), read back with `torch.load(weights_only=True)`;
+  a distributed run keeps one RNG state set per rank (`rng_ranks`), gathered to rank 0, which
+  alone writes the folder;
 - `manifest.json`, written last: the step, the run's fingerprint and the sha256 of every other file,
   so a truncated or corrupt checkpoint is detected rather than loaded.
 
@@ -13,7 +15,7 @@ The data position is the step itself: the training batches are a pure function o
 
 A checkpoint is built in a temporary folder beside its final name, fsynced, then renamed: a crash
 leaves either the complete checkpoint or a temporary folder that readers ignore and the next save
-removes. Training is single-process, so there is one RNG state set per checkpoint, not one per rank.
+removes.
 """
 
 from __future__ import annotations
@@ -32,9 +34,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
-from model.checkpoint import WEIGHTS, load_weights, save_weights
+from model.checkpoint import WEIGHTS, save_state_dict
 
 STATE = "state.pt"
 MANIFEST = "manifest.json"
@@ -109,16 +112,18 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def save_checkpoint(folder: str | Path, step: int, model: nn.Module, state: dict[str, Any], *,
-                    fingerprint: str = "", keep: int = 2) -> Path:
-    """Write `step-NNNNNN/` atomically, then delete all but the newest `keep` checkpoints."""
+def save_checkpoint(folder: str | Path, step: int, model: nn.Module | dict[str, torch.Tensor], state: dict[str, Any],
+                    *, fingerprint: str = "", keep: int = 2) -> Path:
+    """Write `step-NNNNNN/` atomically, then delete all but the newest `keep` checkpoints.
+
+    `model` is the trained module, or its full state dict (what a distributed run gathers)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     remove_partial(folder)
     final = folder / checkpoint_name(step)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=_TEMP_SUFFIX, dir=folder))
     try:
-        save_weights(tmp / WEIGHTS, model)
+        save_state_dict(tmp / WEIGHTS, model.state_dict() if isinstance(model, nn.Module) else model)
         torch.save({**state, "step": step}, tmp / STATE)
         files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
         manifest = {"step": step, "fingerprint": fingerprint, "files": files}
@@ -224,10 +229,17 @@ def latest_valid(folder: str | Path) -> Path | None:
 
 def load_checkpoint(checkpoint: str | Path, model: nn.Module) -> dict[str, Any]:
     """Fill `model` with the checkpoint's weights; return its training state (optimizer, rng, ...)."""
+    weights, state = read_checkpoint(checkpoint)
+    model.load_state_dict(weights, strict=True)
+    return state
+
+
+def read_checkpoint(checkpoint: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The checkpoint's weights (on CPU) and its training state, without a module to load them into."""
     checkpoint = Path(checkpoint)
-    load_weights(checkpoint / WEIGHTS, model)
+    weights = load_file(str(checkpoint / WEIGHTS), device="cpu")
     # weights_only=True: a checkpoint folder from elsewhere cannot run code when it is loaded.
-    return torch.load(checkpoint / STATE, map_location="cpu", weights_only=True)
+    return weights, torch.load(checkpoint / STATE, map_location="cpu", weights_only=True)
 
 
 def checkpoint_to_resume(settings: CheckpointSettings) -> Path | None:

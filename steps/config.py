@@ -272,6 +272,23 @@ class PretrainConfig(OptimConfig):
     resume: bool = True
     """Rerunning after a crash continues from the newest valid checkpoint of the same run (same
     seed, model, pretrain params and tokens); false always starts from step 0."""
+    nproc: int = Field(1, ge=1)
+    """Training processes `gptpipe pretrain` (and so the DVC stage) starts on this machine through
+    torchrun, one per GPU (or CPU processes talking over gloo); 1 = one plain process. batch_size
+    stays the global batch: each process trains on batch_size / nproc sequences of every step.
+    Under a torchrun launch of your own (several machines) torchrun's world size counts instead."""
+    distributed: Literal["ddp", "fsdp"] = "ddp"
+    """How several processes share the model: ddp keeps a full copy per process and averages the
+    gradients; fsdp (FSDP2 `fully_shard`, one unit per transformer block) shards weights, gradients
+    and optimizer state across processes, for a model too large for one device. Unused with one
+    process."""
+
+    @model_validator(mode="after")
+    def _batch_splits_across_processes(self) -> "PretrainConfig":
+        if self.batch_size % self.nproc:
+            raise ValueError(f"pretrain.batch_size ({self.batch_size}) must be a multiple of pretrain.nproc "
+                             f"({self.nproc}): it is the global batch, split evenly across the processes")
+        return self
 
 
 class LoraConfig(Section):

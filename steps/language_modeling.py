@@ -15,7 +15,7 @@ from steps.train import Batch
 
 
 def random_windows(
-    tokens: np.ndarray, batch_size: int, context: int, seed: int, start: int = 0
+    tokens: np.ndarray, batch_size: int, context: int, seed: int, start: int = 0, *, rows: slice = slice(None)
 ) -> Iterator[Batch]:
     """Endless batches of random (input, target) windows, from batch number `start` on; the target
     is the input shifted by one.
@@ -23,6 +23,10 @@ def random_windows(
     Batch i draws its window starts from a generator seeded with (seed, i), so the stream is a pure
     function of the step: a run resumed after s steps reads, from `start=s`, exactly the batches an
     uninterrupted run reads. Starts stay uniform and independent across batches.
+
+    `rows` keeps only those rows of each batch of `batch_size` (a distributed rank's shard,
+    `Distributed.shard`): every rank draws the same starts, then reads only its own windows, so
+    the ranks' rows together are the single-process batch.
     """
     if len(tokens) < context + 1:
         raise ValueError(
@@ -33,7 +37,7 @@ def random_windows(
         rng = np.random.default_rng([seed, index])
         # A window reads context + 1 tokens, so the last valid start is len - context - 1.
         starts = rng.integers(0, len(tokens) - context, size=batch_size)
-        yield _windows(tokens, starts, context)
+        yield _windows(tokens, starts[rows], context)
 
 
 def fixed_windows(tokens: np.ndarray, batch_size: int, context: int, max_batches: int) -> list[Batch]:

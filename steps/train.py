@@ -4,6 +4,8 @@ It does not know which task it trains: the caller passes the batches, a loss fun
 evaluation callback. Metrics leave through `on_metrics`, so the loop never talks to MLflow.
 With checkpoint settings it saves its whole state periodically (steps/checkpoints.py) and a rerun
 continues from the newest valid checkpoint, ending with the weights an uninterrupted run would have.
+Under torchrun it takes a `Distributed` (steps/distributed.py): the model trains wrapped in DDP or
+FSDP, the logged loss is the mean over ranks, and only rank 0 reports metrics and writes checkpoints.
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ from steps.checkpoints import (
     CheckpointSettings,
     capture_rng,
     checkpoint_to_resume,
-    load_checkpoint,
+    read_checkpoint,
     restore_rng,
     save_checkpoint,
 )
 from steps.config import OptimConfig
+from steps.distributed import SINGLE_PROCESS, Distributed
 
 Batch = tuple[torch.Tensor, ...]
 BatchStream = Callable[[int], Iterator[Batch]]
@@ -74,6 +77,9 @@ class TrainResult:
     """CUDA: peak memory held by tensors during training; CPU: the process's peak resident set."""
     optimizer: torch.optim.Optimizer | None = None
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    optimizer_state: Callable[[], dict[str, Any]] | None = None
+    """The full optimizer state when it is spread over processes (FSDP); a collective: every rank
+    calls `training_state()`. None: `optimizer.state_dict()`."""
 
     @property
     def tokens_per_s(self) -> float:
@@ -83,7 +89,7 @@ class TrainResult:
         """What resuming needs besides the weights."""
         assert self.optimizer is not None and self.scheduler is not None
         return {
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.optimizer_state() if self.optimizer_state else self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "step": self.steps,
             "tokens": self.tokens,
@@ -134,27 +140,37 @@ def train(
     on_metrics: MetricsFn | None = None,
     desc: str = "train",
     checkpoints: CheckpointSettings | None = None,
+    dist: Distributed = SINGLE_PROCESS,
 ) -> TrainResult:
     """Run `settings.max_steps` optimizer steps; evaluate at step 0, every eval_interval, and at the end.
 
     With `checkpoints`, save a checkpoint every `checkpoints.interval` steps and at the end; when one
     of this run is there already, restore it and go on from its step. Resuming needs `batches` as a
     `BatchStream`, since a plain iterator cannot be restarted at a given step.
+
+    Distributed (`dist`, one call per rank): each rank's `batches` hold its own rows of the global
+    batch and `loss_fn` averages over them, so DDP's gradient average is the single-process
+    gradient. `evaluate` runs on every rank (FSDP needs all of them for a forward pass).
     """
     if checkpoints is not None and checkpoints.resume and not callable(batches):
         raise ValueError("resuming from checkpoints needs batches as a function of the step (a BatchStream)")
     model.to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    optimizer = make_optimizer(model, settings, device)
+    net = dist.wrap(model, device)  # forward/backward go through it; `model` itself with one process
+    optimizer = make_optimizer(net, settings, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, settings))
     result = TrainResult(optimizer=optimizer, scheduler=scheduler)
-    resumed = checkpoint_to_resume(checkpoints) if checkpoints is not None else None
-    rng_state = _restore(resumed, model, result) if resumed is not None else None
+    if dist.enabled:
+        result.optimizer_state = lambda: dist.optimizer_state(net, optimizer)
+    resumed = _checkpoint_to_resume(checkpoints, dist) if checkpoints is not None else None
+    rng_state = _restore(resumed, net, result, dist) if resumed is not None else None
     first = result.steps  # steps already done: 0, or the resumed checkpoint's step
     earlier_seconds = result.seconds  # training time before the resume counts, the downtime does not
     stream = batches(first) if callable(batches) else batches
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    # After wrapping: FSDP replaces the parameters by sharded ones.
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    on_metrics = on_metrics if dist.is_main else None  # rank 0 alone reports
 
     def autocast() -> contextlib.AbstractContextManager[Any]:
         if amp_dtype is None:
@@ -186,7 +202,7 @@ def train(
     window_steps = window_tokens = 0
     window_start = start = time.perf_counter()
     bar = tqdm(total=settings.max_steps, initial=first, desc=desc, unit="step", dynamic_ncols=True,
-               mininterval=0.5)
+               mininterval=0.5, disable=not dist.is_main)
     if rng_state is not None:
         # Restored last, right before the first step: nothing between here and the checkpoint's
         # moment in the uninterrupted run may draw random numbers differently.
@@ -194,7 +210,8 @@ def train(
     for step in range(first + 1, settings.max_steps + 1):
         batch = tuple(t.to(device, non_blocking=True) for t in next(stream))
         with autocast():
-            loss, n_tokens = loss_fn(model, batch)
+            loss, n_tokens = loss_fn(net, batch)
+        n_tokens *= dist.world_size  # every rank's shard is the same size
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if settings.grad_clip > 0:
@@ -212,7 +229,7 @@ def train(
         if step % settings.log_interval == 0 or is_eval:
             elapsed = time.perf_counter() - window_start
             row = {
-                "train_loss": window_loss.item() / window_steps,
+                "train_loss": dist.all_reduce_mean(window_loss).item() / window_steps,
                 "lr": scheduler.get_last_lr()[0],
                 "tokens_per_s": window_tokens / max(elapsed, 1e-9),
             }
@@ -230,10 +247,7 @@ def train(
             # Taken after this step's evaluation, so that the RNG state saved is the one the next
             # step starts from in an uninterrupted run.
             result.seconds = earlier_seconds + time.perf_counter() - start
-            state = {**result.training_state(), "seconds": result.seconds, "history": result.history,
-                     "rng": capture_rng()}
-            save_checkpoint(checkpoints.folder, step, model, state, fingerprint=checkpoints.fingerprint,
-                            keep=checkpoints.keep)
+            _save(checkpoints, step, net, result, dist)
     bar.close()
     result.steps = settings.max_steps
     result.seconds = earlier_seconds + time.perf_counter() - start
@@ -242,15 +256,47 @@ def train(
     return result
 
 
-def _restore(checkpoint: Path, model: nn.Module, result: TrainResult) -> dict[str, Any]:
-    """Load weights, optimizer, schedule, counters and history into place; return the RNG state."""
+def _save(checkpoints: CheckpointSettings, step: int, net: nn.Module, result: TrainResult, dist: Distributed) -> None:
+    """Write a checkpoint (rank 0); distributed, every rank first hands over its weights' shard,
+    optimizer state and RNG states."""
+    weights = dist.model_state(net)
+    state = {**result.training_state(), "seconds": result.seconds, "history": result.history}
+    rng_states = dist.gather_to_main(capture_rng())
+    if not dist.is_main:
+        return
+    assert rng_states is not None
+    state["rng"] = rng_states[0]
+    if dist.enabled:
+        state["rng_ranks"] = rng_states
+    save_checkpoint(checkpoints.folder, step, weights, state, fingerprint=checkpoints.fingerprint,
+                    keep=checkpoints.keep)
+
+
+def _checkpoint_to_resume(checkpoints: CheckpointSettings, dist: Distributed) -> Path | None:
+    """Rank 0 picks the checkpoint (and clears other runs' ones); every rank learns which."""
+    return dist.broadcast_from_main(checkpoint_to_resume(checkpoints) if dist.is_main else None)
+
+
+def _restore(checkpoint: Path, net: nn.Module, result: TrainResult, dist: Distributed) -> dict[str, Any]:
+    """Load weights, optimizer, schedule, counters and history into place; return this rank's RNG
+    state. Distributed, rank 0 reads the folder and sends every rank its part."""
     assert result.optimizer is not None and result.scheduler is not None
-    state = load_checkpoint(checkpoint, model)
-    result.optimizer.load_state_dict(state["optimizer"])
+    weights, state = read_checkpoint(checkpoint) if dist.is_main else ({}, {})
+    dist.load_model_state(net, weights)
+    dist.load_optimizer_state(net, result.optimizer, state.pop("optimizer", {}))
+    rng_states = None
+    if dist.is_main:
+        rng_states = state.pop("rng_ranks", None) or [state.pop("rng")]
+        if len(rng_states) != dist.world_size:
+            raise ValueError(f"checkpoint {checkpoint} was written by {len(rng_states)} process(es), this run has "
+                             f"{dist.world_size}: rerun with that many, or delete {checkpoint.parent} to start over")
+    rng_state = dist.scatter_from_main(rng_states)
+    state = dist.broadcast_from_main(state)  # the small rest: schedule, counters, history
     result.scheduler.load_state_dict(state["scheduler"])
     result.steps = state["step"]
     result.tokens = state["tokens"]
     result.seconds = state["seconds"]
     result.history = list(state["history"])
-    log.info("resuming training from %s (step %d)", checkpoint, result.steps)
-    return state["rng"]
+    if dist.is_main:
+        log.info("resuming training from %s (step %d)", checkpoint, result.steps)
+    return rng_state

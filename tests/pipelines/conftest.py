@@ -1,5 +1,6 @@
 """Fixtures of the end-to-end tests: a throwaway git copy of the project to run `dvc repro` in, tiny
-params for it, and a real Prefect server on loopback."""
+params for it, a real Prefect server on loopback, and the team servers (PostgreSQL, MLflow, Prefect)
+to record to."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -125,3 +127,64 @@ def prefect_server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_bindir() -> Path:
+    """PostgreSQL's server programs. Missing, they are installed from Debian packages when CI is set;
+    otherwise (or if that fails) the test is skipped with the reason."""
+    from steps import postgres
+
+    bindir = postgres.find_bindir()
+    if bindir is None and os.environ.get("CI"):
+        _apt_install_postgres()
+        bindir = postgres.find_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL is not installed (no initdb/pg_ctl/postgres on PATH or under "
+                    f"/usr/lib/postgresql/*/bin): `{' '.join(postgres.install_command())}`, "
+                    "or set CI=1 to have the tests install it")
+    try:
+        postgres.server_account()
+        postgres.import_driver()
+    except postgres.PostgresError as err:
+        pytest.skip(str(err))
+    return bindir
+
+
+def _apt_install_postgres() -> None:
+    from steps import postgres
+
+    install = postgres.install_command()  # apt-get install -y postgresql, after sudo unless root
+    apt = install[:install.index("install")]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    # A fresh CI image may have no package lists yet.
+    for cmd in ([*apt, "update"], [*install, "--no-install-recommends"]):
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            pytest.skip(f"CI is set but `{' '.join(cmd)}` could not run: {err}")
+        if proc.returncode != 0:
+            pytest.skip(f"CI is set but `{' '.join(cmd)}` failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+
+
+@pytest.fixture(scope="module")
+def team_services(postgres_bindir):
+    """`make services` for a test module: PostgreSQL, an MLflow server on it and a Prefect server
+    (on the same PostgreSQL) on free loopback ports; stopped and deleted after the module."""
+    from steps import services
+    from tests.conftest import free_port
+
+    # Under /tmp rather than pytest's tmp_path: as root, PostgreSQL runs as the `postgres` account,
+    # which cannot enter pytest's private (0700) folders.
+    root = Path(tempfile.mkdtemp(prefix="gptpipe-team-"))
+    root.chmod(0o755)
+    ports: set[int] = set()
+    while len(ports) < 3:
+        ports.add(free_port())
+    postgres_port, mlflow_port, prefect_port = sorted(ports)
+    try:
+        yield services.start(root / "services", postgres_port=postgres_port, mlflow_port=mlflow_port,
+                             prefect_port=prefect_port, mlflow_workers=1)
+    finally:
+        services.stop(root / "services")
+        shutil.rmtree(root, ignore_errors=True)

@@ -4,7 +4,7 @@ import importlib
 
 import pytest
 
-from pipelines.__main__ import STAGES, main
+from pipelines.__main__ import RANK_ENTRIES, STAGES, main, run_flow, torchrun_relaunch
 
 
 def test_every_stage_name_points_at_a_prefect_flow():
@@ -27,6 +27,39 @@ def test_a_bad_params_file_is_a_clear_error_not_a_traceback(tmp_path, capsys, mo
     assert main(["pretrain", "--params", "params.yaml"]) == 2
     err = capsys.readouterr().err
     assert "pretrain.lr" in err and "params.yaml" in err
+
+
+def test_pretrain_with_several_processes_relaunches_itself_under_torchrun(tmp_path, monkeypatch):
+    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.yaml").write_text("pretrain:\n  nproc: 2\n")
+    calls = []
+    monkeypatch.setattr("subprocess.call", lambda cmd: calls.append(cmd) or 7)
+    assert main(["pretrain", "--params", "p.yaml"]) == 7  # torchrun's exit status is the command's
+    (command,) = calls
+    assert command[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pipelines",
+                           "pretrain", "--params", "p.yaml"]
+
+
+def test_no_relaunch_for_one_process_other_stages_or_inside_torchrun(monkeypatch):
+    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    assert torchrun_relaunch("pretrain", "params.yaml", 1) is None
+    assert torchrun_relaunch("finetune_classifier", "params.yaml", 4) is None
+    assert torchrun_relaunch("pretrain", "params.yaml", 4) is not None
+    monkeypatch.setenv("WORLD_SIZE", "8")  # a torchrun launch of the user's own (e.g. several nodes)
+    assert torchrun_relaunch("pretrain", "params.yaml", 4) is None
+
+
+def test_ranks_other_than_0_run_the_rank_entry_not_the_flow(monkeypatch):
+    module = importlib.import_module(RANK_ENTRIES["pretrain"][0])
+    ran = []
+    monkeypatch.setattr(module, RANK_ENTRIES["pretrain"][1], lambda params_path: ran.append(params_path))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert run_flow("pretrain", "p.yaml") == {}
+    assert ran == ["p.yaml"]
 
 
 def test_unknown_stage_is_rejected():

@@ -53,6 +53,9 @@ def test_every_leaf_field_is_documented():
         ({"evaluate": {"judge": {"max_records": 0}}}, "evaluate.judge.max_records", "greater than or equal"),
         ({"evaluate": {"judge": {"timeout_s": 0.0}}}, "evaluate.judge.timeout_s", "greater than"),
         ({"evaluate": {"judge": {"api_key_env": "sk-proj-abc"}}}, "evaluate.judge.api_key_env", "not the key itself"),
+        ({"pretrain": {"nproc": 0}}, "pretrain.nproc", "greater than or equal"),
+        ({"pretrain": {"distributed": "fsdp1"}}, "pretrain.distributed", "'ddp' or 'fsdp'"),
+        ({"pretrain": {"batch_size": 6, "nproc": 4}}, "pretrain", "multiple of pretrain.nproc"),
     ],
 )
 def test_invalid_params_name_the_key(data, key, why):

@@ -38,6 +38,17 @@ def test_random_windows_targets_are_inputs_shifted() -> None:
     assert torch.equal(x[:, 1:] - x[:, :-1], torch.ones(5, 7, dtype=torch.int64))
 
 
+def test_random_windows_rows_split_the_batch_across_ranks() -> None:
+    data = np.arange(500, dtype=np.uint16)
+    whole = list(itertools.islice(random_windows(data, 6, 8, seed=2, start=4), 3))
+    shards = [list(itertools.islice(random_windows(data, 6, 8, seed=2, start=4, rows=slice(r * 2, r * 2 + 2)), 3))
+              for r in range(3)]
+    for i, (x, y) in enumerate(whole):
+        assert torch.equal(torch.cat([shard[i][0] for shard in shards]), x)  # the ranks' rows, in rank order
+        assert torch.equal(torch.cat([shard[i][1] for shard in shards]), y)
+        assert shards[0][i][0].shape == (2, 8)
+
+
 def test_random_windows_deterministic_for_a_seed() -> None:
     data = np.random.default_rng(0).integers(0, 50, size=500).astype(np.uint16)
     a = list(itertools.islice(random_windows(data, 4, 16, seed=3), 3))
