@@ -1,4 +1,5 @@
-"""`gptpipe <stage>` runs one stage's flow, `gptpipe repro` the whole DVC pipeline, `gptpipe compare` compares runs."""
+"""`gptpipe <stage>` runs one stage's flow, `gptpipe repro` the whole DVC pipeline, `gptpipe compare` compares runs,
+`gptpipe retrain` / `gptpipe schedule` retrain with a promotion gate, once or on a cron schedule."""
 
 from __future__ import annotations
 
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None, warm: bool = True) -> int:
     exp.add_argument("model", type=Path, help="a gptpipe model folder, e.g. models/pretrain")
     exp.add_argument("out", type=Path, help="folder to write config.json + model.safetensors into")
     add_compare_parser(sub)
+    add_retrain_parsers(sub)
     args = parser.parse_args(argv)
 
     if args.command == "stages":
@@ -96,6 +98,8 @@ def main(argv: list[str] | None = None, warm: bool = True) -> int:
         code = run_warm(args.command, args.params)
         if code is not None:
             return code
+    if args.command in ("retrain", "schedule"):
+        return retrain_command(args)
     from steps.config import ConfigError, load_params
 
     if args.command == "profile":
@@ -193,6 +197,43 @@ def _export_hf(model: Path, out: Path) -> int:
         print(f"gptpipe export-hf: {err}", file=sys.stderr)
         return 2
     print(f"{out}: GPT-2 in Hugging Face's format (transformers.GPT2LMHeadModel.from_pretrained({str(out)!r}))")
+def add_retrain_parsers(sub: argparse._SubParsersAction) -> None:
+    help_repo = "project root to retrain (default: the current folder)"
+    p = sub.add_parser("retrain", help="run the retraining flow once now: refresh sources, dvc repro, register, "
+                                       "promote a better model to champion",
+                       description="Refresh the data sources, rerun what changed through `dvc repro`, register "
+                                   "the finetuned models in the MLflow Model Registry and move the `champion` "
+                                   "alias to a version only when it beats the champion on held-out data.")
+    p.add_argument("--repo", default=".", help=help_repo)
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p = sub.add_parser("schedule", help="serve the retraining flow as a Prefect deployment on a cron schedule",
+                       description="Create the Prefect deployment retrain/NAME with a cron schedule and run its "
+                                   "runs until stopped (Ctrl-C). Needs PREFECT_API_URL pointing at a Prefect "
+                                   "server (`prefect server start`).")
+    p.add_argument("--cron", required=True, help='when to run, e.g. "0 3 * * 1" (Mondays 03:00)')
+    p.add_argument("--name", default="scheduled", help="deployment name (default: scheduled)")
+    p.add_argument("--timezone", help="IANA time zone of the cron times, e.g. Europe/Paris (default: UTC)")
+    p.add_argument("--repo", default=".", help=help_repo)
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+
+
+def retrain_command(args: argparse.Namespace) -> int:
+    from pipelines import retrain
+    from steps.config import ConfigError
+
+    try:
+        if args.command == "schedule":
+            retrain.serve(args.cron, args.name, args.timezone, args.repo, args.params)
+            return 0
+        report = retrain.retrain_flow(repo=args.repo, params_path=args.params)
+    except (ConfigError, retrain.ScheduleError) as err:
+        print(f"gptpipe {args.command}: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # the flow run failed (Prefect has logged the traceback), or the server is down
+        print(f"gptpipe {args.command}: failed: {err}", file=sys.stderr)
+        return 1
+    for model in report["models"]:
+        print(f"{model['registered_name']}: {model['reason']} (champion: version {model['champion_version_after']})")
     return 0
 
 

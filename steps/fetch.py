@@ -124,7 +124,22 @@ def fetch_url(
     return Path(dest)
 
 
-def _download(url: str, dest: Path, *, sha256: str | None, timeout_s: float, progress: bool) -> Download:
+def fetch_if_changed(
+    url: str, dest: str | Path, *, etag: str | None, last_modified: str | None, timeout_s: float = 30.0
+) -> Download | None:
+    """Download `url` to `dest` unless the server says it is unchanged since the recorded ETag /
+    Last-Modified (HTTP 304): None then, and nothing is written. Without either validator it
+    always downloads, and the caller compares checksums."""
+    conditions = {}
+    if etag:
+        conditions["If-None-Match"] = etag
+    if last_modified:
+        conditions["If-Modified-Since"] = last_modified
+    return _download(url, Path(dest), sha256=None, timeout_s=timeout_s, progress=False, conditions=conditions)
+
+
+def _download(url: str, dest: Path, *, sha256: str | None, timeout_s: float, progress: bool,
+              conditions: dict[str, str] | None = None) -> Download | None:
     scheme = urlsplit(url).scheme.lower()
     if scheme not in ("http", "https"):
         raise FetchError(f"{url}: unsupported scheme {scheme or '(none)'!r}; only http(s) URLs can be fetched")
@@ -133,9 +148,12 @@ def _download(url: str, dest: Path, *, sha256: str | None, timeout_s: float, pro
         "User-Agent": "gptpipe",
         # A pinned hash is of the bytes as published: ask servers not to re-encode them.
         "Accept-Encoding": "identity",
+        **(conditions or {}),
     }
     try:
         with requests.get(url, stream=True, timeout=timeout_s, headers=headers) as resp:
+            if conditions and resp.status_code == 304:
+                return None
             _check_status(url, resp)
             length = _content_length(resp)
             with atomic_path(dest) as tmp, tqdm(
@@ -236,6 +254,7 @@ def cached_fetch(
         path.unlink()
     try:
         got = _download(url, path, sha256=pinned, timeout_s=timeout_s, progress=progress)
+        assert got is not None  # only a conditional request can come back empty
     except BaseException:
         _drop_if_hollow(entry)
         raise

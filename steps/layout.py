@@ -29,6 +29,9 @@ RESPONSES = "responses.json"
 REPORTS = Path("reports")
 SUMMARY = REPORTS / "summary.md"
 JUDGED_RESPONSES = REPORTS / "judged_responses.json"
+# Written by the retraining flow (pipelines/retrain.py), not by a DVC stage.
+RETRAIN_REPORT = REPORTS / "retrain.json"
+RETRAIN_LOCK = Path(".retrain.lock")
 
 
 def metrics_file(stage: str) -> Path:

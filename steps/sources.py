@@ -89,18 +89,35 @@ def local_files(src: LocalSource, fmt: str) -> Fetched:
 def load_hf(src: HfSource) -> Fetched:
     """`datasets.load_dataset`, recording the revision it resolved (the hub commit, or a content hash
     for a local dataset folder). Honours HF_DATASETS_OFFLINE / HF_HUB_OFFLINE."""
-    import datasets
-
+    builder = _hf_builder(src)
     try:
-        builder = datasets.load_dataset_builder(src.name, src.config, revision=src.revision)
         builder.download_and_prepare()
         rows = builder.as_dataset(split=src.split)
     except Exception as err:  # datasets raises many types (hub, network, missing split)
-        raise DataError(f"hf:{src.name}: could not load split {src.split!r} "
-                        f"(config {src.config!r}, revision {src.revision!r}): {err}") from None
+        raise _hf_error(src, err) from None
     provenance = {"kind": "hf", "name": src.name, "config": src.config, "split": src.split,
                   "revision": src.revision, "resolved_revision": builder.hash, "rows": len(rows)}
     return Fetched(where=f"hf:{src.name}[{src.split}]", rows=rows, provenance=provenance)
+
+
+def hf_revision(src: HfSource) -> str:
+    """The revision `load_hf` would resolve now (hub commit or local content hash), without
+    downloading the data files: what a retrain compares with the recorded `resolved_revision`."""
+    return _hf_builder(src).hash
+
+
+def _hf_builder(src: HfSource) -> Any:
+    import datasets
+
+    try:
+        return datasets.load_dataset_builder(src.name, src.config, revision=src.revision)
+    except Exception as err:  # datasets raises many types (hub, network, missing split)
+        raise _hf_error(src, err) from None
+
+
+def _hf_error(src: HfSource, err: Exception) -> DataError:
+    return DataError(f"hf:{src.name}: could not load split {src.split!r} "
+                     f"(config {src.config!r}, revision {src.revision!r}): {err}")
 
 
 def _fixed_prefix(pattern: Path) -> Path:

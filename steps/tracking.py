@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 log = logging.getLogger("gptpipe.tracking")
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
+RETRAIN_ID_ENV = "GPTPIPE_RETRAIN_ID"
 
 
 def tracking_uri(root: Path | None = None) -> str:
@@ -102,6 +103,9 @@ class StageRun:
     def log_text(self, text: str, name: str) -> None:
         mlflow.log_text(text, name)
 
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        mlflow.set_tags(dict(tags))
+
 
 @contextmanager
 def stage_run(
@@ -129,6 +133,9 @@ def stage_run(
     }
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc_exp"] = os.environ["DVC_EXP_NAME"]
+    # Set by the retraining flow for the `dvc repro` it starts: how it finds the runs it caused.
+    if os.environ.get(RETRAIN_ID_ENV):
+        tags["retrain_id"] = os.environ[RETRAIN_ID_ENV]
     with mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=tags) as run:
         mlflow.log_params({k: _param_value(v) for k, v in params.items()})
         log.info("MLflow run %s (%s)", run.info.run_id, mlflow.get_tracking_uri())
@@ -286,3 +293,92 @@ def _final_metrics(client: MlflowClient, run_id: str, latest: Mapping[str, float
 
 def _time(millis: int | None) -> datetime | None:
     return datetime.fromtimestamp(millis / 1000) if millis else None
+
+
+# ---------------------------------------------------------------------------
+# Model Registry: versions of the finetuned models and the alias that marks the champion
+# ---------------------------------------------------------------------------
+
+
+class RegistryError(RuntimeError):
+    """A registry operation that cannot succeed as asked: the message says what to change."""
+
+
+@dataclass(frozen=True)
+class ModelVersionRecord:
+    """One registered model version as plain data."""
+
+    name: str
+    version: str
+    run_id: str | None
+    source: str
+    tags: dict[str, str]
+    aliases: tuple[str, ...]
+
+    @property
+    def uri(self) -> str:
+        """What `mlflow.artifacts.download_artifacts` takes to fetch this version's files."""
+        return f"models:/{self.name}/{self.version}"
+
+
+def register_version(name: str, run_id: str, tags: Mapping[str, str], artifact_path: str = "model",
+                     description: str | None = None, root: Path | None = None) -> ModelVersionRecord:
+    """Register the model folder a run logged under `artifact_path` as a new version of `name`
+    (the registered model is created on first use)."""
+    client = MlflowClient(tracking_uri(root))
+    run = client.get_run(run_id)
+    if not client.list_artifacts(run_id, artifact_path):
+        raise RegistryError(
+            f"MLflow run {run_id} ({run.data.tags.get('stage', run.info.run_name)}) logged no {artifact_path}/ "
+            f"folder to register; set `tracking.log_models: true` in params.yaml and rerun the stage")
+    try:
+        client.create_registered_model(name, description="gptpipe finetuned model; "
+                                                         "the `champion` alias marks the one to serve")
+    except mlflow.exceptions.MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    source = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
+    version = client.create_model_version(name, source, run_id=run_id, tags=dict(tags), description=description)
+    return _version_record(version)
+
+
+def model_version(name: str, version: str, root: Path | None = None) -> ModelVersionRecord:
+    return _version_record(MlflowClient(tracking_uri(root)).get_model_version(name, version))
+
+
+def model_versions(name: str, root: Path | None = None) -> list[ModelVersionRecord]:
+    """Every version of a registered model, oldest first (none if the model does not exist)."""
+    uri = tracking_uri(root)
+    if not _store_exists(uri):
+        return []
+    found = MlflowClient(uri).search_model_versions(f"name = {_quote(name)}")
+    return sorted((_version_record(v) for v in found), key=lambda v: int(v.version))
+
+
+def version_by_alias(name: str, alias: str, root: Path | None = None) -> ModelVersionRecord | None:
+    """The version an alias points at, or None when the model or the alias does not exist yet."""
+    uri = tracking_uri(root)
+    if not _store_exists(uri):
+        return None
+    try:
+        return _version_record(MlflowClient(uri).get_model_version_by_alias(name, alias))
+    except mlflow.exceptions.MlflowException as err:
+        # An unknown model is RESOURCE_DOES_NOT_EXIST; an unknown alias INVALID_PARAMETER_VALUE.
+        if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def set_alias(name: str, alias: str, version: str, root: Path | None = None) -> None:
+    MlflowClient(tracking_uri(root)).set_registered_model_alias(name, alias, version)
+
+
+def tag_version(name: str, version: str, tags: Mapping[str, Any], root: Path | None = None) -> None:
+    client = MlflowClient(tracking_uri(root))
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(value))
+
+
+def _version_record(v: Any) -> ModelVersionRecord:
+    return ModelVersionRecord(name=v.name, version=str(v.version), run_id=v.run_id, source=v.source,
+                              tags=dict(v.tags or {}), aliases=tuple(v.aliases or ()))

@@ -1,5 +1,6 @@
-"""Fixtures of the end-to-end tests: a throwaway git copy of the project to run `dvc repro` in, and
-the team servers (PostgreSQL, MLflow, Prefect) to record to."""
+"""Fixtures of the end-to-end tests: a throwaway git copy of the project to run `dvc repro` in, tiny
+params for it, a real Prefect server on loopback, and the team servers (PostgreSQL, MLflow, Prefect)
+to record to."""
 
 from __future__ import annotations
 
@@ -8,12 +9,43 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
+import yaml
+
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+
+# Params small enough for a whole `dvc repro` in a minute or two on a small CPU.
+TINY = {
+    "download": {"builtin": {"corpus_bytes": 150_000, "sms_messages": 400, "instructions_train": 170,
+                             "instructions_test": 20, "instructions_val": 10}},
+    "tokenize": {"vocab_size": 512},
+    "model": {"context_length": 64, "emb_dim": 32, "n_heads": 2, "n_layers": 1},
+    "pretrain": {"max_steps": 30, "batch_size": 8, "eval_interval": 10, "eval_batches": 2, "sample_tokens": 8},
+    "finetune_classifier": {"epochs": 1, "batch_size": 32, "eval_interval": 5, "max_length": 32},
+    "finetune_instruct": {"epochs": 1, "batch_size": 16, "eval_interval": 5, "allowed_max_length": 64,
+                          "max_new_tokens": 4},
+    "evaluate": {"val_batches": 2},
+}
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(base[key], value) if isinstance(value, dict) else value
+    return out
+
+
+def shrink_params(work: Path, override: dict | None = None) -> None:
+    """Rewrite `work`/params.yaml with TINY (then `override`) merged over it."""
+    params = _merge(yaml.safe_load((work / "params.yaml").read_text()), TINY)
+    (work / "params.yaml").write_text(yaml.safe_dump(_merge(params, override or {}), sort_keys=False))
 
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 1200) -> subprocess.CompletedProcess[str]:
@@ -73,6 +105,40 @@ def project_copy(tmp_path_factory):
     yield make
     for work, env in made:
         stop_warm_runner(work, env)
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """A real Prefect server on loopback with its own database; its API URL. Stopped after the module."""
+    home = tmp_path_factory.mktemp("prefect-server")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    log = open(home / "server.log", "w")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 180
+    try:
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"Prefect server did not start:\n{(home / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
 
 
 @pytest.fixture(scope="session")

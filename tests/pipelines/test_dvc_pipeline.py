@@ -5,48 +5,23 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
 from steps import layout
-from tests.pipelines.conftest import ran_stages, run
+from tests.pipelines.conftest import TINY, ran_stages, run, shrink_params
 
 pytestmark = pytest.mark.slow
 
 STAGES = ["download", "tokenize", "pretrain", "finetune_classifier", "finetune_instruct", "evaluate"]
 
-TINY = {
-    "download": {"builtin": {"corpus_bytes": 150_000, "sms_messages": 400, "instructions_train": 170,
-                             "instructions_test": 20, "instructions_val": 10}},
-    "tokenize": {"vocab_size": 512},
-    "model": {"context_length": 64, "emb_dim": 32, "n_heads": 2, "n_layers": 1},
-    "pretrain": {"max_steps": 30, "batch_size": 8, "eval_interval": 10, "eval_batches": 2, "sample_tokens": 8},
-    "finetune_classifier": {"epochs": 1, "batch_size": 32, "eval_interval": 5, "max_length": 32},
-    "finetune_instruct": {"epochs": 1, "batch_size": 16, "eval_interval": 5, "allowed_max_length": 64,
-                          "max_new_tokens": 4},
-    "evaluate": {"val_batches": 2},
-}
-
-
-def _merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = _merge(base[key], value) if isinstance(value, dict) else value
-    return out
-
-
 @pytest.fixture(scope="module")
 def project(project_copy):
     """A git copy of the tracked project with tiny params, and the environment to run it in."""
 
-    def tiny(work: Path, env: dict[str, str]) -> None:
-        params = yaml.safe_load((work / "params.yaml").read_text())
-        (work / "params.yaml").write_text(yaml.safe_dump(_merge(params, TINY), sort_keys=False))
-
-    return project_copy(tiny)
+    return project_copy(lambda work, env: shrink_params(work))
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from steps import layout
 from tests.pipelines.conftest import ran_stages, run
-from tests.pipelines.test_dvc_pipeline import TINY, _merge
+from tests.pipelines.conftest import TINY, _merge
 
 pytestmark = pytest.mark.slow
 

@@ -1,5 +1,7 @@
 """MLflow tracking: one run per stage with params, metrics, artifacts and tags, in a local store."""
 
+from pathlib import Path
+
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
@@ -118,3 +120,57 @@ def test_filter_values_with_both_quotes_are_rejected(mlflow_store):
     with pytest.raises(ValueError, match="quote"):
         tracking.fetch_runs("cmp", tags={"note": "it's \"odd\""})
     assert tracking.fetch_runs("cmp", tags={"note": "it's"}) == []
+
+
+# --- Model Registry --------------------------------------------------------------------------------
+
+
+def _run_with_model(store, stage="finetune_classifier", log_models=True) -> str:
+    folder = store / "models" / "m"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text('{"emb_dim": 8}')
+    with tracking.stage_run(stage, {}, "h", [], experiment="exp", log_models=log_models) as run:
+        run.log_model_folder(folder)
+    return run.run_id
+
+
+def test_registered_versions_point_at_the_runs_model_folder(store):
+    first, second = _run_with_model(store), _run_with_model(store)
+    v1 = tracking.register_version("gm", first, {"score": "0.5"}, root=store)
+    v2 = tracking.register_version("gm", second, {"score": "0.6"}, root=store)
+    assert (v1.version, v2.version) == ("1", "2")
+    assert v1.run_id == first and v1.tags == {"score": "0.5"} and v1.uri == "models:/gm/1"
+    assert [v.version for v in tracking.model_versions("gm", root=store)] == ["1", "2"]
+    assert tracking.model_versions("other", root=store) == []
+    got = Path(mlflow.artifacts.download_artifacts(artifact_uri=v2.uri, dst_path=str(store / "dl")))
+    assert (got / "config.json").read_text() == '{"emb_dim": 8}'
+
+
+def test_aliases_move_and_unknown_ones_read_as_none(store):
+    assert tracking.version_by_alias("gm", "champion", root=store) is None  # no store yet
+    run_id = _run_with_model(store)
+    assert tracking.version_by_alias("gm", "champion", root=store) is None  # no model yet
+    tracking.register_version("gm", run_id, {}, root=store)
+    tracking.register_version("gm", run_id, {}, root=store)
+    assert tracking.version_by_alias("gm", "champion", root=store) is None  # no alias yet
+    tracking.set_alias("gm", "champion", "1", root=store)
+    assert tracking.version_by_alias("gm", "champion", root=store).version == "1"
+    tracking.set_alias("gm", "champion", "2", root=store)
+    champion = tracking.version_by_alias("gm", "champion", root=store)
+    assert champion.version == "2" and champion.aliases == ("champion",)
+    assert tracking.model_version("gm", "1", root=store).aliases == ()
+    tracking.tag_version("gm", "2", {"promotion": "promoted", "score": 0.7}, root=store)
+    assert tracking.model_version("gm", "2", root=store).tags == {"promotion": "promoted", "score": "0.7"}
+
+
+def test_a_run_without_a_logged_model_cannot_be_registered(store):
+    run_id = _run_with_model(store, log_models=False)
+    with pytest.raises(tracking.RegistryError, match="tracking.log_models: true"):
+        tracking.register_version("gm", run_id, {}, root=store)
+
+
+def test_stage_runs_started_by_a_retrain_carry_its_id(store, monkeypatch):
+    monkeypatch.setenv(tracking.RETRAIN_ID_ENV, "r-42")
+    run_id = _run_with_model(store)
+    (found,) = tracking.fetch_runs("exp", tags={"retrain_id": "r-42"}, root=store)
+    assert found.run_id == run_id
