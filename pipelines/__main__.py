@@ -197,6 +197,9 @@ def _export_hf(model: Path, out: Path) -> int:
         print(f"gptpipe export-hf: {err}", file=sys.stderr)
         return 2
     print(f"{out}: GPT-2 in Hugging Face's format (transformers.GPT2LMHeadModel.from_pretrained({str(out)!r}))")
+    return 0
+
+
 def add_retrain_parsers(sub: argparse._SubParsersAction) -> None:
     help_repo = "project root to retrain (default: the current folder)"
     p = sub.add_parser("retrain", help="run the retraining flow once now: refresh sources, dvc repro, register, "
