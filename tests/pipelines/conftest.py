@@ -92,6 +92,16 @@ def stop_warm_runner(work: Path, env: dict[str, str]) -> None:
                    capture_output=True, text=True, timeout=120)
 
 
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 30 s: a server the tests started never outlives them."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.fixture(scope="module")
 def project_copy(tmp_path_factory):
     """`project_copy(edit)` -> (work dir, env) for a fresh copy of the project. Its stages run
@@ -133,11 +143,7 @@ def prefect_server(tmp_path_factory):
             time.sleep(0.5)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         log.close()
 
 

@@ -15,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from steps.promotion import CANDIDATES, CHAMPION
-from tests.pipelines.conftest import make_project_copy, shrink_params
+from tests.pipelines.conftest import make_project_copy, shrink_params, stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -38,11 +38,7 @@ def served(prefect_server, tmp_path_factory):
         deployment = _wait_for(lambda: _deployment(prefect_server), 120, proc, work.parent / "serve.log")
         yield work, env, deployment
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         log.close()
 
 
