@@ -10,16 +10,20 @@ exact size of the training state instead (weights + gradients + AdamW's two mome
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
+import os
 import sys
-import time
-from pathlib import Path
 
-import torch
+# Run as a script, bench/ comes first on sys.path, where bench/tokenize.py would shadow the
+# standard library's `tokenize` (imported by inspect, hence by torch): put the repository there.
+if sys.path and os.path.realpath(sys.path[0]) == os.path.dirname(os.path.realpath(__file__)):
+    sys.path[0] = os.path.dirname(sys.path[0])
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
 
 from model.config import GPTConfig  # noqa: E402
 from model.gpt import GPTModel, count_parameters  # noqa: E402
