@@ -4,7 +4,7 @@ import functools
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -98,6 +98,26 @@ def loopback_module() -> Iterator[Loopback]:
     servers = Loopback()
     yield servers
     servers.stop()
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A fake server's handler: no access log, and `reply` that tolerates a client gone first."""
+
+    def reply(self, status: int, body: bytes, headers: dict[str, str] | None = None,
+              content_length: int | None = None) -> None:
+        """Send one response; `content_length` may lie (a truncated-body test)."""
+        try:
+            self.send_response(status)
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(body) if content_length is None else content_length))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up first, as the timeout tests mean it to
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
 
 
 class FileServer:

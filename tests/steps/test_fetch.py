@@ -13,12 +13,12 @@ import time
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import QuietHandler, free_port
 
 from steps.fetch import (
     FetchError,
@@ -71,26 +71,14 @@ class Server:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
 
 
-def _handler(server: Server) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+def _handler(server: Server) -> type[QuietHandler]:
+    class Handler(QuietHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             server.hits[self.path] += 1
             route = server.routes.get(self.path, Route(status=404, body=b"not found"))
             if route.delay_s and server.release.wait(route.delay_s):
                 return
-            try:
-                self.send_response(route.status)
-                for key, value in route.headers.items():
-                    self.send_header(key, value)
-                length = route.content_length if route.content_length is not None else len(route.body)
-                self.send_header("Content-Length", str(length))
-                self.end_headers()
-                self.wfile.write(route.body)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client gave up first, as the timeout test means it to
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
+            self.reply(route.status, route.body, route.headers, route.content_length)
 
     return Handler
 

@@ -6,12 +6,12 @@ import json
 import logging
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import QuietHandler, free_port
 
 from steps.config import JudgeConfig
 from steps.judge import (
@@ -80,8 +80,8 @@ def _completion(content: str | None) -> bytes:
                                     "message": {"role": "assistant", "content": content}}]}).encode()
 
 
-def _handler(server: FakeChat) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+def _handler(server: FakeChat) -> type[QuietHandler]:
+    class Handler(QuietHandler):
         def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
@@ -92,17 +92,7 @@ def _handler(server: FakeChat) -> type[BaseHTTPRequestHandler]:
             if reply.delay_s and server.release.wait(reply.delay_s):
                 return
             payload = reply.raw if reply.raw is not None else _completion(reply.content)
-            try:
-                self.send_response(reply.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client gave up first, as the timeout test means it to
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
+            self.reply(reply.status, payload, {"Content-Type": "application/json"})
 
     return Handler
 
