@@ -31,7 +31,7 @@ from steps import layout, plots
 from steps.checkpoints import CheckpointSettings, discard_checkpoints, file_sha256
 from steps.distributed import Distributed, process_group
 from steps.hardware import autocast_dtype, resolve_device
-from steps.throughput import default_peak_flops, flops_per_token
+from steps.throughput import default_peak_flops, flops_per_token, mfu
 from steps.language_modeling import fixed_windows, lm_loss, mean_loss, perplexity, random_windows, unigram_cross_entropy
 from steps.pretrained import INIT_PROVENANCE, initial_model
 from steps.tokenizer import eot_id, load_tokenizer, read_tokens
@@ -153,7 +153,7 @@ def train_and_save(ctx: StageContext, dist: Distributed, device: torch.device) -
     if "train_loss" in last:  # absent when max_steps is 0 (imported weights, evaluated only)
         summary["train_loss"] = last["train_loss"]
     if settings.flops_per_token and settings.peak_flops:
-        summary["mfu"] = result.tokens_per_s * settings.flops_per_token / settings.peak_flops
+        summary["mfu"] = mfu(result.tokens_per_s, settings.flops_per_token, settings.peak_flops)
     return summary
 
 

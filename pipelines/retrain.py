@@ -23,7 +23,7 @@ from prefect.runtime import flow_run
 from model.atomic import write_json
 from steps import layout, tracking
 from steps.config import Params, load_params, params_hash
-from steps.fetch import TransientFetchError, default_cache_dir
+from steps.fetch import default_cache_dir, transient_fetch_failure
 from steps.promotion import CANDIDATES, CHAMPION, Candidate, decide
 from steps.refresh import SourceCheck, check_sources, read_recorded
 from steps.repo_lock import exclusive
@@ -37,12 +37,8 @@ METRIC_TAG, SCORE_TAG = "heldout_metric", "heldout_score"
 PROVENANCE_TAGS = ("git_commit", "params_hash", "data_hash")
 
 
-def _transient(task_: Any, task_run: Any, state: Any) -> bool:
-    """Retry a source check only for what can heal by itself (network, 5xx)."""
-    return isinstance(state.result(raise_on_failure=False), TransientFetchError)
-
-
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=_transient)
+# A source check retries only what can heal by itself (network, 5xx), as the download does.
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=transient_fetch_failure)
 def refresh_sources(params: Params) -> list[SourceCheck]:
     """Compare every source with what the last download recorded in data/raw/sources.json."""
     checks = check_sources(params.download, read_recorded(layout.SOURCES), default_cache_dir())

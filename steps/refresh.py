@@ -72,9 +72,9 @@ def check_source(dataset: str, cfg: DatasetSource, recorded: dict[str, Any] | No
 
 
 def _check_local(dataset: str, src: LocalSource, fmt: str, recorded: dict[str, Any]) -> SourceCheck:
-    now = local_files(src, fmt).provenance
     if recorded.get("path") != src.path:
         return SourceCheck(dataset, "local", True, f"path changed from {recorded.get('path')} to {src.path}")
+    now = local_files(src, fmt).provenance  # hashes every file: only when the paths compare
     before = {f["path"]: f["sha256"] for f in recorded.get("listed", [])}
     after = {f["path"]: f["sha256"] for f in now["listed"]}
     added = sorted(after.keys() - before.keys())
