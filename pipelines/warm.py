@@ -73,8 +73,9 @@ def runner_key(env: dict[str, str] | None = None) -> str:
     digest = hashlib.sha256()
     packages = Path(sysconfig.get_paths()["purelib"])
     for part in (sys.executable, str(packages.stat().st_mtime_ns) if packages.exists() else "",
-                 Path(__file__).read_bytes().hex(), *(f"{k}={env.get(k, '')}" for k in KEY_ENV)):
+                 *(f"{k}={env.get(k, '')}" for k in KEY_ENV)):
         digest.update(part.encode() + b"\0")
+    digest.update(Path(__file__).read_bytes())
     return digest.hexdigest()[:16]
 
 
