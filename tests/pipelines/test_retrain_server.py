@@ -15,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from steps.promotion import CANDIDATES, CHAMPION
-from tests.pipelines.conftest import make_project_copy, shrink_params, stop_process
+from tests.pipelines.conftest import make_project_copy, shrink_params, stop_process, stop_warm_runner
 
 pytestmark = pytest.mark.slow
 
@@ -39,6 +39,7 @@ def served(prefect_server, tmp_path_factory):
         yield work, env, deployment
     finally:
         stop_process(proc)
+        stop_warm_runner(work, env)  # the runner its stages started: no process outlives the test
         log.close()
 
 
