@@ -41,6 +41,9 @@ from typing import Any
 
 ENABLE_ENV = "GPTPIPE_WARM"
 IDLE_ENV = "GPTPIPE_WARM_IDLE_S"
+# A file to which each child appends the modules it had to import itself ("stage module" lines):
+# what LAZY_IMPORTS is missing, since every such import is paid again by every stage.
+IMPORTS_LOG_ENV = "GPTPIPE_WARM_IMPORTS_LOG"
 DEFAULT_IDLE_S = 300.0
 # The client's process start (Unix time): a stage's startup_seconds counts from there, not from
 # the fork, so the reported cost is what the caller waited.
@@ -50,10 +53,26 @@ PROJECT_PACKAGES = ("pipelines", "steps", "model")
 # Variables a fork cannot change after the fact: read at import or server start-up.
 KEY_ENV = ("PREFECT_HOME", "PREFECT_API_URL", "PREFECT_PROFILE", "PYTHONPATH", "OMP_NUM_THREADS",
            "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "PYTORCH_CUDA_ALLOC_CONF")
-# Modules stages import lazily, inside functions: preloaded too, so no child pays for them.
-LAZY_IMPORTS = ("mlflow.store.tracking.sqlalchemy_store", "mlflow.store.db.utils",
-                "prefect.flow_engine", "prefect.task_engine", "prefect.client.orchestration",
-                "prefect.events.worker", "prefect.logging.handlers")
+# Modules stages import lazily, inside functions: preloaded too, so no child pays for them
+# (each import costs every stage again, since a child's imports die with it). Found by listing
+# what a child adds to sys.modules during each stage; tests/pipelines/test_warm.py keeps it so.
+LAZY_IMPORTS = (
+    # MLflow's SQLite store: the engine's dialect, alembic (schema check), the workspace layer
+    "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.db.utils", "sqlalchemy.dialects.sqlite",
+    "alembic.command", "alembic.config", "mlflow.store.tracking.sqlalchemy_workspace_store",
+    # MLflow's run start: GitPython for its git tags, the tracing exporter it configures
+    "git", "mlflow.tracing.export", "mlflow.tracing.export.utils", "mlflow.tracing.processor.otel",
+    "mlflow.tracing.processor.base_mlflow", "mlflow.tracing.utils.environment",
+    # Prefect's flow and task engines, its client and the services that ship logs and events
+    "prefect.flow_engine", "prefect.task_engine", "prefect.client.orchestration",
+    "prefect.events.worker", "prefect.logging.handlers", "prefect.utilities.visualization",
+    "anyio._backends._asyncio", "netrc", "rich._emoji_codes",
+    # plots: matplotlib's Agg backend and Pillow's image plugins (PIL.Image.preinit below)
+    "matplotlib.backends.backend_agg", "PIL.Image",
+    # torch: checkpoint loading, the profiler's hooks the training loop touches, and the exit
+    # handler's table of compile statistics
+    "torch.utils.serialization", "torch.profiler._cupti_monitor", "tabulate",
+)
 MAX_MESSAGE = 1 << 20  # one request: argv, cwd, environment, sys.path (a few kB)
 CONNECT_TIMEOUT_S = 600.0  # a cold start imports everything and starts Prefect's server
 
@@ -217,8 +236,72 @@ def preload() -> dict[str, tuple[str, int, int]]:
     for module, _ in STAGES.values():
         importlib.import_module(module)
     for module in LAZY_IMPORTS:
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass  # another version of a library, without that module: nothing to preload
+    sys.modules["PIL.Image"].preinit()  # the plugins for the formats plots are saved in
+    pin_mlflow_schema_head()
+    skip_inherited_finalizers()
     return project_snapshot()
+
+
+def warm_prefect(api_url: str) -> None:
+    """Do once what every flow run would otherwise redo in each child: complete the pydantic
+    models Prefect defers (hundreds, built at their first use) and check the API's version
+    (Prefect checks once per process, keyed by API URL and client version; children inherit
+    that it was done). A server that does not answer now is left for the children to find."""
+    import prefect.client.orchestration
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    complete_prefect_models()
+    try:
+        with temporary_settings({PREFECT_API_URL: api_url}), \
+                prefect.client.orchestration.get_client(sync_client=True) as client:
+            client.raise_for_api_version_mismatch_once()
+    except Exception as err:  # noqa: BLE001 - the children's own check reports it properly
+        print(f"gptpipe warm runner: Prefect API check at {api_url} failed: {err}", flush=True)
+
+
+def complete_prefect_models() -> None:
+    import inspect
+
+    import pydantic
+
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("prefect.") or module is None:
+            continue
+        for value in list(vars(module).values()):
+            if (inspect.isclass(value) and issubclass(value, pydantic.BaseModel) and value.__module__ == name
+                    and not getattr(value, "__pydantic_complete__", True)):
+                try:
+                    value.model_rebuild()
+                except Exception:  # noqa: BLE001 - left to be built at first use, as before
+                    pass
+
+
+def pin_mlflow_schema_head() -> None:
+    """Read MLflow's migration scripts once, not in every child. Each MLflow store checks the
+    database's schema against the newest revision among about 70 alembic scripts, re-read every
+    time (tens of ms); that revision is a fact of the installed MLflow, which the runner's key
+    pins. Where MLflow's internals differ from what this expects, nothing is changed."""
+    import mlflow.store.db.utils as db_utils
+
+    latest = getattr(db_utils, "_get_latest_schema_revision", None)
+    if callable(latest):
+        head = latest()
+        db_utils._get_latest_schema_revision = lambda: head
+
+
+def skip_inherited_finalizers() -> None:
+    """Exit-time finalizers that exist now (torch registers one per operator library) only free
+    memory of this process; a child that inherits them would run them all at its exit (about
+    0.1 s) just before the kernel frees that memory anyway. Finalizers a child creates itself
+    (temporary folders, say) still run."""
+    import weakref
+
+    for finalizer in list(weakref.finalize._registry):  # type: ignore[attr-defined]
+        finalizer.atexit = False
 
 
 def project_snapshot() -> dict[str, tuple[str, int, int]]:
@@ -483,6 +566,7 @@ def run_child(request: dict[str, Any], prefect_api_url: str | None, snapshot: di
 
     import numpy as np
 
+    inherited = set(sys.modules)
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
@@ -507,7 +591,21 @@ def run_child(request: dict[str, Any], prefect_api_url: str | None, snapshot: di
     prefect.context.refresh_global_settings_context()  # re-read PREFECT_* from the client's env
     if own_server:
         without_heartbeats()
-    return main(request["argv"], warm=False)
+    try:
+        return main(request["argv"], warm=False)
+    finally:
+        log_own_imports(request["argv"][0], inherited)
+
+
+def log_own_imports(stage: str, inherited: set[str]) -> None:
+    """With GPTPIPE_WARM_IMPORTS_LOG set, append the modules this child imported that the runner
+    had not (the project's own packages aside, which a child may re-import on purpose)."""
+    target = os.environ.get(IMPORTS_LOG_ENV)
+    if not target:
+        return
+    own = sorted(n for n in set(sys.modules) - inherited if n.split(".")[0] not in PROJECT_PACKAGES)
+    with open(target, "a", encoding="utf-8") as out:
+        out.writelines(f"{stage} {name}\n" for name in own)
 
 
 def without_heartbeats() -> None:
@@ -549,6 +647,7 @@ def serve(key: str) -> int:
         if server is not None:
             server.wait_healthy()
         url = server.api_url if server is not None else None
+        warm_prefect(url or os.environ["PREFECT_API_URL"])
         os.chdir("/")  # hold no project directory open
         print(f"gptpipe warm runner {key} (pid {os.getpid()}) ready in {time.perf_counter() - started:.1f} s; "
               f"Prefect API {url or os.environ['PREFECT_API_URL']}", flush=True)

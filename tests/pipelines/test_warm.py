@@ -121,7 +121,10 @@ def runner(tmp_path_factory):
         for t in pair:
             t.join()
         status_after_pair = _status(dirs[2], env)
+        # The third stage lists what it had to import itself (test_a_warm_stage_imports_nothing).
+        env = dict(env, GPTPIPE_WARM_IMPORTS_LOG=str(base / "imports.log"))
         stage(2)
+        env.pop("GPTPIPE_WARM_IMPORTS_LOG")
         yield env, dirs, results, status_after_pair
     finally:
         _gptpipe(["warm", "stop"], base, env)
@@ -153,6 +156,16 @@ def test_flow_runs_are_recorded_in_the_runners_prefect_server(runner):
     assert flows == {"download"}
     tasks = httpx.post(f"{url}/task_runs/filter", json={}, timeout=30).json()
     assert sum(t["name"].startswith("write_datasets") and t["state_type"] == "COMPLETED" for t in tasks) == 3
+
+
+@pytest.mark.slow
+def test_a_warm_stage_imports_nothing_the_runner_could_have(runner):
+    _, dirs, results, _ = runner
+    assert results[2].returncode == 0
+    log = dirs[2].parent / "imports.log"
+    assert log.is_file()  # the child wrote it, even with nothing to list
+    # Every module a stage imports itself is paid again by every stage: add it to LAZY_IMPORTS.
+    assert log.read_text().splitlines() == []
 
 
 @pytest.mark.slow
