@@ -74,6 +74,8 @@ LAZY_IMPORTS = (
     "torch.utils.serialization", "torch.profiler._cupti_monitor", "tabulate",
 )
 MAX_MESSAGE = 1 << 20  # one request: argv, cwd, environment, sys.path (a few kB)
+# A stage that reported its exit status gets this long to ship Prefect's last logs and events.
+DRAIN_LIMIT_S = 120.0
 CONNECT_TIMEOUT_S = 600.0  # a cold start imports everything and starts Prefect's server
 
 
@@ -404,7 +406,11 @@ class Runner:
         self.key = key
         self.prefect_api_url = prefect_api_url
         self.idle_s = idle_s
-        self.children: dict[int, socket.socket] = {}  # child pid -> its client's connection
+        # child pid -> its client's connection; None once the child reported its exit status and
+        # the client was answered (the child is then only shipping Prefect's last records)
+        self.children: dict[int, socket.socket | None] = {}
+        self.reports: dict[int, int] = {}  # read end of a child's report pipe -> the child's pid
+        self.reported_at: dict[int, float] = {}  # child pid -> when it reported
         self.stages_run = 0
         self.stopping = False
         self.wake_r, self.wake_w = socket.socketpair()
@@ -423,22 +429,29 @@ class Runner:
         last_active = time.monotonic()
         while True:
             self._reap()
+            self._end_overdue_drains()
             if not self.children:
                 if self.stopping or time.monotonic() - last_active >= self.idle_s:
                     return
-                timeout = self.idle_s - (time.monotonic() - last_active)
+                timeout: float | None = self.idle_s - (time.monotonic() - last_active)
+            elif self.reported_at:
+                timeout = max(0.0, min(self.reported_at.values()) + DRAIN_LIMIT_S - time.monotonic())
             else:
                 timeout = None
-            conns = list(self.children.values())
-            ready, _, _ = select.select([self.listener, self.wake_r, *conns], [], [], timeout)
+            conns = [c for c in self.children.values() if c is not None]
+            reports = list(self.reports)
+            ready, _, _ = select.select([self.listener, self.wake_r, *conns, *reports], [], [], timeout)
             if self.wake_r in ready:
                 try:
                     while self.wake_r.recv(4096):
                         pass
                 except BlockingIOError:
                     pass
+            for fd in reports:
+                if fd in ready:
+                    self._child_report(fd)
             for conn in conns:
-                if conn in ready:
+                if conn in ready and conn in self.children.values():  # not answered just now
                     self._client_message(conn)
             if self.listener in ready:
                 self._accept()
@@ -448,8 +461,9 @@ class Runner:
 
     def _stop_signal(self, signum: int, frame: Any) -> None:
         self.stopping = True
-        for pid in self.children:
-            _kill(pid, signal.SIGTERM)
+        for pid, conn in self.children.items():
+            if conn is not None:  # a stage still running; one that reported may finish draining
+                _kill(pid, signal.SIGTERM)
 
     def _reap(self) -> None:
         while self.children:
@@ -459,19 +473,45 @@ class Runner:
                 return
             if pid == 0:
                 return
-            conn = self.children.pop(pid, None)
-            if conn is None:
+            if pid not in self.children:
                 continue  # e.g. the Prefect server
-            code = os.waitstatus_to_exitcode(wait_status)
-            code = 128 - code if code < 0 else code  # killed by signal N: 128 + N, as a shell says
-            try:
-                conn.sendall(json.dumps({"exit": code}).encode())
-            except OSError:
-                pass  # the client is gone
-            conn.close()
+            conn = self.children.pop(pid)
+            self.reported_at.pop(pid, None)
+            for fd in [fd for fd, owner in self.reports.items() if owner == pid]:
+                os.close(fd)
+                del self.reports[fd]
+            if conn is not None:
+                # Died before reporting (killed, or crashed in C): its wait status is the answer.
+                code = os.waitstatus_to_exitcode(wait_status)
+                _answer(conn, 128 - code if code < 0 else code)  # killed by signal N: 128 + N, as a shell says
+
+    def _child_report(self, fd: int) -> None:
+        """The child's exit status, sent as its stage ended and before it ships Prefect's last
+        logs and events: the client is answered now, and DVC moves on while the child drains."""
+        pid = self.reports.pop(fd)
+        try:
+            data = os.read(fd, 4096)
+        finally:
+            os.close(fd)
+        conn = self.children.get(pid)
+        if data and conn is not None:
+            _answer(conn, int(json.loads(data)["exit"]))
+            self.children[pid] = None
+            self.reported_at[pid] = time.monotonic()
+
+    def _end_overdue_drains(self) -> None:
+        for pid, reported in list(self.reported_at.items()):
+            if time.monotonic() - reported > DRAIN_LIMIT_S:
+                print(f"gptpipe warm runner: stage process {pid} still shipping Prefect records "
+                      f"{DRAIN_LIMIT_S:.0f} s after its stage ended; killed", flush=True)
+                _kill(pid, signal.SIGKILL)
+                del self.reported_at[pid]
+
+    def _pid_of(self, conn: socket.socket) -> int:
+        return next(p for p, c in self.children.items() if c is conn)
 
     def _client_message(self, conn: socket.socket) -> None:
-        pid = next(p for p, c in self.children.items() if c is conn)
+        pid = self._pid_of(conn)
         try:
             data = conn.recv(MAX_MESSAGE)
         except OSError:
@@ -511,10 +551,13 @@ class Runner:
     def _fork(self, conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
+        report_r, report_w = os.pipe()
         pid = os.fork()
         if pid == 0:
             code = 1
+            runner_log = os.dup(1)  # the runner's own output (its log file), before the client's
             try:
+                os.close(report_r)
                 self._become_stage(conn, request, fds)
                 code = run_child(request, self.prefect_api_url, self.snapshot)
             except SystemExit as exc:
@@ -522,9 +565,11 @@ class Runner:
             except BaseException:
                 traceback.print_exc()
             finally:
-                exit_child(code)
+                exit_child(code, report_w, runner_log)
+        os.close(report_w)
         conn.setblocking(True)
         self.children[pid] = conn
+        self.reports[report_r] = pid
         self.stages_run += 1
 
     def _become_stage(self, conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
@@ -535,20 +580,34 @@ class Runner:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         _die_with_parent()  # a runner killed outright takes its stages along: no unobserved runs
         for sock in (self.listener, self.wake_r, self.wake_w, conn, *self.children.values()):
-            sock.close()
+            if sock is not None:
+                sock.close()
+        for fd in self.reports:  # other children's report pipes
+            os.close(fd)
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
             os.close(fd)
 
 
-def exit_child(code: int) -> None:
-    """End the child as interpreter shutdown begins (threading's exit hooks, where Prefect drains
-    its queues of logs and events for the server, then atexit), but skip tearing down thousands
+def exit_child(code: int, report_fd: int | None = None, runner_log: int | None = None) -> None:
+    """End the child: report its exit status (so the client, and DVC, go on at once), then do
+    what interpreter shutdown begins with (threading's exit hooks, where Prefect drains its queues
+    of logs and events for the server, about 0.15 s, then atexit) with its output moved to the
+    runner's log, since the client that lent its stdio has gone; but skip tearing down thousands
     of modules: seconds of CPU for nothing."""
     import atexit
     import threading
 
     try:
+        if report_fd is not None:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.write(report_fd, json.dumps({"exit": code}).encode())
+            os.close(report_fd)
+            os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+            if runner_log is not None:
+                os.dup2(runner_log, 1)
+                os.dup2(runner_log, 2)
         threading._shutdown()  # type: ignore[attr-defined]
         atexit._run_exitfuncs()
     finally:
@@ -618,6 +677,14 @@ def without_heartbeats() -> None:
     flows = root.settings.flows.model_copy(update={"heartbeat_frequency": None})
     settings = root.settings.model_copy(update={"flows": flows})
     prefect.context.GLOBAL_SETTINGS_CONTEXT = prefect.context.SettingsContext(profile=root.profile, settings=settings)
+
+
+def _answer(conn: socket.socket, code: int) -> None:
+    try:
+        conn.sendall(json.dumps({"exit": code}).encode())
+    except OSError:
+        pass  # the client is gone
+    conn.close()
 
 
 def _kill(pid: int, signum: int) -> None:

@@ -60,6 +60,41 @@ def test_warm_command_when_switched_off(capsys):
     assert "GPTPIPE_WARM=0" in capsys.readouterr().err
 
 
+def test_a_child_reports_its_exit_status_before_it_drains(tmp_path):
+    """exit_child answers first, then runs the exit hooks (where Prefect ships its last records)
+    with the output moved to the runner's log: the caller never waits for the drain."""
+    report_r, report_w = os.pipe()
+    out_r, out_w = os.pipe()
+    log = tmp_path / "runner.log"
+    pid = os.fork()
+    if pid == 0:  # the stage's child: fd 1 is "the client's" pipe
+        os.close(report_r)
+        os.close(out_r)
+        runner_log = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        os.dup2(out_w, 1)
+        import atexit
+
+        # fd 1 itself, as a stage's own output reaches it (pytest captures sys.stdout here)
+        atexit.register(lambda: (time.sleep(1.5), os.write(1, b"shipped the last records\n")))
+        os.write(1, b"stage output\n")
+        warm.exit_child(3, report_w, runner_log)
+    os.close(report_w)
+    os.close(out_w)
+    start = time.monotonic()
+    report = os.read(report_r, 4096)
+    answered = time.monotonic() - start
+    client_saw = b""
+    while chunk := os.read(out_r, 4096):  # EOF: the child gave the client's stdout back
+        client_saw += chunk
+    _, status = os.waitpid(pid, 0)
+    finished = time.monotonic() - start
+    assert json.loads(report) == {"exit": 3}
+    assert answered < 1.0 <= finished  # answered before the 1.5 s exit hook, which still ran
+    assert os.waitstatus_to_exitcode(status) == 3
+    assert client_saw == b"stage output\n"
+    assert log.read_text() == "shipped the last records\n"
+
+
 # ---------------------------------------------------------------- slow: a real runner
 
 
@@ -154,8 +189,16 @@ def test_flow_runs_are_recorded_in_the_runners_prefect_server(runner):
     assert len({r["name"] for r in runs}) == 3  # each child drew fresh randomness for its run name
     flows = {httpx.get(f"{url}/flows/{r['flow_id']}", timeout=30).json()["name"] for r in runs}
     assert flows == {"download"}
-    tasks = httpx.post(f"{url}/task_runs/filter", json={}, timeout=30).json()
-    assert sum(t["name"].startswith("write_datasets") and t["state_type"] == "COMPLETED" for t in tasks) == 3
+
+    def completed_tasks() -> int:
+        tasks = httpx.post(f"{url}/task_runs/filter", json={}, timeout=30).json()
+        return sum(t["name"].startswith("write_datasets") and t["state_type"] == "COMPLETED" for t in tasks)
+
+    # Task runs arrive as events, which a child ships after its client was answered: poll.
+    deadline = time.monotonic() + 60
+    while completed_tasks() < 3 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert completed_tasks() == 3
 
 
 @pytest.mark.slow
