@@ -43,6 +43,9 @@ def run_flow(stage: str, params_path: str) -> dict[str, float]:
             return {}
     module, name = STAGES[stage]
     flow = getattr(importlib.import_module(module), name)
+    from steps.tracking import open_store_early
+
+    open_store_early()  # overlaps Prefect's flow-run creation
     return flow(params_path=params_path)
 
 

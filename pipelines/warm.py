@@ -355,7 +355,10 @@ class PrefectServer:
             port = probe.getsockname()[1]
         self.api_url = f"http://127.0.0.1:{port}/api"
         # The variables Prefect's own SubprocessASGIServer sets: API only, services off.
-        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+        # CSRF protection off, whatever the environment says: the UI it protects is off, and the
+        # children skip fetching tokens.
+        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
+               "PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED": "false"}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "--app-dir", str(packages), "--factory",
              "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
@@ -633,6 +636,8 @@ def run_child(request: dict[str, Any], prefect_api_url: str | None, snapshot: di
     own_server = bool(prefect_api_url) and not os.environ.get("PREFECT_API_URL")
     if own_server:
         os.environ["PREFECT_API_URL"] = prefect_api_url
+        # The runner's server takes no CSRF tokens (its env says so): no token round trip per flow.
+        os.environ["PREFECT_CLIENT_CSRF_SUPPORT_ENABLED"] = "false"
     sys.path[:] = request["path"]
     if not project_unchanged(snapshot, sys.path):
         forget_project_modules()

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import subprocess
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +31,34 @@ RETRAIN_ID_ENV = "GPTPIPE_RETRAIN_ID"
 def tracking_uri(root: Path | None = None) -> str:
     root = (root or Path.cwd()).resolve()
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / DEFAULT_DB}"
+
+
+_store_opening: threading.Thread | None = None
+
+
+def open_store_early(root: Path | None = None) -> None:
+    """Start opening the tracking store (engine, schema check, default experiment) on a thread, so
+    it overlaps whatever the caller does next (Prefect creating its flow run) instead of adding to
+    it. MLflow caches the store by URI: `stage_run` waits for this one and uses it. An error here
+    is left for `stage_run`, which opens the store again and reports it."""
+    global _store_opening
+    uri = tracking_uri(root)
+
+    def open_store() -> None:
+        try:
+            MlflowClient(uri)
+        except Exception:  # noqa: BLE001 - reported by stage_run's own attempt
+            pass
+
+    _store_opening = threading.Thread(target=open_store, name="gptpipe-open-mlflow-store", daemon=True)
+    _store_opening.start()
+
+
+def _store_opened() -> None:
+    global _store_opening
+    if _store_opening is not None:
+        _store_opening.join()
+        _store_opening = None
 
 
 def _ensure_experiment(name: str, root: Path, local_store: bool) -> str:
@@ -121,6 +150,7 @@ def stage_run(
     root = (root or Path.cwd()).resolve()
     # Decide before set_tracking_uri: MLflow exports the URI it is given into the environment.
     local_store = not os.environ.get("MLFLOW_TRACKING_URI")
+    _store_opened()
     mlflow.set_tracking_uri(tracking_uri(root))
     experiment_id = _ensure_experiment(experiment, root, local_store)
     commit = git_commit(root)

@@ -1,5 +1,6 @@
 """MLflow tracking: one run per stage with params, metrics, artifacts and tags, in a local store."""
 
+import threading
 from pathlib import Path
 
 import mlflow
@@ -50,6 +51,27 @@ def test_stage_run_records_params_metrics_artifacts_and_tags(store):
     assert [a.path for a in client.list_artifacts(run.run_id)] == ["report.json"]
     # Artifacts land beside the store, not wherever the process happened to start.
     assert (store / "mlartifacts").is_dir()
+
+
+def test_a_store_opened_early_is_the_one_the_stage_run_uses(store, monkeypatch):
+    """open_store_early overlaps opening the store with Prefect's flow start; stage_run then
+    waits for that store instead of opening a second one."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    built = []
+    original = SqlAlchemyStore.__init__
+
+    def counting_init(self, *args, **kwargs):
+        built.append(threading.current_thread().name)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SqlAlchemyStore, "__init__", counting_init)
+    tracking.open_store_early(store)
+    with tracking.stage_run("download", {"seed": 1}, "h", [], experiment="early") as run:
+        run.log_metrics({"records": 3.0})
+    assert built == ["gptpipe-open-mlflow-store"]  # built once, on the early thread
+    (found,) = tracking.find_runs("early", root=store)
+    assert found.info.run_id == run.run_id and found.data.metrics == {"records": 3.0}
 
 
 def test_the_stage_summary_is_mlflows_latest_value(store):
