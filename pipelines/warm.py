@@ -19,8 +19,8 @@ the name: the loser exits and both clients reach the winner. The runner exits af
 GPTPIPE_WARM_IDLE_S seconds without a stage (default 300) and stops its Prefect server.
 GPTPIPE_WARM=0, or a platform without abstract sockets, runs each stage in its own process.
 
-This module imports only the standard library at the top: the client's start-up is the cost
-being cut.
+What the runner loads and builds before it serves is in pipelines/preload.py. This module imports
+only the standard library at the top: the client's start-up is the cost being cut.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from typing import Any
 ENABLE_ENV = "GPTPIPE_WARM"
 IDLE_ENV = "GPTPIPE_WARM_IDLE_S"
 # A file to which each child appends the modules it had to import itself ("stage module" lines):
-# what LAZY_IMPORTS is missing, since every such import is paid again by every stage.
+# what pipelines/preload.py's LAZY_IMPORTS misses, since every such import is paid again by every stage.
 IMPORTS_LOG_ENV = "GPTPIPE_WARM_IMPORTS_LOG"
 DEFAULT_IDLE_S = 300.0
 # The client's process start (Unix time): a stage's startup_seconds counts from there, not from
@@ -53,26 +53,6 @@ PROJECT_PACKAGES = ("pipelines", "steps", "model")
 # Variables a fork cannot change after the fact: read at import or server start-up.
 KEY_ENV = ("PREFECT_HOME", "PREFECT_API_URL", "PREFECT_PROFILE", "PYTHONPATH", "OMP_NUM_THREADS",
            "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "PYTORCH_CUDA_ALLOC_CONF")
-# Modules stages import lazily, inside functions: preloaded too, so no child pays for them
-# (each import costs every stage again, since a child's imports die with it). Found by listing
-# what a child adds to sys.modules during each stage; tests/pipelines/test_warm.py keeps it so.
-LAZY_IMPORTS = (
-    # MLflow's SQLite store: the engine's dialect, alembic (schema check), the workspace layer
-    "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.db.utils", "sqlalchemy.dialects.sqlite",
-    "alembic.command", "alembic.config", "mlflow.store.tracking.sqlalchemy_workspace_store",
-    # MLflow's run start: GitPython for its git tags, the tracing exporter it configures
-    "git", "mlflow.tracing.export", "mlflow.tracing.export.utils", "mlflow.tracing.processor.otel",
-    "mlflow.tracing.processor.base_mlflow", "mlflow.tracing.utils.environment",
-    # Prefect's flow and task engines, its client and the services that ship logs and events
-    "prefect.flow_engine", "prefect.task_engine", "prefect.client.orchestration",
-    "prefect.events.worker", "prefect.logging.handlers", "prefect.utilities.visualization",
-    "anyio._backends._asyncio", "netrc", "rich._emoji_codes",
-    # plots: matplotlib's Agg backend and Pillow's image plugins (PIL.Image.preinit below)
-    "matplotlib.backends.backend_agg", "PIL.Image",
-    # torch: checkpoint loading, the profiler's hooks the training loop touches, and the exit
-    # handler's table of compile statistics
-    "torch.utils.serialization", "torch.profiler._cupti_monitor", "tabulate",
-)
 MAX_MESSAGE = 1 << 20  # one request: argv, cwd, environment, sys.path (a few kB)
 # A stage that reported its exit status gets this long to ship Prefect's last logs and events.
 DRAIN_LIMIT_S = 120.0
@@ -96,7 +76,8 @@ def runner_key(env: dict[str, str] | None = None) -> str:
     for part in (sys.executable, str(packages.stat().st_mtime_ns) if packages.exists() else "",
                  *(f"{k}={env.get(k, '')}" for k in KEY_ENV)):
         digest.update(part.encode() + b"\0")
-    digest.update(Path(__file__).read_bytes())
+    for module in ("warm.py", "preload.py"):  # the runner's own code
+        digest.update((Path(__file__).parent / module).read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -226,84 +207,6 @@ def run_stage(argv: list[str], started: float) -> int:
 
 
 # ---------------------------------------------------------------- runner side
-
-
-def preload() -> dict[str, tuple[str, int, int]]:
-    """Import every stage's modules and what they import lazily; a snapshot of the project's own
-    modules (file, mtime, size), by which a child tells whether it may use them as loaded."""
-    import importlib
-
-    from pipelines.__main__ import STAGES
-
-    for module, _ in STAGES.values():
-        importlib.import_module(module)
-    for module in LAZY_IMPORTS:
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            pass  # another version of a library, without that module: nothing to preload
-    sys.modules["PIL.Image"].preinit()  # the plugins for the formats plots are saved in
-    pin_mlflow_schema_head()
-    skip_inherited_finalizers()
-    return project_snapshot()
-
-
-def warm_prefect(api_url: str) -> None:
-    """Do once what every flow run would otherwise redo in each child: complete the pydantic
-    models Prefect defers (hundreds, built at their first use) and check the API's version
-    (Prefect checks once per process, keyed by API URL and client version; children inherit
-    that it was done). A server that does not answer now is left for the children to find."""
-    import prefect.client.orchestration
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    complete_prefect_models()
-    try:
-        with temporary_settings({PREFECT_API_URL: api_url}), \
-                prefect.client.orchestration.get_client(sync_client=True) as client:
-            client.raise_for_api_version_mismatch_once()
-    except Exception as err:  # noqa: BLE001 - the children's own check reports it properly
-        print(f"gptpipe warm runner: Prefect API check at {api_url} failed: {err}", flush=True)
-
-
-def complete_prefect_models() -> None:
-    import inspect
-
-    import pydantic
-
-    for name, module in list(sys.modules.items()):
-        if not name.startswith("prefect.") or module is None:
-            continue
-        for value in list(vars(module).values()):
-            if (inspect.isclass(value) and issubclass(value, pydantic.BaseModel) and value.__module__ == name
-                    and not getattr(value, "__pydantic_complete__", True)):
-                try:
-                    value.model_rebuild()
-                except Exception:  # noqa: BLE001 - left to be built at first use, as before
-                    pass
-
-
-def pin_mlflow_schema_head() -> None:
-    """Read MLflow's migration scripts once, not in every child. Each MLflow store checks the
-    database's schema against the newest revision among about 70 alembic scripts, re-read every
-    time (tens of ms); that revision is a fact of the installed MLflow, which the runner's key
-    pins. Where MLflow's internals differ from what this expects, nothing is changed."""
-    import mlflow.store.db.utils as db_utils
-
-    latest = getattr(db_utils, "_get_latest_schema_revision", None)
-    if callable(latest):
-        head = latest()
-        db_utils._get_latest_schema_revision = lambda: head
-
-
-def skip_inherited_finalizers() -> None:
-    """Exit-time finalizers that exist now (torch registers one per operator library) only free
-    memory of this process; a child that inherits them would run them all at its exit (about
-    0.1 s) just before the kernel frees that memory anyway. Finalizers a child creates itself
-    (temporary folders, say) still run."""
-    import weakref
-
-    for finalizer in list(weakref.finalize._registry):  # type: ignore[attr-defined]
-        finalizer.atexit = False
 
 
 def project_snapshot() -> dict[str, tuple[str, int, int]]:
@@ -715,11 +618,14 @@ def serve(key: str) -> int:
         if not os.environ.get("PREFECT_API_URL"):
             # Prefect's server boots in its own process while this one imports.
             server = PrefectServer()
-        snapshot = preload()
+        from pipelines import preload
+
+        preload.preload()
+        snapshot = project_snapshot()
         if server is not None:
             server.wait_healthy()
         url = server.api_url if server is not None else None
-        warm_prefect(url or os.environ["PREFECT_API_URL"])
+        preload.warm_prefect(url or os.environ["PREFECT_API_URL"])
         os.chdir("/")  # hold no project directory open
         print(f"gptpipe warm runner {key} (pid {os.getpid()}) ready in {time.perf_counter() - started:.1f} s; "
               f"Prefect API {url or os.environ['PREFECT_API_URL']}", flush=True)

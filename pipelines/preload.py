@@ -1,0 +1,109 @@
+"""What the warm runner (pipelines/warm.py) does once, before it serves, so that no stage's child
+pays for it again: import what the stages import, lazily too, and build what every flow run and
+MLflow run would otherwise rebuild. The figures are per stage, measured on a 2-core CPU.
+
+Runs in the runner only (the client imports nothing from here). Everything here must be safe to
+inherit through fork(): no threads, no open connections, no state tied to a project folder.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# Modules stages import lazily, inside functions: preloaded too, so no child pays for them
+# (each import costs every stage again, about 0.25 s in all, since a child's imports die with it).
+# Found with GPTPIPE_WARM_IMPORTS_LOG (pipelines/warm.py), which lists what a child imported
+# itself; tests/pipelines/test_warm.py keeps that list empty for a warm stage.
+LAZY_IMPORTS = (
+    # MLflow's SQLite store: the engine's dialect, alembic (schema check), the workspace layer
+    "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.db.utils", "sqlalchemy.dialects.sqlite",
+    "alembic.command", "alembic.config", "mlflow.store.tracking.sqlalchemy_workspace_store",
+    # MLflow's run start: GitPython for its git tags, the tracing exporter it configures
+    "git", "mlflow.tracing.export", "mlflow.tracing.export.utils", "mlflow.tracing.processor.otel",
+    "mlflow.tracing.processor.base_mlflow", "mlflow.tracing.utils.environment",
+    # Prefect's flow and task engines, its client and the services that ship logs and events
+    "prefect.flow_engine", "prefect.task_engine", "prefect.client.orchestration",
+    "prefect.events.worker", "prefect.logging.handlers", "prefect.utilities.visualization",
+    "anyio._backends._asyncio", "netrc", "rich._emoji_codes",
+    # plots: matplotlib's Agg backend and Pillow's image plugins (PIL.Image.preinit below)
+    "matplotlib.backends.backend_agg", "PIL.Image",
+    # torch: checkpoint loading, the profiler's hooks the training loop touches, and the exit
+    # handler's table of compile statistics
+    "torch.utils.serialization", "torch.profiler._cupti_monitor", "tabulate",
+)
+
+
+def preload() -> None:
+    """Import every stage's modules and what they import lazily, and do once what each child
+    would otherwise redo: Pillow's plugins, MLflow's schema head, exit-time finalizers."""
+    from pipelines.__main__ import STAGES
+
+    for module, _ in STAGES.values():
+        importlib.import_module(module)
+    for module in LAZY_IMPORTS:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass  # another version of a library, without that module: nothing to preload
+    sys.modules["PIL.Image"].preinit()  # the plugins for the formats plots are saved in
+    pin_mlflow_schema_head()
+    skip_inherited_finalizers()
+
+
+def warm_prefect(api_url: str) -> None:
+    """Do once what every flow run would otherwise redo in each child: complete the pydantic
+    models Prefect defers (hundreds, built at their first use) and check the API's version
+    (Prefect checks once per process, keyed by API URL and client version; children inherit
+    that it was done). A server that does not answer now is left for the children to find."""
+    import prefect.client.orchestration
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    complete_prefect_models()
+    try:
+        with temporary_settings({PREFECT_API_URL: api_url}), \
+                prefect.client.orchestration.get_client(sync_client=True) as client:
+            client.raise_for_api_version_mismatch_once()
+    except Exception as err:  # noqa: BLE001 - the children's own check reports it properly
+        print(f"gptpipe warm runner: Prefect API check at {api_url} failed: {err}", flush=True)
+
+
+def complete_prefect_models() -> None:
+    import inspect
+
+    import pydantic
+
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("prefect.") or module is None:
+            continue
+        for value in list(vars(module).values()):
+            if (inspect.isclass(value) and issubclass(value, pydantic.BaseModel) and value.__module__ == name
+                    and not getattr(value, "__pydantic_complete__", True)):
+                try:
+                    value.model_rebuild()
+                except Exception:  # noqa: BLE001 - left to be built at first use, as before
+                    pass
+
+
+def pin_mlflow_schema_head() -> None:
+    """Read MLflow's migration scripts once, not in every child. Each MLflow store checks the
+    database's schema against the newest revision among about 70 alembic scripts, re-read every
+    time (tens of ms); that revision is a fact of the installed MLflow, which the runner's key
+    pins. Where MLflow's internals differ from what this expects, nothing is changed."""
+    import mlflow.store.db.utils as db_utils
+
+    latest = getattr(db_utils, "_get_latest_schema_revision", None)
+    if callable(latest):
+        head = latest()
+        db_utils._get_latest_schema_revision = lambda: head
+
+
+def skip_inherited_finalizers() -> None:
+    """Exit-time finalizers that exist now (torch registers one per operator library) only free
+    memory of this process; a child that inherits them would run them all at its exit (about
+    0.1 s) just before the kernel frees that memory anyway. Finalizers a child creates itself
+    (temporary folders, say) still run."""
+    import weakref
+
+    for finalizer in list(weakref.finalize._registry):  # type: ignore[attr-defined]
+        finalizer.atexit = False
