@@ -56,10 +56,12 @@ class KVCache:
             buf_k = k.new_empty(b, h, self.max_len, d)  # (B, H, max_len, D)
             buf_v = v.new_empty(b, h, self.max_len, d)
             self.keys[layer], self.values[layer] = buf_k, buf_v
-        buf_k[:, :, start:end] = k
-        buf_v[:, :, start:end] = v
+        # narrow() rather than buf[:, :, start:end]: the same view through one call instead of
+        # Python's indexing machinery, which a decode step would go through 24 times.
+        buf_k.narrow(2, start, end - start).copy_(k)
+        buf_v.narrow(2, start, end - start).copy_(v)
         self.lengths[layer] = end
-        return buf_k[:, :, :end], buf_v[:, :, :end]
+        return buf_k.narrow(2, 0, end), buf_v.narrow(2, 0, end)
 
 
 def _fits(buffer: torch.Tensor, new: torch.Tensor) -> bool:
@@ -105,7 +107,7 @@ class MultiHeadAttention(nn.Module):
             q, k, v, attn_mask=mask, is_causal=past == 0 and t > 1,
             dropout_p=self.drop_rate if self.training else 0.0,
         )  # (B, H, T, D)
-        y = y.transpose(1, 2).contiguous().view(b, t, c)  # (B, T, C)
+        y = y.transpose(1, 2).reshape(b, t, c)  # (B, T, C); copies only if T > 1
         return self.out_proj(y)
 
 
@@ -136,9 +138,15 @@ class TransformerBlock(nn.Module):
         self.drop_shortcut = nn.Dropout(cfg.drop_rate)
 
     def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.drop_shortcut(self.att(self.norm1(x), kv_cache, layer))
-        x = x + self.drop_shortcut(self.ff(self.norm2(x)))
+        x = x + _dropout(self.drop_shortcut, self.att(self.norm1(x), kv_cache, layer))
+        x = x + _dropout(self.drop_shortcut, self.ff(self.norm2(x)))
         return x
+
+
+def _dropout(drop: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
+    """`drop(x)`, skipping the module call where dropout is the identity (eval, as in all of
+    generation, or p = 0): a decode step would make 13 such calls for nothing."""
+    return drop(x) if drop.training and drop.p > 0 else x
 
 
 class GPTModel(nn.Module):
@@ -173,7 +181,7 @@ class GPTModel(nn.Module):
             )
         pos = torch.arange(past, past + t, device=in_idx.device)
         x = self.tok_emb(in_idx) + self.pos_emb(pos)  # (B, T, C)
-        x = self.drop_emb(x)
+        x = _dropout(self.drop_emb, x)
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled() and kv_cache is None
         for layer, block in enumerate(self.trf_blocks):
             if recompute:
