@@ -108,6 +108,10 @@ def _plain_linear(module: nn.Module) -> bool:
 class MultiHeadAttention(nn.Module):
     """Causal multi-head self-attention computed by PyTorch's fused SDPA kernel."""
 
+    stack_qkv = True
+    """Cached inference projects q, k and v with one matmul over a stacked copy (PackedQKV);
+    False keeps the three module calls there too (bench/generate.py compares the two)."""
+
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.n_heads = cfg.n_heads
@@ -128,7 +132,7 @@ class MultiHeadAttention(nn.Module):
         parameters, and the uncached forward stays the book's, the reference the cached path is
         tested against. Stacked anew where a sequence starts (past == 0), from the weights its
         keys and values are computed with."""
-        if kv_cache is None:
+        if kv_cache is None or not self.stack_qkv:
             return None
         grad = torch.is_grad_enabled()
         if past == 0:

@@ -8,7 +8,7 @@ from torch import nn
 
 from model.config import GPTConfig
 from model.generate import generate
-from model.gpt import GPTModel, KVCache
+from model.gpt import GPTModel, KVCache, MultiHeadAttention
 from model.lora import apply_lora, merge_lora
 
 
@@ -425,3 +425,14 @@ def test_a_hooked_projection_is_called_not_stacked():
         _, cache = _cached_logits(model, torch.zeros(1, 10, dtype=torch.long))
     assert len(calls) == 4  # prefill, chunk, two single tokens
     assert cache.packed_qkv[0] is None and cache.packed_qkv[1] is not None
+
+
+def test_stacking_can_be_switched_off(monkeypatch: pytest.MonkeyPatch):
+    model = _cache_model()
+    x = torch.randint(0, 97, (2, 10), generator=torch.Generator().manual_seed(12))
+    with torch.inference_mode():
+        stacked, _ = _cached_logits(model, x)
+        monkeypatch.setattr(MultiHeadAttention, "stack_qkv", False)
+        separate, cache = _cached_logits(model, x)
+    assert cache.packed_qkv == [None] * 3
+    torch.testing.assert_close(separate, stacked, atol=1e-5, rtol=1e-5)
