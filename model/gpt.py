@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,6 +19,10 @@ class KVCache:
     Each layer's keys and values live in one (B, H, max_len, D) buffer, allocated at the layer's
     first write with the dtype and device of what is written, then filled in place: a token costs
     a copy of its own keys and values, not a re-allocation of everything cached (torch.cat).
+
+    The cache also holds each layer's query/key/value weights stacked into one matrix (see
+    PackedQKV), copied where a sequence starts: they live exactly as long as the keys and values
+    computed with them.
     """
 
     def __init__(self, n_layers: int, max_len: int) -> None:
@@ -24,6 +30,7 @@ class KVCache:
         self.keys: list[torch.Tensor | None] = [None] * n_layers
         self.values: list[torch.Tensor | None] = [None] * n_layers
         self.lengths = [0] * n_layers
+        self.packed_qkv: list[PackedQKV | None] = [None] * n_layers
 
     @classmethod
     def for_model(cls, model: "GPTModel") -> "KVCache":
@@ -56,10 +63,12 @@ class KVCache:
             buf_k = k.new_empty(b, h, self.max_len, d)  # (B, H, max_len, D)
             buf_v = v.new_empty(b, h, self.max_len, d)
             self.keys[layer], self.values[layer] = buf_k, buf_v
-        buf_k[:, :, start:end] = k
-        buf_v[:, :, start:end] = v
+        # narrow() rather than buf[:, :, start:end]: the same view through one call instead of
+        # Python's indexing machinery, which a decode step would go through 24 times.
+        buf_k.narrow(2, start, end - start).copy_(k)
+        buf_v.narrow(2, start, end - start).copy_(v)
         self.lengths[layer] = end
-        return buf_k[:, :, :end], buf_v[:, :, :end]
+        return buf_k.narrow(2, 0, end), buf_v.narrow(2, 0, end)
 
 
 def _fits(buffer: torch.Tensor, new: torch.Tensor) -> bool:
@@ -67,8 +76,41 @@ def _fits(buffer: torch.Tensor, new: torch.Tensor) -> bool:
             and buffer.dtype == new.dtype and buffer.device == new.device)
 
 
+class PackedQKV(NamedTuple):
+    """A layer's query, key and value projections stacked into one matrix, so that cached
+    inference computes q, k and v with one matmul instead of three: a one-token decode step pays
+    per-call overhead more than arithmetic.
+
+    A copy, not a view of the parameters, so it goes stale when they change. It is therefore
+    rebuilt where every cached sequence starts rather than kept and checked: version counters
+    miss writes through .data (peft's merge_and_unload) and fused AdamW's step.
+    """
+
+    weight: torch.Tensor  # (3C, C)
+    bias: torch.Tensor | None  # (3C,)
+
+    @classmethod
+    def stack(cls, linears: tuple[nn.Module, ...]) -> PackedQKV | None:
+        """The three stacked, or None where they can't stand in for the modules: a replaced
+        module (peft's LoRA layer) or a hooked one computes more than F.linear(x, weight, bias)."""
+        if not all(_plain_linear(m) for m in linears) or len({m.bias is None for m in linears}) > 1:
+            return None
+        with torch.no_grad():
+            weight = torch.cat([m.weight for m in linears])  # (3C, C)
+            bias = None if linears[0].bias is None else torch.cat([m.bias for m in linears])  # (3C,)
+        return cls(weight, bias)
+
+
+def _plain_linear(module: nn.Module) -> bool:
+    return type(module) is nn.Linear and not (module._forward_hooks or module._forward_pre_hooks)
+
+
 class MultiHeadAttention(nn.Module):
     """Causal multi-head self-attention computed by PyTorch's fused SDPA kernel."""
+
+    stack_qkv = True
+    """Cached inference projects q, k and v with one matmul over a stacked copy (PackedQKV);
+    False keeps the three module calls there too (bench/generate.py compares the two)."""
 
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
@@ -85,14 +127,35 @@ class MultiHeadAttention(nn.Module):
         b, t, _ = x.shape
         return x.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
 
+    def _cached_pack(self, kv_cache: KVCache | None, layer: int, past: int) -> PackedQKV | None:
+        """The stacked projections, in cached inference only: autograd must see the real
+        parameters, and the uncached forward stays the book's, the reference the cached path is
+        tested against. Stacked anew where a sequence starts (past == 0), from the weights its
+        keys and values are computed with."""
+        if kv_cache is None or not self.stack_qkv:
+            return None
+        grad = torch.is_grad_enabled()
+        if past == 0:
+            projections = (self.W_query, self.W_key, self.W_value)
+            kv_cache.packed_qkv[layer] = None if grad else PackedQKV.stack(projections)
+        return None if grad else kv_cache.packed_qkv[layer]
+
+    def _project_qkv(self, x: torch.Tensor, pack: PackedQKV | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values, (B, H, T, D) each."""
+        if pack is None:
+            q, k, v = self.W_query(x), self.W_key(x), self.W_value(x)  # (B, T, C) each
+            return self._split_heads(q), self._split_heads(k), self._split_heads(v)
+        b, t, _ = x.shape  # (B, T, C)
+        qkv = F.linear(x, pack.weight, pack.bias)  # (B, T, 3C)
+        qkv = qkv.view(b, t, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, T, D)
+        q, k, v = qkv.unbind(0)
+        return q, k, v
+
     def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         b, t, c = x.shape  # (B, T, C)
-        q = self._split_heads(self.W_query(x))
-        k = self._split_heads(self.W_key(x))
-        v = self._split_heads(self.W_value(x))
-        past = 0
+        past = 0 if kv_cache is None else kv_cache.layer_length(layer)
+        q, k, v = self._project_qkv(x, self._cached_pack(kv_cache, layer, past))
         if kv_cache is not None:
-            past = kv_cache.layer_length(layer)
             k, v = kv_cache.extend(layer, k, v)  # (B, H, P+T, D)
         mask = None
         if past and t > 1:
@@ -105,7 +168,7 @@ class MultiHeadAttention(nn.Module):
             q, k, v, attn_mask=mask, is_causal=past == 0 and t > 1,
             dropout_p=self.drop_rate if self.training else 0.0,
         )  # (B, H, T, D)
-        y = y.transpose(1, 2).contiguous().view(b, t, c)  # (B, T, C)
+        y = y.transpose(1, 2).reshape(b, t, c)  # (B, T, C); copies only if T > 1
         return self.out_proj(y)
 
 
@@ -136,9 +199,15 @@ class TransformerBlock(nn.Module):
         self.drop_shortcut = nn.Dropout(cfg.drop_rate)
 
     def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.drop_shortcut(self.att(self.norm1(x), kv_cache, layer))
-        x = x + self.drop_shortcut(self.ff(self.norm2(x)))
+        x = x + _dropout(self.drop_shortcut, self.att(self.norm1(x), kv_cache, layer))
+        x = x + _dropout(self.drop_shortcut, self.ff(self.norm2(x)))
         return x
+
+
+def _dropout(drop: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
+    """`drop(x)`, skipping the module call where dropout is the identity (eval, as in all of
+    generation, or p = 0): a decode step would make 13 such calls for nothing."""
+    return drop(x) if drop.training and drop.p > 0 else x
 
 
 class GPTModel(nn.Module):
@@ -173,7 +242,7 @@ class GPTModel(nn.Module):
             )
         pos = torch.arange(past, past + t, device=in_idx.device)
         x = self.tok_emb(in_idx) + self.pos_emb(pos)  # (B, T, C)
-        x = self.drop_emb(x)
+        x = _dropout(self.drop_emb, x)
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled() and kv_cache is None
         for layer, block in enumerate(self.trf_blocks):
             if recompute:
