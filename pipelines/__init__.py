@@ -9,6 +9,8 @@ def apply_env_defaults() -> None:
     # No usage telemetry from an offline pipeline, and our own `gptpipe.*` loggers show up in
     # Prefect's run logs next to its own.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Nor from MLflow, whose telemetry client starts a thread per process to fetch its config.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "gptpipe")
     # The first start on a machine creates Prefect's database, which can take longer than the
     # default 20 s on a small machine.

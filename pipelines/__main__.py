@@ -130,18 +130,12 @@ def run_warm(stage: str, params_path: str) -> int | None:
     # the process group binds it to its device, so it never hands over to the runner.
     if not warm.enabled() or "WORLD_SIZE" in os.environ:
         return None
-    started = process_start_time()
+    started = warm.process_start_time()
     try:
         return warm.run_stage([stage, "--params", params_path], started)
     except (warm.WarmError, OSError) as err:
         print(f"gptpipe: warm runner unavailable ({err}); running {stage} in this process", file=sys.stderr)
         return None
-
-
-def process_start_time() -> float:
-    import psutil
-
-    return psutil.Process().create_time()
 
 
 def warm_command(action: str) -> int:

@@ -11,13 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import psutil
 import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from model.atomic import write_json
-from pipelines.warm import STARTED_ENV
+from pipelines.warm import STARTED_ENV, process_start_time
 from steps import layout
 from steps.config import Params, flat_params, load_params, params_hash
 from steps.tracking import StageRun, stage_run
@@ -72,7 +71,7 @@ def stage_process_start() -> float:
     """When the stage's command started (Unix time): the client's start when a child of the warm
     runner runs it (pipelines/warm.py), else this process's."""
     started = os.environ.get(STARTED_ENV)
-    return float(started) if started else psutil.Process().create_time()
+    return float(started) if started else process_start_time()
 
 
 def run_stage(

@@ -63,6 +63,21 @@ class WarmError(RuntimeError):
     """The runner could not be reached or started; the caller runs the stage in-process."""
 
 
+def process_start_time() -> float:
+    """When this process started (Unix time), to the kernel's clock tick (10 ms): what a stage's
+    startup_seconds counts from. Not psutil's create_time(), which adds Linux's boot time in whole
+    seconds (/proc/stat's btime) and so reads up to a second early; /proc/uptime has the tick."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime: ticks after boot
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):  # not Linux
+        import psutil
+
+        return psutil.Process().create_time()
+
+
 def enabled(env: dict[str, str] | None = None) -> bool:
     env = os.environ if env is None else env
     return sys.platform.startswith("linux") and env.get(ENABLE_ENV, "1") != "0"

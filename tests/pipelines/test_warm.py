@@ -55,6 +55,18 @@ def test_startup_counts_from_the_clients_start(monkeypatch):
     assert 0 < time.time() - stage_process_start() < 24 * 3600  # this process's own start
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_process_start_is_read_to_the_clock_tick():
+    """startup_seconds counts from here: psutil's create_time() can be a second early on Linux."""
+    code = "from pipelines.warm import process_start_time; print(repr(process_start_time()))"
+    before = time.time()
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    after = time.time()  # fork and exec are done when Popen returns
+    started = float(proc.communicate(timeout=120)[0])
+    tick = 1 / os.sysconf("SC_CLK_TCK")
+    assert before - 2 * tick <= started <= after + 2 * tick
+
+
 def test_warm_command_when_switched_off(capsys):
     assert main(["warm", "status"]) == 2  # the autouse fixture sets GPTPIPE_WARM=0
     assert "GPTPIPE_WARM=0" in capsys.readouterr().err
