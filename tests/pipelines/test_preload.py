@@ -41,3 +41,22 @@ def test_prefects_deferred_models_are_completed():
     preload.complete_prefect_models()
     assert all(m.__pydantic_complete__ for m in deferred)
     assert actions.FlowRunCreate(flow_id="00000000-0000-0000-0000-000000000000").name is None
+
+
+def test_prefect_shares_one_verifying_ssl_context_per_ca_file(monkeypatch):
+    import ssl
+
+    import certifi
+    import prefect.client.orchestration as orchestration
+
+    monkeypatch.setattr(orchestration, "ssl", ssl)  # restored after the test
+    preload.share_prefect_ssl_context()
+    shared = orchestration.ssl
+    assert shared is not ssl
+    context = shared.create_default_context(cafile=certifi.where())
+    assert context is shared.create_default_context(cafile=certifi.where())
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert context.cert_store_stats()["x509_ca"] > 0
+    # Prefect turns verification off on the context it builds without a CA file: never shared.
+    assert shared.create_default_context() is not shared.create_default_context()
+    assert shared.CERT_NONE is ssl.CERT_NONE
