@@ -11,11 +11,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from pipelines.stage import StageContext, run_stage, stage_task
+from pipelines.stage import StageContext, run_stage, stage_flow, stage_task
 from steps import datasets, layout, plots
 from steps.classification import read_labels
 from steps.config import BuiltinSizes, DatasetSource, HfSource, LocalSource, UrlSource
@@ -26,7 +26,7 @@ SECTIONS = ["seed", "download", "tracking"]
 log = logging.getLogger("gptpipe.download")
 
 
-@task(cache_policy=NO_CACHE)
+@task(cache_policy=NO_CACHE, persist_result=False)
 def fetch_source(dataset: str, cfg: DatasetSource, work_dir: Path) -> Fetched:
     src = cfg.source
     if isinstance(src, UrlSource):
@@ -111,6 +111,6 @@ def _body(ctx: StageContext) -> dict[str, float]:
     return metrics
 
 
-@flow(name="download")
+@stage_flow("download")
 def download_flow(params_path: str = "params.yaml") -> dict[str, float]:
     return run_stage("download", params_path, SECTIONS, [], _body)

@@ -6,11 +6,10 @@ import json
 import logging
 
 import torch
-from prefect import flow
 
 from model.atomic import write_json, write_text
 from model.checkpoint import load_model, read_config
-from pipelines.stage import StageContext, io_task, run_stage, stage_task
+from pipelines.stage import StageContext, io_task, run_stage, stage_flow, stage_task
 from steps import layout, plots
 from steps.classification import encode_examples, initial_classifier, loader, predict, read_labeled
 from steps.hardware import resolve_device
@@ -147,7 +146,7 @@ def _body(ctx: StageContext) -> dict[str, float]:
     return metrics
 
 
-@flow(name="evaluate")
+@stage_flow("evaluate")
 def evaluate_flow(params_path: str = "params.yaml") -> dict[str, float]:
     inputs = [layout.PRETRAIN_MODEL, layout.CLASSIFIER_MODEL, layout.INSTRUCT_MODEL, layout.TOKENS]
     return run_stage("evaluate", params_path, SECTIONS, inputs, _body)

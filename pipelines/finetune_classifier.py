@@ -6,11 +6,10 @@ import logging
 import math
 from functools import partial
 
-from prefect import flow
 
 from model.gpt import count_parameters
 from model.heads import set_trainable
-from pipelines.stage import StageContext, run_stage, stage_task
+from pipelines.stage import StageContext, run_stage, stage_flow, stage_task
 from steps import layout, plots
 from steps.baselines import tfidf_logreg_predictions
 from steps.classification import (classification_loss, encode_examples, initial_classifier, loader, predict,
@@ -108,6 +107,6 @@ def finetune(ctx: StageContext) -> dict[str, float]:
     return metrics
 
 
-@flow(name="finetune_classifier")
+@stage_flow("finetune_classifier")
 def finetune_classifier_flow(params_path: str = "params.yaml") -> dict[str, float]:
     return run_stage("finetune_classifier", params_path, SECTIONS, [layout.PRETRAIN_MODEL, layout.CLASSIFICATION, layout.LABELS], finetune)

@@ -7,13 +7,12 @@ import logging
 import math
 
 import torch
-from prefect import flow
 from torch.utils.data import DataLoader
 
 from model.atomic import write_text
 from model.checkpoint import load_model
 from model.gpt import count_parameters
-from pipelines.stage import StageContext, run_stage, stage_task
+from pipelines.stage import StageContext, run_stage, stage_flow, stage_task
 from steps import layout, plots
 from steps.finetuning import save_finetuned, with_lora
 from steps.hardware import autocast_dtype, resolve_device
@@ -89,6 +88,6 @@ def finetune(ctx: StageContext) -> dict[str, float]:
     }
 
 
-@flow(name="finetune_instruct")
+@stage_flow("finetune_instruct")
 def finetune_instruct_flow(params_path: str = "params.yaml") -> dict[str, float]:
     return run_stage("finetune_instruct", params_path, SECTIONS, [layout.PRETRAIN_MODEL, layout.INSTRUCTIONS], finetune)

@@ -19,14 +19,13 @@ import logging
 import shutil
 
 import torch
-from prefect import flow
 
 from model.atomic import write_json
 from model.checkpoint import save_model, save_training_state
 from model.config import GPTConfig
 from model.generate import generate
 from model.gpt import GPTModel, count_parameters
-from pipelines.stage import StageContext, run_stage, run_stage_rank, stage_task
+from pipelines.stage import StageContext, run_stage, run_stage_rank, stage_flow, stage_task
 from steps import layout, plots
 from steps.checkpoints import CheckpointSettings, discard_checkpoints, file_sha256
 from steps.distributed import Distributed, process_group
@@ -174,7 +173,7 @@ def training_settings(ctx: StageContext, model_cfg: GPTConfig, device: torch.dev
         flops_per_token=flops_per_token(model_cfg, seq_len), peak_flops=peak * world_size if peak else None)
 
 
-@flow(name="pretrain")
+@stage_flow("pretrain")
 def pretrain_flow(params_path: str = "params.yaml") -> dict[str, float]:
     metrics = run_stage("pretrain", params_path, SECTIONS, [layout.TOKENS], pretrain_model)
     # The stage's outputs and run are complete: the checkpoints have served their purpose, and a

@@ -7,12 +7,13 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from prefect import task
+from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from model.atomic import write_json
@@ -24,9 +25,16 @@ from steps.tracking import StageRun, stage_run
 log = logging.getLogger("gptpipe.stage")
 
 # Stage tasks pass models and tensors in memory within one flow run; hashing those inputs for
-# Prefect's cache would cost time and buy nothing, since DVC already decides what reruns.
-stage_task = task(cache_policy=NO_CACHE)
-io_task = task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+# Prefect's cache would cost time and buy nothing, since DVC already decides what reruns. Nor are
+# results persisted: DVC keeps the outputs, Prefect the run records (and no flow or task run then
+# asks the server where results would go).
+stage_task = task(cache_policy=NO_CACHE, persist_result=False)
+io_task = task(cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=1)
+
+
+def stage_flow(name: str) -> Callable[[Callable[..., Any]], Any]:
+    """The decorator of a stage's flow: one flow run per stage, results not persisted (above)."""
+    return flow(name=name, persist_result=False)
 
 
 class NoTracking:

@@ -6,11 +6,10 @@ import logging
 import time
 from pathlib import Path
 
-from prefect import flow
 from tokenizers import Tokenizer
 
 from model.atomic import write_json
-from pipelines.stage import StageContext, run_stage, stage_task
+from pipelines.stage import StageContext, run_stage, stage_flow, stage_task
 from steps import layout, plots
 from steps.config import TokenizeConfig
 from steps.corpus import CorpusPart, split_corpus
@@ -101,6 +100,6 @@ def _body(ctx: StageContext) -> dict[str, float]:
     return train_and_encode(ctx)
 
 
-@flow(name="tokenize")
+@stage_flow("tokenize")
 def tokenize_flow(params_path: str = "params.yaml") -> dict[str, float]:
     return run_stage("tokenize", params_path, SECTIONS, [layout.CORPUS], _body)

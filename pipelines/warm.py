@@ -321,9 +321,10 @@ class Runner:
     """Accepts requests on the abstract socket; forks a child per stage and reports its exit."""
 
     def __init__(self, listener: socket.socket, key: str, prefect_api_url: str | None, idle_s: float,
-                 snapshot: dict[str, tuple[str, int, int]]) -> None:
+                 snapshot: dict[str, tuple[str, int, int]], settings_key: SettingsKey | None = None) -> None:
         self.listener = listener
         self.snapshot = snapshot
+        self.settings_key = settings_key
         self.key = key
         self.prefect_api_url = prefect_api_url
         self.idle_s = idle_s
@@ -480,7 +481,7 @@ class Runner:
             try:
                 os.close(report_r)
                 self._become_stage(conn, request, fds)
-                code = run_child(request, self.prefect_api_url, self.snapshot)
+                code = run_child(request, self.prefect_api_url, self.snapshot, self.settings_key)
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 1
             except BaseException:
@@ -539,7 +540,8 @@ def exit_child(code: int, report_fd: int | None = None, runner_log: int | None =
             os._exit(code)
 
 
-def run_child(request: dict[str, Any], prefect_api_url: str | None, snapshot: dict[str, tuple[str, int, int]]) -> int:
+def run_child(request: dict[str, Any], prefect_api_url: str | None, snapshot: dict[str, tuple[str, int, int]],
+              settings_key: SettingsKey | None = None) -> int:
     """In the forked child: become the client (directory, environment, path) and run the stage
     with the project's modules as loaded, unless the client's would differ: then afresh."""
     import random
@@ -551,11 +553,8 @@ def run_child(request: dict[str, Any], prefect_api_url: str | None, snapshot: di
     os.environ.clear()
     os.environ.update(request["env"])
     os.environ[STARTED_ENV] = repr(request["started"])
-    own_server = bool(prefect_api_url) and not os.environ.get("PREFECT_API_URL")
-    if own_server:
-        os.environ["PREFECT_API_URL"] = prefect_api_url
-        # The runner's server takes no CSRF tokens (its env says so): no token round trip per flow.
-        os.environ["PREFECT_CLIENT_CSRF_SUPPORT_ENABLED"] = "false"
+    overrides = prefect_overrides(os.environ, prefect_api_url)
+    os.environ.update(overrides)
     sys.path[:] = request["path"]
     if not project_unchanged(snapshot, sys.path):
         forget_project_modules()
@@ -570,9 +569,12 @@ def run_child(request: dict[str, Any], prefect_api_url: str | None, snapshot: di
     from pipelines.__main__ import main
 
     pipelines.apply_env_defaults()  # into the client's environment
-    prefect.context.refresh_global_settings_context()  # re-read PREFECT_* from the client's env
-    if own_server:
-        without_heartbeats()
+    if settings_key is None or settings_inputs(os.environ, Path.cwd()) != settings_key:
+        # Prefect's settings as the client's environment and directory make them, not the
+        # runner's (50 ms, so only where they differ).
+        prefect.context.refresh_global_settings_context()
+        if overrides:
+            without_heartbeats()
     try:
         return main(request["argv"], warm=False)
     finally:
@@ -588,6 +590,52 @@ def log_own_imports(stage: str, inherited: set[str]) -> None:
     own = sorted(n for n in set(sys.modules) - inherited if n.split(".")[0] not in PROJECT_PACKAGES)
     with open(target, "a", encoding="utf-8") as out:
         out.writelines(f"{stage} {name}\n" for name in own)
+
+
+def prefect_overrides(env: dict[str, str] | os._Environ[str], prefect_api_url: str | None) -> dict[str, str]:
+    """What a child adds to its client's environment: the runner's own Prefect server, unless the
+    client names a server, and no CSRF tokens, which that server does not take (its env says so)."""
+    if not prefect_api_url or env.get("PREFECT_API_URL"):
+        return {}
+    return {"PREFECT_API_URL": prefect_api_url, "PREFECT_CLIENT_CSRF_SUPPORT_ENABLED": "false"}
+
+
+SettingsKey = tuple[tuple[tuple[str, str], ...], str, int | None]
+
+
+def settings_inputs(env: dict[str, str] | os._Environ[str], cwd: Path) -> SettingsKey | None:
+    """What Prefect builds its settings from, beside its defaults: the PREFECT_* variables and
+    the profiles file (by its modification time). None where the directory holds a config file
+    Prefect also reads (.env, prefect.toml, a [tool.prefect] table in pyproject.toml): then a
+    child always builds its settings itself."""
+    if (cwd / ".env").exists() or (cwd / "prefect.toml").exists():
+        return None
+    try:
+        if "tool.prefect" in (cwd / "pyproject.toml").read_text(encoding="utf-8", errors="replace"):
+            return None
+    except OSError:
+        pass
+    home = Path(env.get("PREFECT_HOME") or "~/.prefect").expanduser()
+    profiles = Path(env.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
+    try:
+        modified: int | None = profiles.stat().st_mtime_ns
+    except OSError:
+        modified = None
+    return tuple(sorted((k, v) for k, v in env.items() if k.startswith("PREFECT_"))), str(profiles), modified
+
+
+def settings_for_children(prefect_api_url: str | None) -> SettingsKey | None:
+    """In the runner, before it serves: the Prefect settings a child of a client with the
+    runner's own environment would build, built once here; their inputs, which each child
+    compares with its own to reuse them."""
+    import prefect.context
+
+    overrides = prefect_overrides(os.environ, prefect_api_url)
+    os.environ.update(overrides)
+    prefect.context.refresh_global_settings_context()
+    if overrides:
+        without_heartbeats()
+    return settings_inputs(os.environ, Path.cwd())
 
 
 def without_heartbeats() -> None:
@@ -642,9 +690,10 @@ def serve(key: str) -> int:
         url = server.api_url if server is not None else None
         preload.warm_prefect(url or os.environ["PREFECT_API_URL"])
         os.chdir("/")  # hold no project directory open
+        settings_key = settings_for_children(url)
         print(f"gptpipe warm runner {key} (pid {os.getpid()}) ready in {time.perf_counter() - started:.1f} s; "
               f"Prefect API {url or os.environ['PREFECT_API_URL']}", flush=True)
-        Runner(listener, key, url, idle_seconds(), snapshot).serve()
+        Runner(listener, key, url, idle_seconds(), snapshot, settings_key).serve()
     finally:
         listener.close()
         if server is not None:

@@ -55,6 +55,37 @@ def test_startup_counts_from_the_clients_start(monkeypatch):
     assert 0 < time.time() - stage_process_start() < 24 * 3600  # this process's own start
 
 
+def test_prefect_settings_are_reused_only_from_the_same_inputs(tmp_path):
+    """A child reuses the settings the runner built when their inputs match its own: the
+    PREFECT_* variables and the profiles file; never where its directory has a config file."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"PREFECT_HOME": str(home), "PREFECT_LOGGING_LEVEL": "INFO", "PATH": "/usr/bin"}
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    key = warm.settings_inputs(env, project)
+    assert key is not None
+    assert warm.settings_inputs({**env, "PATH": "/bin", "DVC_EXP_NAME": "e"}, project) == key
+    assert warm.settings_inputs({**env, "PREFECT_LOGGING_LEVEL": "DEBUG"}, project) != key
+    (home / "profiles.toml").write_text("active = 'local'\n")  # e.g. `prefect config set`
+    assert warm.settings_inputs(env, project) != key
+    (project / "pyproject.toml").write_text("[tool.prefect]\nlogging.level = 'DEBUG'\n")
+    assert warm.settings_inputs(env, project) is None
+    (project / "pyproject.toml").unlink()
+    for name in (".env", "prefect.toml"):
+        (project / name).write_text("PREFECT_LOGGING_LEVEL=DEBUG\n")
+        assert warm.settings_inputs(env, project) is None
+        (project / name).unlink()
+
+
+def test_a_child_gets_the_runners_server_unless_its_client_names_one():
+    assert warm.prefect_overrides({}, "http://127.0.0.1:4321/api") == {
+        "PREFECT_API_URL": "http://127.0.0.1:4321/api", "PREFECT_CLIENT_CSRF_SUPPORT_ENABLED": "false"}
+    assert warm.prefect_overrides({"PREFECT_API_URL": "http://team:4200/api"}, "http://127.0.0.1:4321/api") == {}
+    assert warm.prefect_overrides({}, None) == {}  # a runner that reports to a team server
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_the_process_start_is_read_to_the_clock_tick():
     """startup_seconds counts from here: psutil's create_time() can be a second early on Linux."""
