@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import subprocess
+import sys
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -34,14 +35,22 @@ def tracking_uri(root: Path | None = None) -> str:
 
 
 _store_opening: threading.Thread | None = None
+# What opening a SQLite store imports. A thread that imports while the main thread imports too can
+# meet a module half initialised by the other (Python's import lock is per module), so the store
+# opens early only where these are imported already (in a warm runner's child, all are).
+STORE_MODULES = ("mlflow.store.tracking.sqlalchemy_store", "mlflow.store.db.utils", "sqlalchemy.dialects.sqlite",
+                 "alembic.config", "alembic.command", "alembic.script", "alembic.runtime.migration")
 
 
 def open_store_early(root: Path | None = None) -> None:
     """Start opening the tracking store (engine, schema check, default experiment) on a thread, so
     it overlaps whatever the caller does next (Prefect creating its flow run) instead of adding to
     it. MLflow caches the store by URI: `stage_run` waits for this one and uses it. An error here
-    is left for `stage_run`, which opens the store again and reports it."""
+    is left for `stage_run`, which opens the store again and reports it. Nothing happens unless
+    the store's modules are imported already (STORE_MODULES)."""
     global _store_opening
+    if not all(name in sys.modules for name in STORE_MODULES):
+        return
     uri = tracking_uri(root)
 
     def open_store() -> None:

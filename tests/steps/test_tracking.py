@@ -1,5 +1,6 @@
 """MLflow tracking: one run per stage with params, metrics, artifacts and tags, in a local store."""
 
+import importlib
 import threading
 from pathlib import Path
 
@@ -66,12 +67,25 @@ def test_a_store_opened_early_is_the_one_the_stage_run_uses(store, monkeypatch):
         original(self, *args, **kwargs)
 
     monkeypatch.setattr(SqlAlchemyStore, "__init__", counting_init)
+    for name in tracking.STORE_MODULES:  # as in a warm runner's child
+        importlib.import_module(name)
     tracking.open_store_early(store)
     with tracking.stage_run("download", {"seed": 1}, "h", [], experiment="early") as run:
         run.log_metrics({"records": 3.0})
     assert built == ["gptpipe-open-mlflow-store"]  # built once, on the early thread
     (found,) = tracking.find_runs("early", root=store)
     assert found.info.run_id == run.run_id and found.data.metrics == {"records": 3.0}
+
+
+def test_no_store_opens_early_while_its_modules_are_still_to_import(store, monkeypatch):
+    """Importing on a thread while the main thread imports can meet half-initialised modules:
+    then the store opens in stage_run, as without open_store_early."""
+    monkeypatch.setattr(tracking, "STORE_MODULES", (*tracking.STORE_MODULES, "a.module.not.imported"))
+    tracking.open_store_early(store)
+    assert tracking._store_opening is None
+    with tracking.stage_run("download", {"seed": 1}, "h", [], experiment="late") as run:
+        run.log_metrics({"records": 1.0})
+    assert tracking.find_runs("late", root=store)[0].info.run_id == run.run_id
 
 
 def test_the_stage_summary_is_mlflows_latest_value(store):
