@@ -320,8 +320,11 @@ def test_accumulating_k_micro_batches_equals_one_batch_of_k_times_the_size() -> 
     for a, c in zip(one_grads[0], acc_grads[0]):  # from the same weights; later ones start apart by round-off
         torch.testing.assert_close(c, a, rtol=1e-4, atol=1e-7)
     for (name, a), c in zip(one.state_dict().items(), acc.state_dict().values()):
-        # Adam divides by sqrt(v): round-off in near-zero gradients grows to ~1e-4 (steps are 1e-2).
-        torch.testing.assert_close(c, a, rtol=1e-3, atol=2e-4, msg=name)
+        # Adam divides by sqrt(v): where a gradient is near zero, round-off moves that element's
+        # update by a fraction of the step (lr 1e-2): up to 2.4e-4 measured on an AVX-512 Xeon,
+        # whose kernels sum in another order than the AVX2 machine's (1e-4). A wrong accumulation
+        # moves most elements by whole steps; the gradients above are the tight check.
+        torch.testing.assert_close(c, a, rtol=1e-3, atol=1e-3, msg=name)
     assert acc_result.tokens == one_result.tokens == steps * k * b * 16
     assert acc_result.history[-1]["train_loss"] == pytest.approx(one_result.history[-1]["train_loss"], rel=1e-5)
 
