@@ -477,8 +477,9 @@ class Runner:
         pid = os.fork()
         if pid == 0:
             code = 1
-            runner_log = os.dup(1)  # the runner's own output (its log file), before the client's
+            runner_log = None
             try:
+                runner_log = os.dup(1)  # the runner's own output (its log file), before the client's
                 os.close(report_r)
                 self._become_stage(conn, request, fds)
                 code = run_child(request, self.prefect_api_url, self.snapshot, self.settings_key)
