@@ -7,9 +7,9 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,8 +26,8 @@ log = logging.getLogger("gptpipe.stage")
 
 # Stage tasks pass models and tensors in memory within one flow run; hashing those inputs for
 # Prefect's cache would cost time and buy nothing, since DVC already decides what reruns. Nor are
-# results persisted: DVC keeps the outputs, Prefect the run records (and no flow or task run then
-# asks the server where results would go).
+# results persisted: DVC keeps the outputs, Prefect the run records (which also spares each run
+# a look-up of the server's default result storage).
 stage_task = task(cache_policy=NO_CACHE, persist_result=False)
 io_task = task(cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=1)
 
