@@ -18,9 +18,9 @@ from typing import Any
 # Found with GPTPIPE_WARM_IMPORTS_LOG (pipelines/warm.py), which lists what a child imported
 # itself; tests/pipelines/test_warm.py keeps that list empty for a warm stage.
 LAZY_IMPORTS = (
-    # MLflow's SQLite store: the engine's dialect, alembic (schema check), the workspace layer
-    "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.db.utils", "sqlalchemy.dialects.sqlite",
-    "alembic.command", "alembic.config", "mlflow.store.tracking.sqlalchemy_workspace_store",
+    # MLflow's SQLite store (with steps.tracking.STORE_MODULES, imported in preload()): the
+    # workspace layer
+    "mlflow.store.tracking.sqlalchemy_workspace_store",
     # MLflow's run start: GitPython for its git tags, the tracing exporter it configures
     "git", "mlflow.tracing.export", "mlflow.tracing.export.utils", "mlflow.tracing.processor.otel",
     "mlflow.tracing.processor.base_mlflow", "mlflow.tracing.utils.environment",
@@ -40,15 +40,18 @@ def preload() -> None:
     """Import every stage's modules and what they import lazily, and do once what each child
     would otherwise redo: Pillow's plugins, MLflow's schema head, exit-time finalizers."""
     from pipelines.__main__ import STAGES
+    from steps.tracking import STORE_MODULES
 
     for module, _ in STAGES.values():
         importlib.import_module(module)
-    for module in LAZY_IMPORTS:
+    # What opening the MLflow store needs: also what lets a child open it on a thread.
+    for module in (*STORE_MODULES, *LAZY_IMPORTS):
         try:
             importlib.import_module(module)
         except ImportError:
             pass  # another version of a library, without that module: nothing to preload
-    sys.modules["PIL.Image"].preinit()  # the plugins for the formats plots are saved in
+    if "PIL.Image" in sys.modules:
+        sys.modules["PIL.Image"].preinit()  # the plugins for the formats plots are saved in
     pin_mlflow_schema_head()
     share_prefect_ssl_context()
     skip_inherited_finalizers()
@@ -143,5 +146,5 @@ def skip_inherited_finalizers() -> None:
     (temporary folders, say) still run."""
     import weakref
 
-    for finalizer in list(weakref.finalize._registry):  # type: ignore[attr-defined]
+    for finalizer in list(getattr(weakref.finalize, "_registry", {})):  # CPython's table of live ones
         finalizer.atexit = False
