@@ -92,6 +92,17 @@ def stop_warm_runner(work: Path, env: dict[str, str]) -> None:
                    capture_output=True, text=True, timeout=120)
 
 
+def eventually(probe: Callable[[], object], timeout: float = 60, interval: float = 0.5):
+    """Call `probe` until it returns something truthy or `timeout` seconds pass; its last value.
+    For records that reach a server after the command that made them has exited: Prefect ships task
+    runs (as events) and logs from workers that drain as a flow's process ends, and a warm child
+    answers its client before it drains (pipelines/warm.py)."""
+    deadline = time.monotonic() + timeout
+    while not (got := probe()) and time.monotonic() < deadline:
+        time.sleep(interval)
+    return got
+
+
 def stop_process(proc: subprocess.Popen) -> None:
     """SIGTERM, then SIGKILL after 30 s: a server the tests started never outlives them."""
     proc.terminate()

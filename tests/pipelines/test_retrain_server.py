@@ -15,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from steps.promotion import CANDIDATES, CHAMPION
-from tests.pipelines.conftest import make_project_copy, shrink_params, stop_process, stop_warm_runner
+from tests.pipelines.conftest import eventually, make_project_copy, shrink_params, stop_process, stop_warm_runner
 
 pytestmark = pytest.mark.slow
 
@@ -96,17 +96,10 @@ def _logs(api: str, flow_run_id: str) -> list[str]:
             return lines
 
 
-def _wait_for_logs(api: str, flow_run_id: str, needles: list[str], timeout: float = 60) -> list[str]:
-    """The run's log lines once each needle is in one of them. Prefect ships logs from a batch
-    worker that drains as the flow's process exits, after the final state is set: a run can read
-    COMPLETED a moment before its last lines reach the server."""
-    deadline = time.monotonic() + timeout
-    while True:
-        lines = _logs(api, flow_run_id)
-        missing = [n for n in needles if not any(n in line for line in lines)]
-        if not missing or time.monotonic() > deadline:
-            return lines
-        time.sleep(1)
+def _has_lines(api: str, flow_run_id: str, needles: list[str]) -> list[str] | None:
+    """The run's log lines if each needle is in one of them, else None."""
+    lines = _logs(api, flow_run_id)
+    return lines if all(any(n in line for line in lines) for n in needles) else None
 
 
 def _registry(work: Path) -> MlflowClient:
@@ -176,9 +169,10 @@ def test_first_run_retrains_everything_registers_both_models_and_crowns_them(pre
         assert stage_run.data.tags["retrain_id"] == first_run["id"]
     needles = ["dvc | Running stage 'pretrain'",  # DVC's output is in the run's logs
                "gptpipe-classifier: registered version 1"]
-    logs = _wait_for_logs(prefect_server, first_run["id"], needles)
-    for needle in needles:
-        assert any(needle in line for line in logs), (needle, logs[-20:])
+    # Prefect ships logs from a worker that drains as the flow's process exits, after the final
+    # state is set: the run can read COMPLETED a moment before its last lines arrive.
+    assert eventually(lambda: _has_lines(prefect_server, first_run["id"], needles)), \
+        _logs(prefect_server, first_run["id"])[-20:]
 
 
 def test_second_run_without_a_data_change_retrains_nothing_and_keeps_the_champion(served, first_run, second_run):

@@ -15,7 +15,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from steps import layout
-from tests.pipelines.conftest import ran_stages, run
+from tests.pipelines.conftest import eventually, ran_stages, run
 
 pytestmark = pytest.mark.slow
 
@@ -107,8 +107,13 @@ def test_stage_flows_are_recorded_by_the_prefect_server(team_services, teammate_
     flow_runs = httpx.post(f"{api}/flow_runs/filter", json={}, timeout=10).json()
     names = {httpx.get(f"{api}/flows/{r['flow_id']}", timeout=10).json()["name"]: r["state_type"] for r in flow_runs}
     assert names == {STAGE: "COMPLETED"}
-    tasks = httpx.post(f"{api}/task_runs/filter", json={}, timeout=10).json()
-    assert any(t["name"].startswith("write_datasets") and t["state_type"] == "COMPLETED" for t in tasks)
+
+    def stage_task_completed() -> bool:
+        tasks = httpx.post(f"{api}/task_runs/filter", json={}, timeout=10).json()
+        return any(t["name"].startswith("write_datasets") and t["state_type"] == "COMPLETED" for t in tasks)
+
+    # Task runs arrive as events, which a warm child ships after it has answered `dvc repro`: poll.
+    assert eventually(stage_task_completed)
 
 
 def test_a_teammate_pulls_the_outputs_from_the_dvc_remote(teammate_a, tmp_path):

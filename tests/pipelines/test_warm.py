@@ -19,6 +19,7 @@ import yaml
 from pipelines import warm
 from pipelines.__main__ import main
 from pipelines.stage import stage_process_start
+from tests.pipelines.conftest import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL_DOWNLOAD = {"corpus_bytes": 150_000, "sms_messages": 100, "instructions_train": 20, "instructions_test": 5,
@@ -238,10 +239,7 @@ def test_flow_runs_are_recorded_in_the_runners_prefect_server(runner):
         return sum(t["name"].startswith("write_datasets") and t["state_type"] == "COMPLETED" for t in tasks)
 
     # Task runs arrive as events, which a child ships after its client was answered: poll.
-    deadline = time.monotonic() + 60
-    while completed_tasks() < 3 and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert completed_tasks() == 3
+    assert eventually(lambda: completed_tasks() == 3)
 
 
 @pytest.mark.slow
