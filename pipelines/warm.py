@@ -31,6 +31,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import sysconfig
@@ -448,6 +449,9 @@ class Runner:
 
     def _accept(self) -> None:
         conn, _ = self.listener.accept()
+        if not same_user(conn):
+            conn.close()  # another local user: refused before a byte is read
+            return
         conn.settimeout(10)
         try:
             data, fds, _, _ = socket.recv_fds(conn, MAX_MESSAGE, 3)
@@ -510,6 +514,16 @@ class Runner:
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
             os.close(fd)
+
+
+def same_user(conn: socket.socket) -> bool:
+    """Whether the process at the other end of `conn` runs as this runner's user. An abstract
+    socket has no file permissions: any local user can connect to it, and a request runs a stage
+    (code from the directory it names) as the runner's user. The kernel vouches for the peer's
+    uid (SO_PEERCRED: pid, uid, gid as three C ints)."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _, uid, _ = struct.unpack("3i", creds)
+    return uid == os.getuid()
 
 
 def exit_child(code: int, report_fd: int | None = None, runner_log: int | None = None) -> None:

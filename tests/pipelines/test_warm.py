@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -97,6 +98,48 @@ def test_the_process_start_is_read_to_the_clock_tick():
     started = float(proc.communicate(timeout=120)[0])
     tick = 1 / os.sysconf("SC_CLK_TCK")
     assert before - 2 * tick <= started <= after + 2 * tick
+
+
+def test_a_connection_from_this_user_is_accepted():
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with a, b:
+        assert warm.same_user(a)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or os.getuid() != 0,
+                    reason="needs root, to connect as another user (uid 65534)")
+def test_another_users_request_is_refused_unread():
+    """An abstract socket has no file permissions: the runner checks who is calling."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    name = f"\0gptpipe-test-peer-{os.getpid()}"
+    listener.bind(name)
+    listener.listen()
+    runner = warm.Runner(listener, "test", None, 60.0, {})
+    pid = os.fork()
+    if pid == 0:  # another user asks the runner to run a stage
+        code = 1
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+                sock.connect(name)
+                code = 3
+                try:
+                    sock.sendall(json.dumps({"op": "run", "argv": ["download"]}).encode())
+                    code = 0 if sock.recv(4096) == b"" else 2  # closed, no answer
+                except (BrokenPipeError, ConnectionResetError):
+                    code = 0  # closed before the request was even sent
+        finally:
+            os._exit(code)
+    try:
+        runner._accept()
+        assert runner.children == {} and runner.stages_run == 0
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        listener.close()
+        runner.wake_r.close()
+        runner.wake_w.close()
 
 
 def test_warm_command_when_switched_off(capsys):
