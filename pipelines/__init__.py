@@ -21,6 +21,13 @@ def apply_env_defaults() -> None:
 
 apply_env_defaults()
 
-import logging
-
-logging.getLogger("gptpipe").setLevel(logging.INFO)
+# Stage name -> (module, flow function). Modules are imported on demand: each stage process
+# pays only for its own imports.
+STAGES: dict[str, tuple[str, str]] = {
+    "download": ("pipelines.download", "download_flow"),
+    "tokenize": ("pipelines.tokenize", "tokenize_flow"),
+    "pretrain": ("pipelines.pretrain", "pretrain_flow"),
+    "finetune_classifier": ("pipelines.finetune_classifier", "finetune_classifier_flow"),
+    "finetune_instruct": ("pipelines.finetune_instruct", "finetune_instruct_flow"),
+    "evaluate": ("pipelines.evaluate", "evaluate_flow"),
+}

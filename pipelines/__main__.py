@@ -1,378 +1,45 @@
-"""`gptpipe <stage>` runs one stage's flow, `gptpipe repro` the whole DVC pipeline, `gptpipe compare` compares runs,
-`gptpipe retrain` / `gptpipe schedule` retrain with a promotion gate, once or on a cron schedule."""
+"""`gptpipe` (and `python -m pipelines`, what dvc.yaml's stage commands run): the entry point.
+
+`dvc repro` starts this module once per stage, so it imports next to nothing: a plain stage
+command goes straight to the warm runner (pipelines/warm_client.py, itself import-lean), and only
+what the runner does not take pays for argparse and the rest of the command line (pipelines/cli.py).
+"""
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import os
-import subprocess
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from steps.compare import Filters
-
-# Stage name -> (module, flow function). Modules are imported on demand: each stage process
-# pays only for its own imports.
-STAGES: dict[str, tuple[str, str]] = {
-    "download": ("pipelines.download", "download_flow"),
-    "tokenize": ("pipelines.tokenize", "tokenize_flow"),
-    "pretrain": ("pipelines.pretrain", "pretrain_flow"),
-    "finetune_classifier": ("pipelines.finetune_classifier", "finetune_classifier_flow"),
-    "finetune_instruct": ("pipelines.finetune_instruct", "finetune_instruct_flow"),
-    "evaluate": ("pipelines.evaluate", "evaluate_flow"),
-}
-
-
-# Stages that can run as several torchrun processes -> (module, what ranks other than 0 run).
-RANK_ENTRIES: dict[str, tuple[str, str]] = {
-    "pretrain": ("pipelines.pretrain", "pretrain_rank"),
-}
-
-
-def run_flow(stage: str, params_path: str) -> dict[str, float]:
-    """The stage's flow; under torchrun, ranks other than 0 run the stage's rank entry instead."""
-    if stage in RANK_ENTRIES:
-        from steps.distributed import is_main_process
-
-        if not is_main_process():
-            module, name = RANK_ENTRIES[stage]
-            getattr(importlib.import_module(module), name)(params_path=params_path)
-            return {}
-    module, name = STAGES[stage]
-    flow = getattr(importlib.import_module(module), name)
-    from steps.tracking import open_store_early
-
-    open_store_early()  # overlaps Prefect's flow-run creation
-    return flow(params_path=params_path)
-
-
-def torchrun_relaunch(stage: str, params_path: str, nproc: int) -> list[str] | None:
-    """The torchrun command that runs `stage` as `nproc` processes, or None to run it here: with one
-    process, or when this process is one of torchrun's already (a launch of your own, e.g. on
-    several machines, is not launched again)."""
-    from steps.distributed import torchrun_command, under_torchrun
-
-    if stage not in RANK_ENTRIES or nproc <= 1 or under_torchrun():
-        return None
-    return torchrun_command(nproc, ["pipelines", stage, "--params", params_path])
+from pipelines import STAGES
+from pipelines.warm_client import hand_over
 
 
 def main(argv: list[str] | None = None, warm: bool = True) -> int:
     """`warm`: run a stage in a child of the warm runner (pipelines/warm.py) when it is enabled;
     the runner's child itself calls this with warm=False."""
-    parser = argparse.ArgumentParser(prog="gptpipe", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    for stage in STAGES:
-        p = sub.add_parser(stage, help=f"run the {stage} stage (normally through `dvc repro`)")
-        p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    sub.add_parser("repro", help="run the whole pipeline through DVC (only what changed reruns)")
-    sub.add_parser("stages", help="list the stages")
-    add_services_parser(sub)
-    warm_cmd = sub.add_parser("warm", help="the warm stage runner: start it, show it, stop it (see README)")
-    warm_cmd.add_argument("action", choices=["start", "status", "stop"])
-    prof = sub.add_parser("profile", help="switch params.yaml to a shipped profile (builtin, book, book-small)")
-    prof.add_argument("name", nargs="?", help="profile name; omit to list them")
-    prof.add_argument("--params", default="params.yaml", help="params file to edit (default: params.yaml)")
-    exp = sub.add_parser("export-hf", help="write a model folder in Hugging Face's GPT-2 format "
-                                           "(GPT2LMHeadModel.from_pretrained loads it)")
-    exp.add_argument("model", type=Path, help="a gptpipe model folder, e.g. models/pretrain")
-    exp.add_argument("out", type=Path, help="folder to write config.json + model.safetensors into")
-    add_compare_parser(sub)
-    add_retrain_parsers(sub)
-    args = parser.parse_args(argv)
-
-    if args.command == "stages":
-        print("\n".join(STAGES))
-        return 0
-    if args.command == "services":
-        return services_command(args)
-    if args.command == "repro":
-        return subprocess.call(["dvc", "repro"])
-    if args.command == "compare":
-        return compare_runs(args)
-    if args.command == "export-hf":
-        return _export_hf(args.model, args.out)
-    if args.command == "warm":
-        return warm_command(args.action)
-    if warm and args.command in STAGES:
-        code = run_warm(args.command, args.params)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    request = stage_request(argv) if warm else None
+    if request is not None:
+        code = hand_over(*request)
         if code is not None:
             return code
-    if args.command in ("retrain", "schedule"):
-        return retrain_command(args)
-    from steps.config import ConfigError, load_params
+    from pipelines.cli import cli
 
-    if args.command == "profile":
-        return _profile(args.name, args.params)
-
-    try:
-        # Validate before the flow starts: a typo should not cost a Prefect server start-up.
-        params = load_params(args.params)
-        relaunch = torchrun_relaunch(args.command, args.params, params.pretrain.nproc)
-        if relaunch is not None:
-            return subprocess.call(relaunch)
-        run_flow(args.command, args.params)
-    except ConfigError as err:
-        print(f"gptpipe: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return cli(argv, warm=warm and request is None)
 
 
-def run_warm(stage: str, params_path: str) -> int | None:
-    """The stage's exit status from a child of the warm runner; None when the runner is off or
-    unreachable (then the caller runs the stage in this process, as before)."""
-    from pipelines import warm
-
-    # A torchrun rank (WORLD_SIZE set) is a process of its own by design: torchrun watches it and
-    # the process group binds it to its device, so it never hands over to the runner.
-    if not warm.enabled() or "WORLD_SIZE" in os.environ:
+def stage_request(argv: list[str]) -> tuple[str, str] | None:
+    """(stage, params file) when `argv` is a plain stage command, as dvc.yaml's are: `<stage>`,
+    `<stage> --params FILE` or `<stage> --params=FILE`; None for anything else (argparse's)."""
+    if not argv or argv[0] not in STAGES:
         return None
-    started = warm.process_start_time()
-    try:
-        return warm.run_stage([stage, "--params", params_path], started)
-    except (warm.WarmError, OSError) as err:
-        print(f"gptpipe: warm runner unavailable ({err}); running {stage} in this process", file=sys.stderr)
-        return None
-
-
-def warm_command(action: str) -> int:
-    from pipelines import warm
-
-    if not warm.enabled():
-        print(f"gptpipe warm: disabled ({warm.ENABLE_ENV}=0, or not Linux); stages run in their own processes",
-              file=sys.stderr)
-        return 2
-    try:
-        if action == "start":
-            info = warm.start()
-        elif action == "stop":
-            info = warm.status()
-            if info is not None:
-                warm.stop()
-        else:
-            info = warm.status()
-    except warm.WarmError as err:
-        print(f"gptpipe warm: {err}", file=sys.stderr)
-        return 1
-    if info is None:
-        print("gptpipe warm: no runner for this environment")
-        return 0 if action == "stop" else 1
-    verb = {"start": "running", "status": "running", "stop": "stopping"}[action]
-    print(f"gptpipe warm: {verb}: pid {info['pid']}, Prefect API {info['prefect_api_url'] or 'PREFECT_API_URL'}, "
-          f"{info['stages_run']} stages run, exits after {info['idle_s']:.0f} s idle; log {warm.log_file()}")
-    return 0
-
-
-def _profile(name: str | None, params_path: str) -> int:
-    from steps.config import ConfigError
-    from steps.profiles import apply_profile, available
-
-    if name is None:
-        print("\n".join(available()))
-        return 0
-    try:
-        changed = apply_profile(name, params_path)
-    except ConfigError as err:
-        print(f"gptpipe: {err}", file=sys.stderr)
-        return 2
-    for key, (old, new) in changed.items():
-        print(f"  {key}: {old!r} -> {new!r}")
-    print(f"{params_path}: profile {name!r} applied ({len(changed)} parameters changed); "
-          "run `dvc repro` (or `dvc exp run -n <name>`) to rebuild what it affects")
-    return 0
-
-
-def _export_hf(model: Path, out: Path) -> int:
-    from model.hf_gpt2 import export_model_folder
-
-    try:
-        export_model_folder(model, out)
-    except (OSError, ValueError) as err:
-        print(f"gptpipe export-hf: {err}", file=sys.stderr)
-        return 2
-    print(f"{out}: GPT-2 in Hugging Face's format (transformers.GPT2LMHeadModel.from_pretrained({str(out)!r}))")
-    return 0
-
-
-def add_retrain_parsers(sub: argparse._SubParsersAction) -> None:
-    help_repo = "project root to retrain (default: the current folder)"
-    p = sub.add_parser("retrain", help="run the retraining flow once now: refresh sources, dvc repro, register, "
-                                       "promote a better model to champion",
-                       description="Refresh the data sources, rerun what changed through `dvc repro`, register "
-                                   "the finetuned models in the MLflow Model Registry and move the `champion` "
-                                   "alias to a version only when it beats the champion on held-out data.")
-    p.add_argument("--repo", default=".", help=help_repo)
-    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    p = sub.add_parser("schedule", help="serve the retraining flow as a Prefect deployment on a cron schedule",
-                       description="Create the Prefect deployment retrain/NAME with a cron schedule and run its "
-                                   "runs until stopped (Ctrl-C). Needs PREFECT_API_URL pointing at a Prefect "
-                                   "server (`prefect server start`).")
-    p.add_argument("--cron", required=True, help='when to run, e.g. "0 3 * * 1" (Mondays 03:00)')
-    p.add_argument("--name", default="scheduled", help="deployment name (default: scheduled)")
-    p.add_argument("--timezone", help="IANA time zone of the cron times, e.g. Europe/Paris (default: UTC)")
-    p.add_argument("--repo", default=".", help=help_repo)
-    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-
-
-def retrain_command(args: argparse.Namespace) -> int:
-    from pipelines import retrain
-    from steps.config import ConfigError
-
-    try:
-        if args.command == "schedule":
-            retrain.serve(args.cron, args.name, args.timezone, args.repo, args.params)
-            return 0
-        report = retrain.retrain_flow(repo=args.repo, params_path=args.params)
-    except (ConfigError, retrain.ScheduleError) as err:
-        print(f"gptpipe {args.command}: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:  # the flow run failed (Prefect has logged the traceback), or the server is down
-        print(f"gptpipe {args.command}: failed: {err}", file=sys.stderr)
-        return 1
-    for model in report["models"]:
-        print(f"{model['registered_name']}: {model['reason']} (champion: version {model['champion_version_after']})")
-    return 0
-
-
-def add_compare_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="compare MLflow runs: a markdown/HTML report with curves and the best run",
-                       description="Compare MLflow runs: one row per run (differing params, metrics, cost), "
-                                   "overlaid loss/accuracy curves, the best run marked.")
-    p.add_argument("--experiment", help="MLflow experiment (default: tracking.experiment in params.yaml, "
-                                        "else gptpipe)")
-    p.add_argument("--stage", help="only runs of this stage, e.g. finetune_classifier")
-    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
-                   help="only runs with this tag, e.g. dvc_exp=cls-lora (repeatable)")
-    p.add_argument("--runs", nargs="+", default=[], metavar="ID", help="only these run ids")
-    p.add_argument("--metrics", help="comma-separated metric columns (default: the stage's usual ones)")
-    p.add_argument("--best", metavar="METRIC", help="mark the best run by this metric "
-                                                     "(default: the stage's headline metric)")
-    direction = p.add_mutually_exclusive_group()
-    direction.add_argument("--minimize", dest="maximize", action="store_false", default=None,
-                           help="lower --best is better (default for losses, perplexities, times, memory)")
-    direction.add_argument("--maximize", dest="maximize", action="store_true", help="higher --best is better")
-    p.add_argument("--last", type=positive_int, default=20, metavar="N",
-                   help="the newest N matching runs (default: 20)")
-    p.add_argument("--status", default="FINISHED", choices=["FINISHED", "FAILED", "KILLED", "RUNNING", "any"],
-                   help="run status to include (default: FINISHED)")
-    p.add_argument("--out", default="reports/compare", type=Path,
-                   help="output folder (default: reports/compare)")
-
-
-def add_services_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("services", help="team mode: PostgreSQL + MLflow server + Prefect server on loopback",
-                       description="Start, stop or show the team servers: PostgreSQL, an MLflow tracking server "
-                                   "on it and a Prefect server, all on 127.0.0.1; state, logs and PIDs in --dir.")
-    actions = p.add_subparsers(dest="action", required=True)
-    start = actions.add_parser("start", help="start what is not running yet, wait until healthy, print the exports")
-    for action in (start, actions.add_parser("stop", help="stop Prefect, MLflow, then PostgreSQL"),
-                   actions.add_parser("status", help="show each service (exit 3 if any is stopped)")):
-        action.add_argument("--dir", type=Path, default=Path(".services"),
-                            help="folder for the database, artifacts, logs and PIDs (default: .services)")
-    # Defaults (None) mean: as at the last start in --dir, else steps.services.Settings' defaults.
-    start.add_argument("--postgres-port", type=positive_int, help="PostgreSQL port (default: 5433)")
-    start.add_argument("--mlflow-port", type=positive_int, help="MLflow server port (default: 5000)")
-    start.add_argument("--prefect-port", type=positive_int, help="Prefect server port (default: 4200)")
-    start.add_argument("--artifacts", metavar="FOLDER|URI",
-                       help="where MLflow stores artifacts: a folder or s3://bucket/path, gs://... "
-                            "(default: mlartifacts in --dir)")
-    start.add_argument("--prefect-db", choices=["postgres", "sqlite"],
-                       help="Prefect's database: the same PostgreSQL (default) or SQLite in --dir/prefect")
-    start.add_argument("--mlflow-workers", type=positive_int, help="MLflow server worker processes (default: 2)")
-
-
-def services_command(args: argparse.Namespace) -> int:
-    from steps import services
-    from steps.postgres import PostgresError
-
-    try:
-        if args.action == "start":
-            running = services.start(args.dir, postgres_port=args.postgres_port, mlflow_port=args.mlflow_port,
-                                     prefect_port=args.prefect_port, artifacts=_artifacts(args.artifacts),
-                                     prefect_db=args.prefect_db, mlflow_workers=args.mlflow_workers)
-            _print_status(services.status(args.dir))
-            print(f"\nMLflow UI: {running.mlflow_url}   Prefect UI: {running.prefect_url.removesuffix('/api')}")
-            print(f"Point the pipeline at them (or `source {args.dir / services.ENV_FILE}`):")
-            print("".join(f"  export {k}={v}\n" for k, v in running.exports().items()), end="")
-            return 0
-        if args.action == "stop":
-            stopped = services.stop(args.dir)
-            print(f"stopped: {', '.join(stopped)}" if stopped else f"nothing was running in {args.dir}")
-            return 0
-        states = services.status(args.dir)
-        if not states:
-            print(f"no services in {args.dir}: start them with `make services` (or `gptpipe services start`)")
-            return 3
-        _print_status(states)
-        return 0 if all(s.running for s in states) else 3
-    except (services.ServiceError, PostgresError) as err:
-        print(f"gptpipe services: {err}", file=sys.stderr)
-        return 2
-
-
-def _artifacts(where: str | None) -> str | None:
-    """A folder given on the command line is relative to where the command runs; a URI stays as is."""
-    return str(Path(where).resolve()) if where and "://" not in where else where
-
-
-def _print_status(states: list) -> None:
-    print("\n".join(s.line() for s in states))
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
-
-
-def compare_runs(args: argparse.Namespace) -> int:
-    from steps import compare, tracking
-
-    try:
-        filters = compare.Filters(
-            experiment=args.experiment or default_experiment(), stage=args.stage,
-            tags=compare.parse_tags(args.tag), run_ids=tuple(args.runs),
-            status=None if args.status == "any" else args.status, last=None if args.runs else args.last,
-        )
-        runs = tracking.fetch_runs(filters.experiment, filters.stage, filters.tags, filters.run_ids,
-                                   max_runs=filters.last, status=filters.status)
-        if not runs:
-            raise compare.CompareError(no_runs_message(filters, tracking.tracking_uri(),
-                                                       tracking.experiment_names()))
-        missing = set(filters.run_ids) - {run.run_id for run in runs}
-        if missing:
-            print(f"gptpipe compare: not among the matching runs: {', '.join(sorted(missing))}", file=sys.stderr)
-        metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
-        result = compare.compare(runs, filters, metrics, args.best, args.maximize)
-    except ValueError as err:  # CompareError, or a filter MLflow's query language cannot express
-        print(f"gptpipe compare: {err}", file=sys.stderr)
-        return 2
-    curve_metrics = [m for names in compare.CURVE_FIGURES.values() for m in names]
-    histories = {run.run_id: tracking.metric_histories(run.run_id, curve_metrics) for run in runs}
-    paths = compare.write_report(result, histories, args.out)
-    print(compare.markdown_table(result))
-    print("\n".join(str(p) for p in paths))
-    return 0
-
-
-def default_experiment() -> str:
-    from steps.config import ConfigError, load_params
-
-    try:
-        return load_params().tracking.experiment
-    except ConfigError:
-        return "gptpipe"
-
-
-def no_runs_message(filters: Filters, uri: str, experiments: list[str]) -> str:
-    known = ", ".join(experiments) or "none yet"
-    return (f"no runs match {filters.describe()} in {uri}.\n"
-            f"Record some first (e.g. `dvc exp run -n cls-lora -S finetune_classifier.trainable=lora`), "
-            f"or check --experiment (experiments in this store: {known}), --stage, --tag, --runs and --status.")
+    rest = argv[1:]
+    if not rest:
+        return argv[0], "params.yaml"
+    if len(rest) == 2 and rest[0] == "--params" and not rest[1].startswith("-"):
+        return argv[0], rest[1]
+    if len(rest) == 1 and rest[0].startswith("--params=") and len(rest[0]) > len("--params="):
+        return argv[0], rest[0][len("--params="):]
+    return None
 
 
 if __name__ == "__main__":

@@ -39,10 +39,11 @@ LAZY_IMPORTS = (
 def preload() -> None:
     """Import every stage's modules and what they import lazily, and do once what each child
     would otherwise redo: Pillow's plugins, MLflow's schema head, exit-time finalizers."""
-    from pipelines.__main__ import STAGES
+    from pipelines import STAGES
     from steps.tracking import STORE_MODULES
 
-    for module, _ in STAGES.values():
+    # The command line a child parses its stage command with, and every stage's flow.
+    for module in ("pipelines.cli", *(module for module, _ in STAGES.values())):
         importlib.import_module(module)
     # What opening the MLflow store needs: also what lets a child open it on a thread.
     for module in (*STORE_MODULES, *LAZY_IMPORTS):

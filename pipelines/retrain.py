@@ -30,6 +30,9 @@ from steps.repo_lock import exclusive
 from steps.repro import dvc_repro
 
 log = logging.getLogger("gptpipe.retrain")
+# Our loggers speak at INFO in every flow (Prefect ships them to its run logs: see
+# PREFECT_LOGGING_EXTRA_LOGGERS in pipelines/__init__.py).
+logging.getLogger("gptpipe").setLevel(logging.INFO)
 DEFAULT_DEPLOYMENT = "scheduled"
 # Tags a registered version carries: its held-out score (what a later challenger must beat) and
 # where it came from.

@@ -17,12 +17,15 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from model.atomic import write_json
-from pipelines.warm import STARTED_ENV, process_start_time
+from pipelines.warm_client import STARTED_ENV, process_start_time
 from steps import layout
 from steps.config import Params, flat_params, load_params, params_hash
 from steps.tracking import StageRun, stage_run
 
 log = logging.getLogger("gptpipe.stage")
+# Our loggers speak at INFO in every flow (Prefect ships them to its run logs: see
+# PREFECT_LOGGING_EXTRA_LOGGERS in pipelines/__init__.py).
+logging.getLogger("gptpipe").setLevel(logging.INFO)
 
 # Stage tasks pass models and tensors in memory within one flow run; hashing those inputs for
 # Prefect's cache would cost time and buy nothing, since DVC already decides what reruns. Nor are

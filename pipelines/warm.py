@@ -12,21 +12,20 @@ one) and runs the flow as `gptpipe <stage>` would in-process. Flow runs are reco
 in that server's database under PREFECT_HOME, as with Prefect's temporary server.
 
 The runner listens on a Linux abstract socket, named after everything that must match for a fork
-of it to behave like a fresh process (interpreter, installed packages, this file, PREFECT_HOME,
+of it to behave like a fresh process (interpreter, installed packages, its own code, PREFECT_HOME,
 PREFECT_API_URL, thread and device variables); the kernel frees the name when the runner dies, so
 no stale PID or socket file can mislead a client. Two clients starting runners at once race for
 the name: the loser exits and both clients reach the winner. The runner exits after
 GPTPIPE_WARM_IDLE_S seconds without a stage (default 300) and stops its Prefect server.
 GPTPIPE_WARM=0, or a platform without abstract sockets, runs each stage in its own process.
 
-What the runner loads and builds before it serves is in pipelines/preload.py. This module imports
-only the standard library at the top: the client's start-up is the cost being cut.
+The client (and the runner's key, address and message format) is pipelines/warm_client.py, kept
+apart because every stage command pays its imports; what the runner loads and builds before it
+serves is in pipelines/preload.py.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import select
 import signal
@@ -34,195 +33,20 @@ import socket
 import struct
 import subprocess
 import sys
-import sysconfig
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
-ENABLE_ENV = "GPTPIPE_WARM"
-IDLE_ENV = "GPTPIPE_WARM_IDLE_S"
+from pipelines.warm_client import MAX_MESSAGE, STARTED_ENV, WarmError, address, decode, encode, idle_seconds
+
 # A file to which each child appends the modules it had to import itself ("stage module" lines):
 # what pipelines/preload.py's LAZY_IMPORTS misses, since every such import is paid again by every stage.
 IMPORTS_LOG_ENV = "GPTPIPE_WARM_IMPORTS_LOG"
-DEFAULT_IDLE_S = 300.0
-# The client's process start (Unix time): a stage's startup_seconds counts from there, not from
-# the fork, so the reported cost is what the caller waited.
-STARTED_ENV = "GPTPIPE_STAGE_STARTED"
 # Packages whose modules a child imports afresh from the client's path.
 PROJECT_PACKAGES = ("pipelines", "steps", "model")
-# Variables a fork cannot change after the fact: read at import or server start-up.
-KEY_ENV = ("PREFECT_HOME", "PREFECT_API_URL", "PREFECT_PROFILE", "PYTHONPATH", "OMP_NUM_THREADS",
-           "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "PYTORCH_CUDA_ALLOC_CONF")
-MAX_MESSAGE = 1 << 20  # one request: argv, cwd, environment, sys.path (a few kB)
 # A stage that reported its exit status gets this long to ship Prefect's last logs and events.
 DRAIN_LIMIT_S = 120.0
-CONNECT_TIMEOUT_S = 600.0  # a cold start imports everything and starts Prefect's server
-
-
-class WarmError(RuntimeError):
-    """The runner could not be reached or started; the caller runs the stage in-process."""
-
-
-def process_start_time() -> float:
-    """When this process started (Unix time), to the kernel's clock tick (10 ms): what a stage's
-    startup_seconds counts from. Not psutil's create_time(), which adds Linux's boot time in whole
-    seconds (/proc/stat's btime) and so reads up to a second early; /proc/uptime has the tick."""
-    try:
-        stat = Path("/proc/self/stat").read_text()
-        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime: ticks after boot
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):  # not Linux
-        import psutil
-
-        return psutil.Process().create_time()
-
-
-def enabled(env: dict[str, str] | None = None) -> bool:
-    env = os.environ if env is None else env
-    return sys.platform.startswith("linux") and env.get(ENABLE_ENV, "1") != "0"
-
-
-def runner_key(env: dict[str, str] | None = None) -> str:
-    """What a fork inherits and cannot change, hashed: runners with different keys never mix."""
-    env = os.environ if env is None else env
-    digest = hashlib.sha256()
-    packages = Path(sysconfig.get_paths()["purelib"])
-    for part in (sys.executable, str(packages.stat().st_mtime_ns) if packages.exists() else "",
-                 *(f"{k}={env.get(k, '')}" for k in KEY_ENV)):
-        digest.update(part.encode() + b"\0")
-    for module in ("warm.py", "preload.py"):  # the runner's own code
-        digest.update((Path(__file__).parent / module).read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def address(key: str) -> str:
-    # Leading NUL: Linux's abstract namespace, no file on disk.
-    return f"\0gptpipe-warm-{os.getuid()}-{key}"
-
-
-def log_file(env: dict[str, str] | None = None) -> Path:
-    env = os.environ if env is None else env
-    home = Path(env.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
-    return home / "gptpipe-warm.log"
-
-
-def idle_seconds(env: dict[str, str] | None = None) -> float:
-    env = os.environ if env is None else env
-    text = env.get(IDLE_ENV, "")
-    try:
-        return float(text) if text else DEFAULT_IDLE_S
-    except ValueError as err:
-        raise WarmError(f"{IDLE_ENV}={text!r}: expected a number of seconds, e.g. 300") from err
-
-
-# ---------------------------------------------------------------- client side
-
-
-def _connect(key: str) -> socket.socket | None:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    try:
-        sock.connect(address(key))
-    except (ConnectionRefusedError, FileNotFoundError):
-        sock.close()
-        return None
-    return sock
-
-
-def spawn_runner(key: str) -> subprocess.Popen[bytes]:
-    """Start a runner for `key`, detached: its own session, no inherited pipes (a caller that
-    reads our stdout to EOF, like `subprocess.run(capture_output=True)`, must not wait for it)."""
-    log = log_file()
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "pipelines.warm", "serve", key], stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
-
-
-def connect(start: bool = True, timeout_s: float = CONNECT_TIMEOUT_S) -> socket.socket | None:
-    """A connection to this environment's runner; with `start`, one is started if none answers.
-    None when none runs and `start` is off."""
-    key = runner_key()
-    sock = _connect(key)
-    if sock is not None or not start:
-        return sock
-    proc = spawn_runner(key)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        sock = _connect(key)
-        if sock is not None:
-            return sock
-        if proc.poll() is not None:
-            # Lost the race for the name to another runner (it answers next try), or failed.
-            sock = _connect(key)
-            if sock is not None:
-                return sock
-            raise WarmError(f"the warm runner exited ({proc.returncode}) before listening; see {log_file()}")
-        time.sleep(0.02)
-    raise WarmError(f"no warm runner answered within {timeout_s:.0f} s; see {log_file()}")
-
-
-def _request(message: dict[str, Any], start: bool = False) -> dict[str, Any] | None:
-    sock = connect(start=start)
-    if sock is None:
-        return None
-    with sock:
-        sock.sendall(json.dumps(message).encode())
-        reply = sock.recv(MAX_MESSAGE)
-    return json.loads(reply) if reply else None
-
-
-def status() -> dict[str, Any] | None:
-    """The runner's pid, Prefect API URL, stages run and idle limit; None when none runs."""
-    return _request({"op": "status"})
-
-
-def start() -> dict[str, Any]:
-    """Start this environment's runner (if none runs) and wait until it serves; its status."""
-    reply = _request({"op": "status"}, start=True)
-    if reply is None:
-        raise WarmError(f"the warm runner closed the connection; see {log_file()}")
-    return reply
-
-
-def stop() -> bool:
-    """Stop this environment's runner (after its running stages end); False when none ran."""
-    return _request({"op": "stop"}) is not None
-
-
-def run_stage(argv: list[str], started: float) -> int:
-    """Run `gptpipe <argv>` in a child of the runner with this process's stdio, directory and
-    environment; the child's exit status. Signals to this process go to the child."""
-    sock = connect()
-    assert sock is not None
-    message = {"op": "run", "argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "path": sys.path,
-               "started": started}
-    with sock:
-        # An error up to here leaves nothing started: the caller may run the stage itself. From
-        # here on the stage runs in the runner's child; errors end this client, never rerun it.
-        socket.send_fds(sock, [json.dumps(message).encode()], [0, 1, 2])
-
-        def forward(signum: int, frame: Any) -> None:
-            sock.sendall(json.dumps({"signal": signum}).encode())
-
-        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-        try:
-            # A forwarded signal does not end the wait (PEP 475 retries the call): the child
-            # decides when it ends, and its exit status is ours.
-            reply = sock.recv(MAX_MESSAGE)
-        except OSError:
-            reply = b""
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-    if not reply:
-        print(f"gptpipe: the warm runner died during the stage; see {log_file()}", file=sys.stderr)
-        return 1
-    return int(json.loads(reply)["exit"])
-
-
-# ---------------------------------------------------------------- runner side
 
 
 def project_snapshot() -> dict[str, tuple[str, int, int]]:
@@ -418,7 +242,7 @@ class Runner:
             os.close(fd)
         conn = self.children.get(pid)
         if data and conn is not None:
-            _answer(conn, int(json.loads(data)["exit"]))
+            _answer(conn, int(decode(data)["exit"]))
             self.children[pid] = None
             self.reported_at[pid] = time.monotonic()
 
@@ -443,7 +267,7 @@ class Runner:
             # The client died (DVC interrupted, say): its stage must not run on unobserved.
             _kill(pid, signal.SIGTERM)
             return
-        signum = json.loads(data).get("signal")
+        signum = decode(data).get("signal")
         if isinstance(signum, int):
             _kill(pid, signum)
 
@@ -461,7 +285,7 @@ class Runner:
         if not data:
             conn.close()
             return
-        request = json.loads(data)
+        request = decode(data)
         op = request.get("op")
         if op == "run" and len(fds) == 3 and not self.stopping:
             self._fork(conn, request, fds)
@@ -469,7 +293,7 @@ class Runner:
             if op == "stop":
                 self.stopping = True
             reply = self.status() if op in ("status", "stop") else {"exit": 1}
-            conn.sendall(json.dumps(reply).encode())
+            conn.sendall(encode(reply))
             conn.close()
         for fd in fds:
             os.close(fd)
@@ -539,7 +363,7 @@ def exit_child(code: int, report_fd: int | None = None, runner_log: int | None =
         if report_fd is not None:
             sys.stdout.flush()
             sys.stderr.flush()
-            os.write(report_fd, json.dumps({"exit": code}).encode())
+            os.write(report_fd, encode({"exit": code}))
             os.close(report_fd)
             os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
             if runner_log is not None:
@@ -667,7 +491,7 @@ def without_heartbeats() -> None:
 
 def _answer(conn: socket.socket, code: int) -> None:
     try:
-        conn.sendall(json.dumps({"exit": code}).encode())
+        conn.sendall(encode({"exit": code}))
     except OSError:
         pass  # the client is gone
     conn.close()

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.__main__ import STAGES
+from pipelines import STAGES
 from steps import layout
 from steps.config import Params
 

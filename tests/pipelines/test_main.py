@@ -4,7 +4,9 @@ import importlib
 
 import pytest
 
-from pipelines.__main__ import RANK_ENTRIES, STAGES, main, run_flow, torchrun_relaunch
+from pipelines import STAGES
+from pipelines.__main__ import main, stage_request
+from pipelines.cli import RANK_ENTRIES, run_flow, torchrun_relaunch
 
 
 def test_every_stage_name_points_at_a_prefect_flow():
@@ -166,16 +168,52 @@ def test_export_hf_writes_a_transformers_folder_or_explains(tmp_path, capsys):
 def test_a_torchrun_rank_never_hands_over_to_the_warm_runner(monkeypatch):
     """Each rank torchrun starts must stay its own process (torchrun watches it, the process group
     binds it to a device): with WORLD_SIZE set the stage runs here even with the runner on."""
-    from pipelines import __main__ as cli
-    from pipelines import warm
+    from pipelines import warm_client
 
     def refuse(*_args, **_kwargs):
         raise AssertionError("a torchrun rank was handed to the warm runner")
 
-    monkeypatch.setattr(warm, "run_stage", refuse)
-    monkeypatch.setattr(warm, "enabled", lambda env=None: True)
+    monkeypatch.setattr(warm_client, "run_stage", refuse)
+    monkeypatch.setattr(warm_client, "enabled", lambda env=None: True)
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert cli.run_warm("pretrain", "params.yaml") is None
+    assert warm_client.hand_over("pretrain", "params.yaml") is None
     monkeypatch.delenv("WORLD_SIZE")
-    monkeypatch.setattr(warm, "run_stage", lambda argv, started: 0)
-    assert cli.run_warm("pretrain", "params.yaml") == 0
+    monkeypatch.setattr(warm_client, "run_stage", lambda argv, started: 0)
+    assert warm_client.hand_over("pretrain", "params.yaml") == 0
+
+
+def test_a_plain_stage_command_is_recognised_without_argparse():
+    assert stage_request(["download"]) == ("download", "params.yaml")
+    assert stage_request(["pretrain", "--params", "p.yaml"]) == ("pretrain", "p.yaml")
+    assert stage_request(["evaluate", "--params=other.yaml"]) == ("evaluate", "other.yaml")
+    # anything else is argparse's: help, unknown stages and options, a missing value
+    for argv in ([], ["--help"], ["download", "--help"], ["nope"], ["download", "--params"],
+                 ["download", "--params="], ["download", "--params", "--help"], ["download", "extra"],
+                 ["compare", "--params", "p.yaml"]):
+        assert stage_request(argv) is None, argv
+
+
+def test_a_stage_the_runner_cannot_take_runs_here_and_the_runner_is_asked_once(monkeypatch):
+    """main() asks the runner once; when it is unavailable the command line runs the stage itself."""
+    from pipelines import cli, warm_client
+
+    asked, ran = [], []
+    monkeypatch.setattr(warm_client, "enabled", lambda env=None: True)
+    monkeypatch.setattr(warm_client, "run_stage", lambda argv, started: asked.append(argv) or _unavailable())
+    monkeypatch.setattr(cli, "run_flow", lambda stage, params: ran.append((stage, params)))
+    monkeypatch.setattr("steps.config.load_params", lambda path: _params_with_one_process())
+    assert main(["tokenize", "--params", "params.yaml"]) == 0
+    assert asked == [["tokenize", "--params", "params.yaml"]]
+    assert ran == [("tokenize", "params.yaml")]
+
+
+def _unavailable():
+    from pipelines.warm_client import WarmError
+
+    raise WarmError("no runner in this test")
+
+
+def _params_with_one_process():
+    from types import SimpleNamespace
+
+    return SimpleNamespace(pretrain=SimpleNamespace(nproc=1))

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import yaml
 
-from pipelines import warm
+from pipelines import warm, warm_client
 from pipelines.__main__ import main
 from pipelines.stage import stage_process_start
 from tests.pipelines.conftest import eventually
@@ -30,30 +30,10 @@ SMALL_DOWNLOAD = {"corpus_bytes": 150_000, "sms_messages": 100, "instructions_tr
 # ---------------------------------------------------------------- fast: no runner started
 
 
-def test_the_key_changes_with_what_a_fork_cannot_change():
-    base = {"PATH": "/bin", "PREFECT_HOME": "/a"}
-    assert warm.runner_key(base) == warm.runner_key({**base, "PATH": "/usr/bin", "DVC_EXP_NAME": "x"})
-    assert warm.runner_key(base) != warm.runner_key({**base, "PREFECT_HOME": "/b"})
-    assert warm.runner_key(base) != warm.runner_key({**base, "PREFECT_API_URL": "http://127.0.0.1:1/api"})
-    assert warm.runner_key(base) != warm.runner_key({**base, "OMP_NUM_THREADS": "1"})
-
-
-def test_switched_off_by_the_environment():
-    assert not warm.enabled({"GPTPIPE_WARM": "0"})
-    assert warm.enabled({}) == sys.platform.startswith("linux")
-
-
-def test_a_bad_idle_limit_names_the_variable():
-    with pytest.raises(warm.WarmError, match="GPTPIPE_WARM_IDLE_S='soon'"):
-        warm.idle_seconds({"GPTPIPE_WARM_IDLE_S": "soon"})
-    assert warm.idle_seconds({}) == warm.DEFAULT_IDLE_S
-    assert warm.idle_seconds({"GPTPIPE_WARM_IDLE_S": "2.5"}) == 2.5
-
-
 def test_startup_counts_from_the_clients_start(monkeypatch):
-    monkeypatch.setenv(warm.STARTED_ENV, "1700000000.25")
+    monkeypatch.setenv(warm_client.STARTED_ENV, "1700000000.25")
     assert stage_process_start() == 1700000000.25
-    monkeypatch.delenv(warm.STARTED_ENV)
+    monkeypatch.delenv(warm_client.STARTED_ENV)
     assert 0 < time.time() - stage_process_start() < 24 * 3600  # this process's own start
 
 
@@ -88,18 +68,6 @@ def test_a_child_gets_the_runners_server_unless_its_client_names_one():
     assert warm.prefect_overrides({}, None) == {}  # a runner that reports to a team server
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_the_process_start_is_read_to_the_clock_tick():
-    """startup_seconds counts from here: psutil's create_time() can be a second early on Linux."""
-    code = "from pipelines.warm import process_start_time; print(repr(process_start_time()))"
-    before = time.time()
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    after = time.time()  # fork and exec are done when Popen returns
-    started = float(proc.communicate(timeout=120)[0])
-    tick = 1 / os.sysconf("SC_CLK_TCK")
-    assert before - 2 * tick <= started <= after + 2 * tick
-
-
 def test_a_connection_from_this_user_is_accepted():
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with a, b:
@@ -125,7 +93,7 @@ def test_another_users_request_is_refused_unread():
                 sock.connect(name)
                 code = 3
                 try:
-                    sock.sendall(json.dumps({"op": "run", "argv": ["download"]}).encode())
+                    sock.sendall(warm_client.encode({"op": "run", "argv": ["download"]}))
                     code = 0 if sock.recv(4096) == b"" else 2  # closed, no answer
                 except (BrokenPipeError, ConnectionResetError):
                     code = 0  # closed before the request was even sent
@@ -175,7 +143,7 @@ def test_a_child_reports_its_exit_status_before_it_drains(tmp_path):
         client_saw += chunk
     _, status = os.waitpid(pid, 0)
     finished = time.monotonic() - start
-    assert json.loads(report) == {"exit": 3}
+    assert warm_client.decode(report) == {"exit": 3}
     assert answered < 1.0 <= finished  # answered before the 1.5 s exit hook, which still ran
     assert os.waitstatus_to_exitcode(status) == 3
     assert client_saw == b"stage output\n"
@@ -206,7 +174,7 @@ def _gptpipe(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Comp
 
 
 def _status(cwd: Path, env: dict[str, str]) -> dict:
-    code = ("import json; from pipelines import warm; print(json.dumps(warm.status()))")
+    code = ("import json; from pipelines import warm_client; print(json.dumps(warm_client.status()))")
     out = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True,
                          timeout=120, check=True).stdout
     return json.loads(out)

@@ -126,7 +126,7 @@ def test_cli_reports_errors_without_a_traceback(tmp_path, capsys, monkeypatch):
 
 
 def test_cli_artifact_folders_are_relative_to_where_it_runs(tmp_path, monkeypatch):
-    from pipelines.__main__ import _artifacts
+    from pipelines.cli import _artifacts
 
     monkeypatch.chdir(tmp_path)
     assert _artifacts("shared/artifacts") == str(tmp_path.resolve() / "shared" / "artifacts")
