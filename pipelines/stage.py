@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.settings import get_current_settings
 
 from model.atomic import write_json
 from pipelines.warm_client import STARTED_ENV, process_start_time
@@ -36,8 +37,10 @@ io_task = task(cache_policy=NO_CACHE, persist_result=False, retries=2, retry_del
 
 
 def stage_flow(name: str) -> Callable[[Callable[..., Any]], Any]:
-    """The decorator of a stage's flow: one flow run per stage, results not persisted (above)."""
-    return flow(name=name, persist_result=False)
+    """The decorator of a stage's flow: one flow run per stage, results not persisted (above).
+    Its result storage is named anyway, as Prefect's own local default: without one, every flow
+    run asks the server for a default storage block (a round trip, ~15 ms) it would never use."""
+    return flow(name=name, persist_result=False, result_storage=get_current_settings().results.local_storage_path)
 
 
 class NoTracking:

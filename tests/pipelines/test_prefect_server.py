@@ -63,3 +63,39 @@ def test_through_the_warm_runner_the_flow_reports_to_the_configured_server(prefe
     runs = httpx.post(f"{prefect_server}/flow_runs/filter", json={}, timeout=10).json()
     assert len(runs) == before + 1
     assert all(r["state_type"] == "COMPLETED" for r in runs)
+
+
+def test_a_stage_flow_run_never_asks_the_server_for_result_storage(prefect_server):
+    """Stage flows persist no results, so they name their (unused) storage instead of asking the
+    server for its default block on every run; a plain flow does ask (the control)."""
+    code = """
+from prefect import flow
+from prefect.client.orchestration import SyncPrefectClient
+
+def refuse(self):
+    raise AssertionError("asked the server for its result storage")
+
+SyncPrefectClient.read_server_default_result_storage = refuse
+from pipelines.stage import stage_flow
+
+@stage_flow("storage-probe")
+def stage_probe():
+    return "stage flow ran"
+
+@flow(name="plain-probe", persist_result=False)
+def plain_probe():
+    return "plain flow ran"
+
+print(stage_probe())
+try:
+    plain_probe()
+except AssertionError as err:
+    print("plain flow:", err)
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env.update(PREFECT_API_URL=prefect_server, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "stage flow ran" in proc.stdout
+    assert "plain flow: asked the server for its result storage" in proc.stdout
