@@ -527,7 +527,7 @@ def serve(key: str) -> int:
         if server is not None:
             server.wait_healthy()
         url = server.api_url if server is not None else None
-        preload.warm_prefect(url or os.environ["PREFECT_API_URL"])
+        preload.warm_prefect(url or os.environ["PREFECT_API_URL"], own_server=server is not None)
         os.chdir("/")  # hold no project directory open
         settings_key = settings_for_children(url)
         print(f"gptpipe warm runner {key} (pid {os.getpid()}) ready in {time.perf_counter() - started:.1f} s; "

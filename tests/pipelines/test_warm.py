@@ -244,6 +244,8 @@ def test_flow_runs_are_recorded_in_the_runners_prefect_server(runner):
     assert len({r["name"] for r in runs}) == 3  # each child drew fresh randomness for its run name
     flows = {httpx.get(f"{url}/flows/{r['flow_id']}", timeout=30).json()["name"] for r in runs}
     assert flows == {"download"}
+    # The runner warmed its server with a flow run of its own, and deleted it with its flow.
+    assert {f["name"] for f in httpx.post(f"{url}/flows/filter", json={}, timeout=30).json()} == {"download"}
 
     def completed_tasks() -> int:
         tasks = httpx.post(f"{url}/task_runs/filter", json={}, timeout=30).json()
