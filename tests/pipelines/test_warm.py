@@ -232,6 +232,7 @@ def test_concurrent_and_later_stages_share_one_runner(runner):
     assert first["stages_run"] == 2
     again = _status(dirs[2], env)
     assert again["pid"] == first["pid"] and again["stages_run"] == 3
+    assert again["frozen_objects"] > 100_000  # what it imported, kept out of its children's collections
     assert again["prefect_api_url"].startswith("http://127.0.0.1:")
 
 
