@@ -17,14 +17,16 @@ def main(argv: list[str] | None = None, warm: bool = True) -> int:
     """`warm`: run a stage in a child of the warm runner (pipelines/warm.py) when it is enabled;
     the runner's child itself calls this with warm=False."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    request = stage_request(argv) if warm else None
-    if request is not None:
+    request = stage_request(argv)
+    if request is not None and warm:
         code = hand_over(*request)
         if code is not None:
             return code
-    from pipelines.cli import cli
+    from pipelines import cli
 
-    return cli(argv, warm=warm and request is None)
+    if request is not None:  # no argparse for what it would only confirm (in every runner's child, too)
+        return cli.stage_command(*request)
+    return cli.cli(argv, warm=warm)
 
 
 def stage_request(argv: list[str]) -> tuple[str, str] | None:

@@ -98,18 +98,23 @@ def cli(argv: list[str] | None = None, warm: bool = True) -> int:
             return code
     if args.command in ("retrain", "schedule"):
         return retrain_command(args)
-    from steps.config import ConfigError, load_params
-
     if args.command == "profile":
         return _profile(args.name, args.params)
+    return stage_command(args.command, args.params)
+
+
+def stage_command(stage: str, params_path: str) -> int:
+    """Run one stage here (under torchrun when its params ask for several processes); 2 when the
+    params file is invalid."""
+    from steps.config import ConfigError, load_params
 
     try:
         # Validate before the flow starts: a typo should not cost a Prefect server start-up.
-        params = load_params(args.params)
-        relaunch = torchrun_relaunch(args.command, args.params, params.pretrain.nproc)
+        params = load_params(params_path)
+        relaunch = torchrun_relaunch(stage, params_path, params.pretrain.nproc)
         if relaunch is not None:
             return subprocess.call(relaunch)
-        run_flow(args.command, args.params)
+        run_flow(stage, params_path)
     except ConfigError as err:
         print(f"gptpipe: {err}", file=sys.stderr)
         return 2
