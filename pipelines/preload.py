@@ -9,6 +9,7 @@ inherit through fork(): no threads, no open connections, no state tied to a proj
 from __future__ import annotations
 
 import importlib
+import os
 import ssl
 import sys
 from typing import Any
@@ -56,6 +57,37 @@ def preload() -> None:
     pin_mlflow_schema_head()
     share_prefect_ssl_context()
     skip_inherited_finalizers()
+    rehearse_mlflow()
+
+
+def rehearse_mlflow() -> None:
+    """One throwaway stage run in a scratch MLflow store (steps.tracking.rehearse_stage_run), so
+    that children inherit what MLflow and SQLAlchemy build at their first call of each kind. The
+    scratch store is a copy of a template kept next to the runner's log, made once per MLflow
+    version: creating a store from nothing runs all of MLflow's migrations (~2 s)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+
+    from pipelines.warm_client import log_file
+    from steps.tracking import DEFAULT_DB, rehearse_stage_run
+
+    template = Path(log_file()).parent / "gptpipe-warm" / f"mlflow-{mlflow.__version__}.db"
+    scratch = Path(tempfile.mkdtemp(prefix="gptpipe-rehearsal-"))
+    try:
+        if template.is_file():
+            shutil.copyfile(template, scratch / DEFAULT_DB)
+        if rehearse_stage_run(scratch) and not template.is_file():
+            template.parent.mkdir(parents=True, exist_ok=True)
+            partial = template.with_name(f"{template.name}.{os.getpid()}.partial")
+            shutil.copyfile(scratch / DEFAULT_DB, partial)
+            partial.replace(template)  # atomic: a concurrent runner never copies half a file
+    except Exception as err:  # noqa: BLE001 - a rehearsal is an optimisation; stages open their own store
+        print(f"gptpipe warm runner: MLflow rehearsal skipped: {err}", flush=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def warm_prefect(api_url: str, own_server: bool = False) -> None:

@@ -124,3 +124,18 @@ def test_only_the_runners_own_server_gets_a_warm_up_run(monkeypatch):
     preload.warm_prefect("http://127.0.0.1:1/api", own_server=True)
     assert clients[0].calls == ["version check"]
     assert clients[1].calls[0] == "version check" and clients[1].calls[-1] == "delete_flow flow-1"
+
+
+def test_the_mlflow_rehearsal_makes_its_template_once_and_then_copies_it(tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
+    monkeypatch.chdir(tmp_path)
+    template = tmp_path / "prefect-home" / "gptpipe-warm" / f"mlflow-{mlflow.__version__}.db"
+    preload.rehearse_mlflow()
+    assert template.is_file()
+    made = template.stat().st_mtime_ns
+    preload.rehearse_mlflow()
+    assert template.stat().st_mtime_ns == made  # copied, not rebuilt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prefect-home"]  # nothing else left behind

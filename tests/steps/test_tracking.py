@@ -1,6 +1,7 @@
 """MLflow tracking: one run per stage with params, metrics, artifacts and tags, in a local store."""
 
 import importlib
+import os
 import threading
 from pathlib import Path
 
@@ -210,3 +211,27 @@ def test_stage_runs_started_by_a_retrain_carry_its_id(store, monkeypatch):
     run_id = _run_with_model(store)
     (found,) = tracking.fetch_runs("exp", tags={"retrain_id": "r-42"}, root=store)
     assert found.run_id == run_id
+
+
+def test_a_rehearsal_records_one_run_in_its_scratch_store_and_leaves_no_trace(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    project = tmp_path / "project"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    scratch = tmp_path / "scratch"
+    assert tracking.rehearse_stage_run(scratch)
+    assert Path.cwd() == project and list(project.iterdir()) == []  # nothing written where it ran from
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    client = MlflowClient(f"sqlite:///{scratch / tracking.DEFAULT_DB}")
+    (run,) = client.search_runs([client.get_experiment_by_name("rehearsal").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["lr"] == "0.1"
+    assert run.data.metrics["loss"] == 0.5
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"rehearsal.json", "plots"}
+
+
+def test_no_rehearsal_on_a_store_someone_else_named(tmp_path, monkeypatch):
+    """MLFLOW_TRACKING_URI may be a team's server: it never gets throwaway runs."""
+    other = tmp_path / "team.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{other}")
+    assert not tracking.rehearse_stage_run(tmp_path / "scratch")
+    assert not other.exists() and not (tmp_path / "scratch").exists()
