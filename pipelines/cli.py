@@ -27,8 +27,10 @@ RANK_ENTRIES: dict[str, tuple[str, str]] = {
 }
 
 
-def run_flow(stage: str, params_path: str) -> dict[str, float]:
-    """The stage's flow; under torchrun, ranks other than 0 run the stage's rank entry instead."""
+def run_flow(stage: str, params_path: str, experiment: str | None = None) -> dict[str, float]:
+    """The stage's flow; under torchrun, ranks other than 0 run the stage's rank entry instead.
+    `experiment` (the MLflow experiment the stage records to) is looked up on a thread while
+    Prefect creates the flow run."""
     if stage in RANK_ENTRIES:
         from steps.distributed import is_main_process
 
@@ -40,7 +42,7 @@ def run_flow(stage: str, params_path: str) -> dict[str, float]:
     flow = getattr(importlib.import_module(module), name)
     from steps.tracking import open_store_early
 
-    open_store_early()  # overlaps Prefect's flow-run creation
+    open_store_early(experiment=experiment)  # overlaps Prefect's flow-run creation
     return flow(params_path=params_path)
 
 
@@ -114,7 +116,7 @@ def stage_command(stage: str, params_path: str) -> int:
         relaunch = torchrun_relaunch(stage, params_path, params.pretrain.nproc)
         if relaunch is not None:
             return subprocess.call(relaunch)
-        run_flow(stage, params_path)
+        run_flow(stage, params_path, params.tracking.experiment)
     except ConfigError as err:
         print(f"gptpipe: {err}", file=sys.stderr)
         return 2

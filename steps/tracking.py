@@ -35,6 +35,8 @@ def tracking_uri(root: Path | None = None) -> str:
 
 
 _store_opening: threading.Thread | None = None
+# What the early thread found, for stage_run: {(uri, experiment, root): (experiment id, git commit)}.
+_found_early: dict[tuple[str, str, Path], tuple[str, str]] = {}
 # What opening a SQLite store imports. A thread that imports while the main thread imports too can
 # meet a module half initialised by the other (Python's import lock is per module), so the store
 # opens early only where these are imported already (in a warm runner's child, all are).
@@ -42,20 +44,26 @@ STORE_MODULES = ("mlflow.store.tracking.sqlalchemy_store", "mlflow.store.db.util
                  "alembic.config", "alembic.command", "alembic.script", "alembic.runtime.migration")
 
 
-def open_store_early(root: Path | None = None) -> None:
+def open_store_early(root: Path | None = None, experiment: str | None = None) -> None:
     """Start opening the tracking store (engine, schema check, default experiment) on a thread, so
     it overlaps whatever the caller does next (Prefect creating its flow run) instead of adding to
-    it. MLflow caches the store by URI: `stage_run` waits for this one and uses it. An error here
-    is left for `stage_run`, which opens the store again and reports it. Nothing happens unless
-    the store's modules are imported already (STORE_MODULES)."""
+    it; with `experiment`, also look up (or create) that experiment and read the git commit, both
+    of which stage_run needs. MLflow caches the store by URI: `stage_run` waits for this one and
+    uses it and what was found. An error here is left for `stage_run`, which does the same again
+    and reports it. Nothing happens unless the store's modules are imported already (STORE_MODULES)."""
     global _store_opening
     if not all(name in sys.modules for name in STORE_MODULES):
         return
+    root = (root or Path.cwd()).resolve()
     uri = tracking_uri(root)
+    local_store = not os.environ.get("MLFLOW_TRACKING_URI")
 
     def open_store() -> None:
         try:
-            MlflowClient(uri)
+            client = MlflowClient(uri)
+            if experiment is not None:
+                found = _ensure_experiment(experiment, root, local_store, client), git_commit(root)
+                _found_early[(uri, experiment, root)] = found
         except Exception:  # noqa: BLE001 - reported by stage_run's own attempt
             pass
 
@@ -70,8 +78,8 @@ def _store_opened() -> None:
         _store_opening = None
 
 
-def _ensure_experiment(name: str, root: Path, local_store: bool) -> str:
-    client = MlflowClient()
+def _ensure_experiment(name: str, root: Path, local_store: bool, client: MlflowClient | None = None) -> str:
+    client = client or MlflowClient()
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
@@ -160,9 +168,11 @@ def stage_run(
     # Decide before set_tracking_uri: MLflow exports the URI it is given into the environment.
     local_store = not os.environ.get("MLFLOW_TRACKING_URI")
     _store_opened()
-    mlflow.set_tracking_uri(tracking_uri(root))
-    experiment_id = _ensure_experiment(experiment, root, local_store)
-    commit = git_commit(root)
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    found = _found_early.pop((uri, experiment, root), None)
+    _found_early.clear()  # what the thread found serves the stage run right after it, never a later one
+    experiment_id, commit = found or (_ensure_experiment(experiment, root, local_store), git_commit(root))
     tags = {
         "stage": stage,
         "git_commit": commit,

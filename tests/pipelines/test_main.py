@@ -200,11 +200,11 @@ def test_a_stage_the_runner_cannot_take_runs_here_and_the_runner_is_asked_once(m
     asked, ran = [], []
     monkeypatch.setattr(warm_client, "enabled", lambda env=None: True)
     monkeypatch.setattr(warm_client, "run_stage", lambda argv, started: asked.append(argv) or _unavailable())
-    monkeypatch.setattr(cli, "run_flow", lambda stage, params: ran.append((stage, params)))
+    monkeypatch.setattr(cli, "run_flow", lambda stage, params, experiment: ran.append((stage, params, experiment)))
     monkeypatch.setattr("steps.config.load_params", lambda path: _params_with_one_process())
     assert main(["tokenize", "--params", "params.yaml"]) == 0
     assert asked == [["tokenize", "--params", "params.yaml"]]
-    assert ran == [("tokenize", "params.yaml")]
+    assert ran == [("tokenize", "params.yaml", "gptpipe")]
 
 
 def _unavailable():
@@ -216,4 +216,4 @@ def _unavailable():
 def _params_with_one_process():
     from types import SimpleNamespace
 
-    return SimpleNamespace(pretrain=SimpleNamespace(nproc=1))
+    return SimpleNamespace(pretrain=SimpleNamespace(nproc=1), tracking=SimpleNamespace(experiment="gptpipe"))

@@ -78,6 +78,35 @@ def test_a_store_opened_early_is_the_one_the_stage_run_uses(store, monkeypatch):
     assert found.info.run_id == run.run_id and found.data.metrics == {"records": 3.0}
 
 
+def test_the_experiment_and_commit_found_early_are_used_once_and_only_for_that_experiment(store, monkeypatch):
+    """With an experiment name, the early thread also finds the experiment and the git commit;
+    stage_run takes them (nothing looked up again on its path), for that experiment only."""
+    for name in tracking.STORE_MODULES:
+        importlib.import_module(name)
+    looked_up = []
+    original = tracking._ensure_experiment
+
+    def recording(name, root, local_store, client=None):
+        looked_up.append((name, threading.current_thread().name))
+        return original(name, root, local_store, client)
+
+    monkeypatch.setattr(tracking, "_ensure_experiment", recording)
+    monkeypatch.setattr(tracking, "git_commit", lambda root: f"commit-{threading.current_thread().name}")
+    tracking.open_store_early(store, experiment="early")
+    with tracking.stage_run("download", {"seed": 1}, "h", [], experiment="early") as run:
+        pass
+    assert looked_up == [("early", "gptpipe-open-mlflow-store")]
+    tags = tracking.find_runs("early", root=store)[0].data.tags
+    assert tags["git_commit"] == "commit-gptpipe-open-mlflow-store"
+    # Found for "early": a run of another experiment looks its own up, on its own path.
+    tracking.open_store_early(store, experiment="early")
+    with tracking.stage_run("download", {"seed": 1}, "h", [], experiment="other") as run:
+        pass
+    assert looked_up[-1] == ("other", "MainThread")
+    assert tracking.find_runs("other", root=store)[0].data.tags["git_commit"] == "commit-MainThread"
+    assert tracking._found_early == {}  # and what was found for "early" is not kept for later
+
+
 def test_no_store_opens_early_while_its_modules_are_still_to_import(store, monkeypatch):
     """Importing on a thread while the main thread imports can meet half-initialised modules:
     then the store opens in stage_run, as without open_store_early."""
