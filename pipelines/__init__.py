@@ -21,6 +21,15 @@ def apply_env_defaults() -> None:
 
 apply_env_defaults()
 
+
+def show_info_logs() -> None:
+    """Our `gptpipe.*` loggers speak at INFO (Prefect ships them to its run logs: see
+    PREFECT_LOGGING_EXTRA_LOGGERS above). Called by the modules that define flows, not at package
+    import: a stage command's client must not pay for importing logging."""
+    import logging
+
+    logging.getLogger("gptpipe").setLevel(logging.INFO)
+
 # Stage name -> (module, flow function). Modules are imported on demand: each stage process
 # pays only for its own imports.
 STAGES: dict[str, tuple[str, str]] = {

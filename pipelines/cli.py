@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -60,7 +59,7 @@ def torchrun_relaunch(stage: str, params_path: str, nproc: int) -> list[str] | N
 def cli(argv: list[str] | None = None, warm: bool = True) -> int:
     """Every command, parsed by argparse. `warm`: a stage goes to the warm runner (when enabled);
     the runner's child, and a caller that already tried the runner, pass warm=False."""
-    parser = argparse.ArgumentParser(prog="gptpipe", description=DESCRIPTION)
+    parser = argparse.ArgumentParser(prog="gptpipe", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for stage in STAGES:
         p = sub.add_parser(stage, help=f"run the {stage} stage (normally through `dvc repro`)")
@@ -121,11 +120,6 @@ def stage_command(stage: str, params_path: str) -> int:
         print(f"gptpipe: {err}", file=sys.stderr)
         return 2
     return 0
-
-
-DESCRIPTION = ("`gptpipe <stage>` runs one stage's flow, `gptpipe repro` the whole DVC pipeline, `gptpipe compare` "
-               "compares runs, `gptpipe retrain` / `gptpipe schedule` retrain with a promotion gate, once or "
-               "on a cron schedule.")
 
 
 def warm_command(action: str) -> int:

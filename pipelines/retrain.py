@@ -21,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from model.atomic import write_json
+from pipelines import show_info_logs
 from steps import layout, tracking
 from steps.config import Params, load_params, params_hash
 from steps.fetch import default_cache_dir, transient_fetch_failure
@@ -30,9 +31,7 @@ from steps.repo_lock import exclusive
 from steps.repro import dvc_repro
 
 log = logging.getLogger("gptpipe.retrain")
-# Our loggers speak at INFO in every flow (Prefect ships them to its run logs: see
-# PREFECT_LOGGING_EXTRA_LOGGERS in pipelines/__init__.py).
-logging.getLogger("gptpipe").setLevel(logging.INFO)
+show_info_logs()
 DEFAULT_DEPLOYMENT = "scheduled"
 # Tags a registered version carries: its held-out score (what a later challenger must beat) and
 # where it came from.

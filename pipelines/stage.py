@@ -18,15 +18,14 @@ from prefect.cache_policies import NO_CACHE
 from prefect.settings import get_current_settings
 
 from model.atomic import write_json
+from pipelines import show_info_logs
 from pipelines.warm_client import STARTED_ENV, process_start_time
 from steps import layout
 from steps.config import Params, flat_params, load_params, params_hash
 from steps.tracking import StageRun, stage_run
 
 log = logging.getLogger("gptpipe.stage")
-# Our loggers speak at INFO in every flow (Prefect ships them to its run logs: see
-# PREFECT_LOGGING_EXTRA_LOGGERS in pipelines/__init__.py).
-logging.getLogger("gptpipe").setLevel(logging.INFO)
+show_info_logs()
 
 # Stage tasks pass models and tensors in memory within one flow run; hashing those inputs for
 # Prefect's cache would cost time and buy nothing, since DVC already decides what reruns. Nor are
