@@ -1,9 +1,12 @@
-"""Orchestration overhead of the default pipeline: wall time of `dvc repro` against the stages' own computation.
+"""Orchestration overhead of the default pipeline: wall time of `make pipeline`'s command against
+the stages' own computation.
 
-    python bench/overhead.py [--runner warm|cold|off] [--quick] [--keep]
+    python bench/overhead.py [--runner warm|cold|off] [--entry gptpipe|dvc] [--quick] [--keep]
 
-Copies the project's tracked files into a temporary git repository and runs `dvc repro` there on
-the default params (`--quick`: a few steps per stage, for a fast check of the harness). Each line
+Copies the project's tracked files into a temporary git repository and runs the pipeline there on
+the default params (`--quick`: a few steps per stage, for a fast check of the harness) with
+`--entry`: `gptpipe` (default) runs `python -m pipelines repro`, what `make pipeline` runs (DVC
+inside the warm runner), `dvc` runs a plain `dvc repro` (DVC's own process). Each line
 DVC prints is time-stamped as it arrives, so every stage gets a wall time: from DVC's
 "Running stage" line to the next one (or DVC's exit), i.e. including DVC's own work after it
 (hashing its outputs, writing dvc.lock). From reports/<stage>.json it takes `compute_seconds`
@@ -98,10 +101,13 @@ def warm_cli(action: str, work: Path, env: dict[str, str]) -> subprocess.Complet
                           capture_output=True, text=True, timeout=900)
 
 
-def timed_repro(work: Path, env: dict[str, str]) -> tuple[float, list[tuple[float, str]], int]:
-    """(wall seconds, [(seconds since start, line)], exit status) of `dvc repro`."""
+ENTRIES = {"gptpipe": [sys.executable, "-m", "pipelines", "repro"], "dvc": ["dvc", "repro"]}
+
+
+def timed_repro(work: Path, env: dict[str, str], entry: str) -> tuple[float, list[tuple[float, str]], int]:
+    """(wall seconds, [(seconds since start, line)], exit status) of the pipeline command."""
     start = time.perf_counter()
-    proc = subprocess.Popen(["dvc", "repro"], cwd=work, env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(ENTRIES[entry], cwd=work, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1)
     assert proc.stdout is not None
     lines = [(time.perf_counter() - start, line.rstrip("\n")) for line in proc.stdout]
@@ -131,6 +137,8 @@ def table(rows: dict[str, dict[str, float]], dvc_start: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runner", choices=["warm", "cold", "off"], default="warm")
+    parser.add_argument("--entry", choices=sorted(ENTRIES), default="gptpipe",
+                        help="gptpipe: `python -m pipelines repro` (make pipeline's); dvc: plain `dvc repro`")
     parser.add_argument("--quick", action="store_true", help="a few steps per stage (a check, not the headline)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary copy (its path is printed)")
     parser.add_argument("--prefect-home", type=Path,
@@ -142,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir()
     args.prefect_home.mkdir(parents=True, exist_ok=True)
     env = bench_env(args.prefect_home, args.runner)
-    print(f"copy: {work}  runner: {args.runner}  quick: {args.quick}  load: {os.getloadavg()}", flush=True)
+    print(f"copy: {work}  runner: {args.runner}  entry: {' '.join(ENTRIES[args.entry][-2:])}  quick: {args.quick}  "
+          f"load: {os.getloadavg()}", flush=True)
     warmup = 0.0
     try:
         copy_project(work, args.quick)
@@ -159,10 +168,10 @@ def main(argv: list[str] | None = None) -> int:
                     return 1
             warmup = time.perf_counter() - t
             print(f"set-up (runner start, mlflow.db; outside the timed run): {warmup:.1f} s", flush=True)
-        wall, lines, code = timed_repro(work, env)
+        wall, lines, code = timed_repro(work, env, args.entry)
         if code != 0:
             print("\n".join(line for _, line in lines[-60:]), file=sys.stderr)
-            print(f"dvc repro failed ({code})", file=sys.stderr)
+            print(f"{' '.join(ENTRIES[args.entry])} failed ({code})", file=sys.stderr)
             return 1
         spans, dvc_start = stage_spans(lines, wall)
         rows = {}
@@ -186,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
           f"({overhead / wall:.1%}); load after: {os.getloadavg()}")
     print(json.dumps({"overhead_share": round(overhead / wall, 4), "wall_s": round(wall, 3),
                       "compute_s": round(compute_total, 3), "overhead_s": round(overhead, 3),
-                      "runner": args.runner, "setup_s": round(warmup, 3), "quick": args.quick,
+                      "runner": args.runner, "entry": args.entry, "setup_s": round(warmup, 3), "quick": args.quick,
                       "dvc_startup_s": round(dvc_start, 3), "stages": rows}))
     return 0
 

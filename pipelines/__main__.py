@@ -1,8 +1,9 @@
 """`gptpipe` (and `python -m pipelines`, what dvc.yaml's stage commands run): the entry point.
 
 `dvc repro` starts this module once per stage, so it imports next to nothing: a plain stage
-command goes straight to the warm runner (pipelines/warm_client.py, itself import-lean), and only
-what the runner does not take pays for argparse and the rest of the command line (pipelines/cli.py).
+command, or `gptpipe repro` (DVC's `repro`, which `make pipeline` runs), goes straight to the warm
+runner (pipelines/warm_client.py, itself import-lean), and only what the runner does not take
+pays for argparse and the rest of the command line (pipelines/cli.py).
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from pipelines.warm_client import hand_over
 
 
 def main(argv: list[str] | None = None, warm: bool = True) -> int:
-    """`warm`: run a stage in a child of the warm runner (pipelines/warm.py) when it is enabled;
-    the runner's child itself calls this with warm=False."""
+    """`warm`: run a stage, or `repro`, in a child of the warm runner (pipelines/warm.py) when it is
+    enabled; the runner's child itself calls this with warm=False."""
     argv = sys.argv[1:] if argv is None else list(argv)
     request = stage_request(argv)
-    if request is not None and warm:
-        code = hand_over(*request)
+    if warm and (request is not None or argv[:1] == ["repro"]):
+        code = hand_over([request[0], "--params", request[1]] if request is not None else argv)
         if code is not None:
             return code
     from pipelines import cli

@@ -36,6 +36,26 @@ LAZY_IMPORTS = (
     "torch.utils.serialization", "torch.profiler._cupti_monitor", "tabulate",
 )
 
+# DVC, for `gptpipe repro` (pipelines/cli.py's repro_command), which runs `dvc repro` in a child:
+# DVC imports most of itself inside functions (about 650 modules, 0.4-0.5 s of a `dvc` process's
+# start). Its command modules (the parser imports them all), the repository, stage and lock-file
+# code, data hashing and checkout, and the git backends it stages dvc.lock with (core.autostage).
+DVC_IMPORTS = (
+    "dvc.cli", "dvc.cli.parser", "dvc.repo", "dvc.repo.reproduce", "dvc.repo.index", "dvc.repo.graph",
+    "dvc.repo.stage", "dvc.repo.scm_context", "dvc.repo.trie", "dvc.stage.run", "dvc.stage.cache", "dvc.stage.serialize",
+    "dvc.stage.loader", "dvc.dvcfile", "dvc.output", "dvc.dependency", "dvc.parsing", "dvc.schema", "dvc.ignore",
+    "dvc.rwlock", "dvc.lock", "dvc.analytics", "dvc.utils.serialize", "dvc.utils.strictyaml", "dvc.cachemgr",
+    "dvc.data_cloud", "dvc_data.index", "dvc_data.hashfile.build", "dvc_data.hashfile.checkout",
+    "dvc_data.hashfile.state", "dvc_data.hashfile.transfer", "dvc_data.hashfile.db.local",
+    "scmrepo.git", "scmrepo.git.backend.dulwich", "scmrepo.git.backend.pygit2", "scmrepo.git.backend.gitpython",
+    "dvc._debug", "dvc.dirs", "dvc.scm", "dvc.types", "dvc.repo.open_repo", "dvc.repo.params", "dvc.repo.metrics",
+    "dvc.repo.plots", "dvc.repo.datasets", "dvc.repo.artifacts", "dvc_data.hashfile.status",
+    "dvc_data.hashfile._progress", "scmrepo.noscm", "scmrepo.git.backend.pygit2.filter", "dulwich.repo",
+    "dulwich.index", "dulwich.ignore", "dulwich.line_ending", "dulwich.worktree", "dulwich.patch", "dulwich.attrs", "dulwich.filters", "pygit2", "networkx",
+    "ruamel.yaml", "ruamel.yaml.mergevalue", "diskcache", "sqltrie", "flufl.lock", "zc.lockfile", "configobj",
+    "platformdirs", "flatten_dict", "dvc_render", "fsspec.implementations.memory",
+)
+
 
 def preload() -> None:
     """Import every stage's modules and what they import lazily, and do once what each child
@@ -47,7 +67,7 @@ def preload() -> None:
     for module in ("pipelines.cli", *(module for module, _ in STAGES.values())):
         importlib.import_module(module)
     # What opening the MLflow store needs: also what lets a child open it on a thread.
-    for module in (*STORE_MODULES, *LAZY_IMPORTS):
+    for module in (*STORE_MODULES, *LAZY_IMPORTS, *DVC_IMPORTS):
         try:
             importlib.import_module(module)
         except ImportError:

@@ -212,7 +212,7 @@ class Runner:
         self.stopping = True
         for pid, conn in self.children.items():
             if conn is not None:  # a stage still running; one that reported may finish draining
-                _kill(pid, signal.SIGTERM)
+                _kill_group(pid, signal.SIGTERM)
 
     def _reap(self) -> None:
         while self.children:
@@ -266,12 +266,12 @@ class Runner:
         except OSError:
             data = b""
         if not data:
-            # The client died (DVC interrupted, say): its stage must not run on unobserved.
-            _kill(pid, signal.SIGTERM)
+            # The client died (DVC interrupted, say): its command must not run on unobserved.
+            _kill_group(pid, signal.SIGTERM)
             return
         signum = decode(data).get("signal")
         if isinstance(signum, int):
-            _kill(pid, signum)
+            _kill_group(pid, signum)
 
     def _accept(self) -> None:
         conn, _ = self.listener.accept()
@@ -320,13 +320,21 @@ class Runner:
             finally:
                 exit_child(code, report_w, runner_log)
         os.close(report_w)
+        try:
+            os.setpgid(pid, pid)  # as the child does itself: whichever runs first, no signal misses it
+        except OSError:
+            pass  # it has already exited
         conn.setblocking(True)
         self.children[pid] = conn
         self.reports[report_r] = pid
         self.stages_run += 1
 
     def _become_stage(self, conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
-        """In the child: drop the runner's sockets and signal set-up, take the client's stdio."""
+        """In the child: drop the runner's sockets and signal set-up, take the client's stdio, and
+        lead a process group of its own, which the client's signals go to (pipelines/warm_client.py):
+        what the command starts (DVC's stage commands, torchrun) gets them too, as a terminal's
+        foreground job would."""
+        os.setpgid(0, 0)
         signal.set_wakeup_fd(-1)
         for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, signal.SIG_DFL)
@@ -383,8 +391,9 @@ def exit_child(code: int, report_fd: int | None = None, runner_log: int | None =
 
 def run_child(request: dict[str, Any], prefect_api_url: str | None, snapshot: dict[str, tuple[str, int, int]],
               settings_key: SettingsKey | None = None) -> int:
-    """In the forked child: become the client (directory, environment, path) and run the stage
-    with the project's modules as loaded, unless the client's would differ: then afresh."""
+    """In the forked child: become the client (directory, environment, path) and run its command
+    (a stage, or `repro`) with the project's modules as loaded, unless the client's would differ:
+    then afresh."""
     import random
 
     import numpy as np
@@ -392,12 +401,11 @@ def run_child(request: dict[str, Any], prefect_api_url: str | None, snapshot: di
     # Only to log them (GPTPIPE_WARM_IMPORTS_LOG): touching every module name's refcount copies
     # thousands of the runner's memory pages into the child (copy-on-write), 10-60 ms.
     inherited = set(sys.modules) if request["env"].get(IMPORTS_LOG_ENV) else set()
+    runs_flow = request["argv"][0] != "repro"
     os.chdir(request["cwd"])
     os.environ.clear()
-    os.environ.update(request["env"])
-    os.environ[STARTED_ENV] = repr(request["started"])
-    overrides = prefect_overrides(os.environ, prefect_api_url)
-    os.environ.update(overrides)
+    os.environ.update(child_environ(request, prefect_api_url))
+    overrides = prefect_overrides(request["env"], prefect_api_url) if runs_flow else {}
     sys.path[:] = request["path"]
     if not project_unchanged(snapshot, sys.path):
         forget_project_modules()
@@ -412,7 +420,7 @@ def run_child(request: dict[str, Any], prefect_api_url: str | None, snapshot: di
     from pipelines.__main__ import main
 
     pipelines.apply_env_defaults()  # into the client's environment
-    if settings_key is None or settings_inputs(os.environ, Path.cwd()) != settings_key:
+    if runs_flow and (settings_key is None or settings_inputs(os.environ, Path.cwd()) != settings_key):
         # Prefect's settings as the client's environment and directory make them, not the
         # runner's (50 ms, so only where they differ).
         prefect.context.refresh_global_settings_context()
@@ -424,13 +432,28 @@ def run_child(request: dict[str, Any], prefect_api_url: str | None, snapshot: di
         log_own_imports(request["argv"][0], inherited)
 
 
+def child_environ(request: dict[str, Any], prefect_api_url: str | None) -> dict[str, str]:
+    """The environment a child runs its client's command in: the client's, and for a stage, its
+    start time and the runner's own Prefect server. Not for `repro`, which runs DVC, not a flow:
+    DVC's stage commands are clients of their own, which must find this runner by the caller's
+    environment (the Prefect URL is part of a runner's key) and count from their own start."""
+    env = dict(request["env"])
+    if request["argv"][0] != "repro":
+        env[STARTED_ENV] = repr(request["started"])
+        env.update(prefect_overrides(env, prefect_api_url))
+    return env
+
+
 def log_own_imports(stage: str, inherited: set[str]) -> None:
     """With GPTPIPE_WARM_IMPORTS_LOG set, append the modules this child imported that the runner
-    had not (the project's own packages aside, which a child may re-import on purpose)."""
+    had not. Not the project's own code: its packages, which a child may re-import on purpose, and
+    its metric scripts (steps/eval_modules), which `evaluate` loads as modules named after their
+    content's hash (`evaluate_modules.*`) from the client's files, a few ms each."""
     target = os.environ.get(IMPORTS_LOG_ENV)
     if not target or not inherited:
         return
-    own = sorted(n for n in set(sys.modules) - inherited if n.split(".")[0] not in PROJECT_PACKAGES)
+    own = sorted(n for n in set(sys.modules) - inherited
+                 if n.split(".")[0] not in (*PROJECT_PACKAGES, "evaluate_modules"))
     with open(target, "a", encoding="utf-8") as out:
         out.writelines(f"{stage} {name}\n" for name in own)
 
@@ -506,6 +529,14 @@ def _kill(pid: int, signum: int) -> None:
         os.kill(pid, signum)
     except ProcessLookupError:
         pass
+
+
+def _kill_group(pid: int, signum: int) -> None:
+    """Signal the process group a child leads (its pid), with what its command started."""
+    try:
+        os.killpg(pid, signum)
+    except ProcessLookupError:
+        _kill(pid, signum)  # no group (yet): the child alone
 
 
 def serve(key: str) -> int:

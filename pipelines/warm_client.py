@@ -194,16 +194,17 @@ def stop() -> bool:
     return _request({"op": "stop"}) is not None
 
 
-def run_stage(argv: list[str], started: float) -> int:
+def run_command(argv: list[str], started: float) -> int:
     """Run `gptpipe <argv>` in a child of the runner with this process's stdio, directory and
-    environment; the child's exit status. Signals to this process go to the child."""
+    environment; the child's exit status. Signals to this process go to the child's process group,
+    as a terminal's go to its foreground job."""
     sock = connect()
     assert sock is not None
     message = {"op": "run", "argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "path": sys.path,
                "started": started}
     with sock:
-        # An error up to here leaves nothing started: the caller may run the stage itself. From
-        # here on the stage runs in the runner's child; errors end this client, never rerun it.
+        # An error up to here leaves nothing started: the caller may run the command itself. From
+        # here on it runs in the runner's child; errors end this client, never rerun it.
         socket.send_fds(sock, [encode(message)], [0, 1, 2])
 
         def forward(signum: int, frame: Any) -> None:
@@ -220,21 +221,22 @@ def run_stage(argv: list[str], started: float) -> int:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
     if not reply:
-        print(f"gptpipe: the warm runner died during the stage; see {log_file()}", file=sys.stderr)
+        print(f"gptpipe: the warm runner died during `gptpipe {' '.join(argv)}`; see {log_file()}", file=sys.stderr)
         return 1
     return int(decode(reply)["exit"])
 
 
-def hand_over(stage: str, params_path: str) -> int | None:
-    """The stage's exit status from a child of the warm runner; None when the runner is off or
-    unreachable (then the caller runs the stage in its own process)."""
+def hand_over(argv: list[str]) -> int | None:
+    """The exit status of `gptpipe <argv>` (a stage, or `repro`) run in a child of the warm runner;
+    None when the runner is off or unreachable (then the caller runs it in its own process)."""
     # A torchrun rank (WORLD_SIZE set) is a process of its own by design: torchrun watches it and
     # the process group binds it to its device, so it never hands over to the runner.
     if not enabled() or "WORLD_SIZE" in os.environ:
         return None
     started = process_start_time()
     try:
-        return run_stage([stage, "--params", params_path], started)
+        return run_command(argv, started)
     except (WarmError, OSError) as err:
-        print(f"gptpipe: warm runner unavailable ({err}); running {stage} in this process", file=sys.stderr)
+        print(f"gptpipe: warm runner unavailable ({err}); running `gptpipe {' '.join(argv)}` in this process",
+              file=sys.stderr)
         return None

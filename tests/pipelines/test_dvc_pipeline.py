@@ -1,9 +1,11 @@
-"""End to end: `dvc repro` runs every stage on tiny params, records MLflow runs, then skips them all."""
+"""End to end: `gptpipe repro` (what `make pipeline` runs: `dvc repro` inside the warm runner) runs
+every stage on tiny params and records MLflow runs; a plain `dvc repro` then skips them all."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 
 import pytest
@@ -26,8 +28,17 @@ def project(project_copy):
 
 @pytest.fixture(scope="module")
 def first_repro(project):
+    """`gptpipe repro`; beside its output, the warm runner's status right after it and the modules
+    its children had to import themselves (GPTPIPE_WARM_IMPORTS_LOG)."""
     work, env = project
-    return run(["dvc", "repro"], work, env)
+    imports_log = work.parent / "imports.log"
+    proc = run([sys.executable, "-m", "pipelines", "repro"], work, dict(env, GPTPIPE_WARM_IMPORTS_LOG=str(imports_log)))
+    status = subprocess.run([sys.executable, "-c", "import json; from pipelines import warm_client; "
+                             "print(json.dumps(warm_client.status()))"],
+                            cwd=work, env=env, capture_output=True, text=True, timeout=120, check=True).stdout
+    proc.runner_status = json.loads(status)  # type: ignore[attr-defined]
+    proc.own_imports = imports_log.read_text().splitlines() if imports_log.exists() else None  # type: ignore[attr-defined]
+    return proc
 
 
 def test_every_stage_runs_and_writes_its_outputs(project, first_repro):
@@ -45,6 +56,16 @@ def test_every_stage_runs_and_writes_its_outputs(project, first_repro):
     assert all({"instruction", "input", "output", "model_response"} <= set(r) for r in responses)
     lock = yaml.safe_load((work / "dvc.lock").read_text())
     assert sorted(lock["stages"]) == sorted(STAGES)
+
+
+def test_dvc_and_every_stage_ran_in_one_warm_runner_importing_nothing_it_had(project, first_repro):
+    """`gptpipe repro` ran DVC in a child of the warm runner, and DVC's stage commands handed their
+    stages to that same runner (not to a second one: a child's environment must not change the
+    runner's key); none of the seven children imported a module the runner could have preloaded."""
+    status = first_repro.runner_status
+    assert status is not None and status["stages_run"] == 1 + len(STAGES)
+    # Every module a child imports itself is paid again at every run: add it to pipelines/preload.py.
+    assert first_repro.own_imports == []
 
 
 def test_metrics_and_plots_of_every_stage(project, first_repro):

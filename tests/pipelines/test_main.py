@@ -173,13 +173,13 @@ def test_a_torchrun_rank_never_hands_over_to_the_warm_runner(monkeypatch):
     def refuse(*_args, **_kwargs):
         raise AssertionError("a torchrun rank was handed to the warm runner")
 
-    monkeypatch.setattr(warm_client, "run_stage", refuse)
+    monkeypatch.setattr(warm_client, "run_command", refuse)
     monkeypatch.setattr(warm_client, "enabled", lambda env=None: True)
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert warm_client.hand_over("pretrain", "params.yaml") is None
+    assert warm_client.hand_over(["pretrain", "--params", "params.yaml"]) is None
     monkeypatch.delenv("WORLD_SIZE")
-    monkeypatch.setattr(warm_client, "run_stage", lambda argv, started: 0)
-    assert warm_client.hand_over("pretrain", "params.yaml") == 0
+    monkeypatch.setattr(warm_client, "run_command", lambda argv, started: 0)
+    assert warm_client.hand_over(["pretrain", "--params", "params.yaml"]) == 0
 
 
 def test_a_plain_stage_command_is_recognised_without_argparse():
@@ -199,12 +199,58 @@ def test_a_stage_the_runner_cannot_take_runs_here_and_the_runner_is_asked_once(m
 
     asked, ran = [], []
     monkeypatch.setattr(warm_client, "enabled", lambda env=None: True)
-    monkeypatch.setattr(warm_client, "run_stage", lambda argv, started: asked.append(argv) or _unavailable())
+    monkeypatch.setattr(warm_client, "run_command", lambda argv, started: asked.append(argv) or _unavailable())
     monkeypatch.setattr(cli, "run_flow", lambda stage, params, experiment: ran.append((stage, params, experiment)))
     monkeypatch.setattr("steps.config.load_params", lambda path: _params_with_one_process())
     assert main(["tokenize", "--params", "params.yaml"]) == 0
     assert asked == [["tokenize", "--params", "params.yaml"]]
     assert ran == [("tokenize", "params.yaml", "gptpipe")]
+
+
+def test_repro_goes_to_the_runner_whole_and_runs_dvc_here_when_it_cannot(monkeypatch):
+    """`gptpipe repro ARGS` is `dvc repro ARGS`: handed over as typed (DVC parses the rest, not
+    argparse); without a runner, DVC runs in this process."""
+    from pipelines import cli, warm_client
+
+    asked, ran = [], []
+    monkeypatch.setattr(warm_client, "enabled", lambda env=None: True)
+    monkeypatch.setattr(warm_client, "run_command", lambda argv, started: asked.append(argv) or _unavailable())
+    monkeypatch.setattr(cli, "repro_command", lambda dvc_args: ran.append(dvc_args) or 0)
+    assert main(["repro", "--dry", "-s", "tokenize"]) == 0
+    assert asked == [["repro", "--dry", "-s", "tokenize"]]
+    assert ran == [["--dry", "-s", "tokenize"]]
+    monkeypatch.setattr(warm_client, "run_command", lambda argv, started: asked.append(argv) or 7)
+    assert main(["repro", "-f"]) == 7  # the runner's answer is the command's exit status
+    assert ran == [["--dry", "-s", "tokenize"]]
+    assert main(["repro"], warm=False) == 0  # in the runner's child
+    assert ran[-1] == [] and len(asked) == 2
+
+
+def test_repro_runs_dvc_with_logging_as_a_fresh_dvc_process(monkeypatch):
+    """In the runner's child, Prefect's handlers sit on the root logger and DVC's were set up for
+    the runner's log: repro_command starts from what a fresh `dvc` process has, every time."""
+    import logging
+
+    import dvc.cli
+    import dvc.logger
+
+    from pipelines import cli
+
+    loggers = [logging.getLogger(name) for name in ("dvc", "dvc_objects", "dvc_data")]
+    for logger in [logging.getLogger(), *loggers]:
+        monkeypatch.setattr(logger, "handlers", list(logger.handlers))  # restored after the test
+    logging.getLogger().addHandler(logging.StreamHandler())  # as Prefect's, in the runner
+    calls = []
+    monkeypatch.setattr(dvc.cli, "main", lambda argv: calls.append(argv) or 0)
+    for _ in range(2):
+        assert cli.repro_command(["--dry"]) == 0
+        assert logging.getLogger().handlers == []
+        for logger in loggers:  # dvc.logger.setup()'s four (info, debug, trace, errors), not twice that
+            assert sum(isinstance(h, dvc.logger.LoggerHandler) for h in logger.handlers) == 4
+    assert calls == [["repro", "--dry"], ["repro", "--dry"]]
+    # `repro` is listed in the help, and its options are DVC's, not argparse's
+    monkeypatch.setattr(cli, "repro_command", lambda dvc_args: calls.append(dvc_args) or 0)
+    assert cli.cli(["repro", "--dry", "-f"], warm=False) == 0 and calls[-1] == ["--dry", "-f"]
 
 
 def _unavailable():

@@ -68,6 +68,68 @@ def test_a_child_gets_the_runners_server_unless_its_client_names_one():
     assert warm.prefect_overrides({}, None) == {}  # a runner that reports to a team server
 
 
+def test_repro_runs_in_the_clients_own_environment_so_its_stages_find_the_same_runner():
+    """A stage's child gets the runner's Prefect server and its client's start time; `repro`'s
+    does not: DVC's stage commands are clients of their own, and a Prefect URL in their
+    environment would give them another runner key (a second runner, a second server)."""
+    env = {"PATH": "/usr/bin", "PREFECT_HOME": "/tmp/h"}
+    url = "http://127.0.0.1:4321/api"
+    stage = warm.child_environ({"argv": ["download"], "env": env, "started": 12.5}, url)
+    assert stage["PREFECT_API_URL"] == url and stage[warm_client.STARTED_ENV] == "12.5"
+    repro = warm.child_environ({"argv": ["repro", "-f"], "env": env, "started": 12.5}, url)
+    assert repro == env
+    assert warm_client.runner_key(repro) == warm_client.runner_key(env) != warm_client.runner_key(stage)
+
+
+def test_a_forwarded_signal_reaches_what_the_childs_command_started(tmp_path, monkeypatch):
+    """A child leads a process group of its own and the client's signals go to that group, as a
+    terminal's go to its foreground job: `repro`'s DVC and the stage commands it started,
+    torchrun's workers, all get Ctrl-C."""
+    grandchild_file = tmp_path / "grandchild"
+
+    def command_that_starts_a_process(request, *args, **kwargs):
+        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        grandchild_file.write_text(str(proc.pid))
+        proc.wait()
+        return 0
+
+    monkeypatch.setattr(warm, "run_child", command_that_starts_a_process)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    runner = warm.Runner(listener, "test", None, 60.0, {})
+    client, conn = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    stdio = [os.open(os.devnull, os.O_RDWR) for _ in range(3)]
+    grandchild = 0
+    try:
+        runner._fork(conn, {"argv": ["repro"]}, stdio)
+        (pid,) = runner.children
+        assert os.getpgid(pid) == pid
+        assert eventually(lambda: grandchild_file.exists() and grandchild_file.read_text() != "", timeout=30)
+        grandchild = int(grandchild_file.read_text())
+        assert os.getpgid(grandchild) == pid
+        client.sendall(warm_client.encode({"signal": int(signal.SIGTERM)}))
+        runner._client_message(conn)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == -signal.SIGTERM
+        assert eventually(lambda: not _alive(grandchild), timeout=10)
+    finally:
+        if grandchild and _alive(grandchild):
+            os.kill(grandchild, signal.SIGKILL)
+        for fd in stdio:
+            os.close(fd)
+        for sock in (listener, client, conn, runner.wake_r, runner.wake_w):
+            sock.close()
+        for fd in runner.reports:
+            os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for a parent to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def test_a_connection_from_this_user_is_accepted():
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with a, b:
