@@ -294,7 +294,14 @@ class Runner:
         else:
             if op == "stop":
                 self.stopping = True
-            reply = self.status() if op in ("status", "stop") else {"exit": 1}
+            if op in ("status", "stop"):
+                reply = self.status()
+            elif op == "run" and self.stopping:
+                # Nothing started: its client runs the command itself. A `gptpipe repro` the runner
+                # still runs goes on, and its next stages run in their own processes.
+                reply = {"refused": "the warm runner is stopping"}
+            else:
+                reply = {"exit": 1}
             conn.sendall(encode(reply))
             conn.close()
         for fd in fds:

@@ -223,7 +223,10 @@ def run_command(argv: list[str], started: float) -> int:
     if not reply:
         print(f"gptpipe: the warm runner died during `gptpipe {' '.join(argv)}`; see {log_file()}", file=sys.stderr)
         return 1
-    return int(decode(reply)["exit"])
+    answer = decode(reply)
+    if "refused" in answer:  # nothing was started (a stopping runner): the caller may run it
+        raise WarmError(str(answer["refused"]))
+    return int(answer["exit"])
 
 
 def hand_over(argv: list[str]) -> int | None:

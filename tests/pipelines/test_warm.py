@@ -122,6 +122,27 @@ def test_a_forwarded_signal_reaches_what_the_childs_command_started(tmp_path, mo
             os.close(fd)
 
 
+def test_a_stopping_runner_refuses_new_commands_and_starts_nothing():
+    """`gptpipe warm stop` during a `gptpipe repro`: the runner lives until DVC ends, but refuses
+    the stage commands DVC still starts, which then run in their own processes."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    name = f"\0gptpipe-test-stopping-{os.getpid()}"
+    listener.bind(name)
+    listener.listen()
+    runner = warm.Runner(listener, "test", None, 60.0, {})
+    runner.stopping = True
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as client:
+            client.connect(name)
+            socket.send_fds(client, [warm_client.encode({"op": "run", "argv": ["download"]})], [0, 1, 2])
+            runner._accept()
+            assert "refused" in warm_client.decode(client.recv(4096))
+        assert runner.children == {} and runner.stages_run == 0
+    finally:
+        for sock in (listener, runner.wake_r, runner.wake_w):
+            sock.close()
+
+
 def _alive(pid: int) -> bool:
     """Running, not a zombie waiting for a parent to reap it."""
     try:

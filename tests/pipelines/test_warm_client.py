@@ -82,3 +82,22 @@ def test_a_stage_command_imports_nothing_slow_before_it_hands_over():
                          timeout=120, check=True).stdout.split()
     assert "pipelines.warm_client" in out
     assert not HEAVY & set(out), sorted(HEAVY & set(out))
+
+
+def test_a_refused_command_runs_in_this_process_and_an_answered_one_keeps_its_exit(monkeypatch, capsys):
+    """A stopping runner starts nothing and says so: hand_over returns None (the caller runs the
+    command itself); an answer is the command's exit status."""
+    import socket
+
+    monkeypatch.setattr(warm_client, "enabled", lambda env=None: True)
+    for reply, expected in (({"refused": "the warm runner is stopping"}, None), ({"exit": 3}, 3)):
+        ours, runners = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        monkeypatch.setattr(warm_client, "connect", lambda start=True, sock=ours: sock)
+        with runners:
+            runners.sendall(warm_client.encode(reply))  # queued: read after the request is sent
+            assert warm_client.hand_over(["download", "--params", "params.yaml"]) == expected
+            request, fds, _, _ = socket.recv_fds(runners, warm_client.MAX_MESSAGE, 3)
+            for fd in fds:
+                os.close(fd)
+            assert warm_client.decode(request)["argv"] == ["download", "--params", "params.yaml"]
+    assert "the warm runner is stopping" in capsys.readouterr().err
