@@ -1,9 +1,9 @@
 """`gptpipe` (and `python -m pipelines`, what dvc.yaml's stage commands run): the entry point.
 
 `dvc repro` starts this module once per stage, so it imports next to nothing: a plain stage
-command, or `gptpipe repro` (DVC's `repro`, which `make pipeline` runs), goes straight to the warm
-runner (pipelines/warm_client.py, itself import-lean), and only what the runner does not take
-pays for argparse and the rest of the command line (pipelines/cli.py).
+command goes straight to the warm runner (pipelines/warm_client.py, itself import-lean), and so
+does `gptpipe repro` (DVC's `repro`, which `make pipeline` runs) when a runner is up; only what
+the runner does not take pays for argparse and the rest of the command line (pipelines/cli.py).
 """
 
 from __future__ import annotations
@@ -19,8 +19,14 @@ def main(argv: list[str] | None = None, warm: bool = True) -> int:
     enabled; the runner's child itself calls this with warm=False."""
     argv = sys.argv[1:] if argv is None else list(argv)
     request = stage_request(argv)
-    if warm and (request is not None or argv[:1] == ["repro"]):
-        code = hand_over([request[0], "--params", request[1]] if request is not None else argv)
+    if warm and request is not None:
+        code = hand_over([request[0], "--params", request[1]])
+        if code is not None:
+            return code
+    elif warm and argv[:1] == ["repro"]:
+        # To a runner that is up (DVC is imported there); none is started for it: a repro that
+        # finds nothing to do should not wait for one, and its first stage starts one anyway.
+        code = hand_over(argv, start=False)
         if code is not None:
             return code
     from pipelines import cli

@@ -194,12 +194,13 @@ def stop() -> bool:
     return _request({"op": "stop"}) is not None
 
 
-def run_command(argv: list[str], started: float) -> int:
+def run_command(argv: list[str], started: float, start: bool = True) -> int | None:
     """Run `gptpipe <argv>` in a child of the runner with this process's stdio, directory and
-    environment; the child's exit status. Signals to this process go to the child's process group,
-    as a terminal's go to its foreground job."""
-    sock = connect()
-    assert sock is not None
+    environment; the child's exit status (None when no runner runs and `start` is off). Signals
+    to this process go to the child's process group, as a terminal's go to its foreground job."""
+    sock = connect(start=start)
+    if sock is None:
+        return None
     message = {"op": "run", "argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "path": sys.path,
                "started": started}
     with sock:
@@ -229,16 +230,17 @@ def run_command(argv: list[str], started: float) -> int:
     return int(answer["exit"])
 
 
-def hand_over(argv: list[str]) -> int | None:
-    """The exit status of `gptpipe <argv>` (a stage, or `repro`) run in a child of the warm runner;
-    None when the runner is off or unreachable (then the caller runs it in its own process)."""
+def hand_over(argv: list[str], start: bool = True) -> int | None:
+    """The exit status of `gptpipe <argv>` (a stage, or `repro`) run in a child of the warm runner,
+    which is started if none runs, unless `start` is off; None when the runner is off, not running
+    (and not to be started) or unreachable: then the caller runs it in its own process."""
     # A torchrun rank (WORLD_SIZE set) is a process of its own by design: torchrun watches it and
     # the process group binds it to its device, so it never hands over to the runner.
     if not enabled() or "WORLD_SIZE" in os.environ:
         return None
     started = process_start_time()
     try:
-        return run_command(argv, started)
+        return run_command(argv, started, start)
     except (WarmError, OSError) as err:
         print(f"gptpipe: warm runner unavailable ({err}); running `gptpipe {' '.join(argv)}` in this process",
               file=sys.stderr)

@@ -13,7 +13,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from steps import layout
-from tests.pipelines.conftest import TINY, ran_stages, run, shrink_params
+from tests.pipelines.conftest import TINY, ran_stages, run, shrink_params, stop_warm_runner
 
 pytestmark = pytest.mark.slow
 
@@ -28,15 +28,14 @@ def project(project_copy):
 
 @pytest.fixture(scope="module")
 def first_repro(project):
-    """`gptpipe repro`; beside its output, the warm runner's status right after it and the modules
-    its children had to import themselves (GPTPIPE_WARM_IMPORTS_LOG)."""
+    """`gptpipe repro` with the warm runner up (as after a first run); beside its output, the
+    runner's status right after it and the modules its children had to import themselves
+    (GPTPIPE_WARM_IMPORTS_LOG)."""
     work, env = project
+    run([sys.executable, "-m", "pipelines", "warm", "start"], work, env)
     imports_log = work.parent / "imports.log"
     proc = run([sys.executable, "-m", "pipelines", "repro"], work, dict(env, GPTPIPE_WARM_IMPORTS_LOG=str(imports_log)))
-    status = subprocess.run([sys.executable, "-c", "import json; from pipelines import warm_client; "
-                             "print(json.dumps(warm_client.status()))"],
-                            cwd=work, env=env, capture_output=True, text=True, timeout=120, check=True).stdout
-    proc.runner_status = json.loads(status)  # type: ignore[attr-defined]
+    proc.runner_status = runner_status(work, env)  # type: ignore[attr-defined]
     proc.own_imports = imports_log.read_text().splitlines() if imports_log.exists() else None  # type: ignore[attr-defined]
     return proc
 
@@ -119,20 +118,31 @@ def test_each_stage_recorded_one_mlflow_run(project, first_repro):
 
 
 def test_second_repro_skips_everything_and_a_param_reruns_only_downstream(project, first_repro):
+    """With no runner up, `gptpipe repro` runs DVC in its own process and starts none: nothing
+    changed, nothing to wait for. A plain `dvc repro` reruns what a param change affects."""
     work, env = project
+    stop_warm_runner(work, env)
     start = time.perf_counter()
-    again = run(["dvc", "repro"], work, env)
+    again = run([sys.executable, "-m", "pipelines", "repro"], work, env)
     elapsed = time.perf_counter() - start
     assert ran_stages(again.stdout) == []
     for stage in STAGES:
         assert f"Stage '{stage}' didn't change, skipping" in again.stdout
     assert elapsed < 30, f"a no-op repro took {elapsed:.1f} s"
+    assert runner_status(work, env) is None
 
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["finetune_classifier"]["lr"] = 5.0e-4
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = run(["dvc", "repro"], work, env)
     assert ran_stages(changed.stdout) == ["finetune_classifier", "evaluate"]
+
+
+def runner_status(work, env) -> dict | None:
+    out = subprocess.run([sys.executable, "-c", "import json; from pipelines import warm_client; "
+                          "print(json.dumps(warm_client.status()))"],
+                         cwd=work, env=env, capture_output=True, text=True, timeout=120, check=True).stdout
+    return json.loads(out)
 
 
 def test_new_content_under_data_local_makes_download_stale(project, first_repro):

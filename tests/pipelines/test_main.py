@@ -178,7 +178,7 @@ def test_a_torchrun_rank_never_hands_over_to_the_warm_runner(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert warm_client.hand_over(["pretrain", "--params", "params.yaml"]) is None
     monkeypatch.delenv("WORLD_SIZE")
-    monkeypatch.setattr(warm_client, "run_command", lambda argv, started: 0)
+    monkeypatch.setattr(warm_client, "run_command", lambda argv, started, start: 0)
     assert warm_client.hand_over(["pretrain", "--params", "params.yaml"]) == 0
 
 
@@ -199,7 +199,7 @@ def test_a_stage_the_runner_cannot_take_runs_here_and_the_runner_is_asked_once(m
 
     asked, ran = [], []
     monkeypatch.setattr(warm_client, "enabled", lambda env=None: True)
-    monkeypatch.setattr(warm_client, "run_command", lambda argv, started: asked.append(argv) or _unavailable())
+    monkeypatch.setattr(warm_client, "run_command", lambda argv, started, start: asked.append(argv) or _unavailable())
     monkeypatch.setattr(cli, "run_flow", lambda stage, params, experiment: ran.append((stage, params, experiment)))
     monkeypatch.setattr("steps.config.load_params", lambda path: _params_with_one_process())
     assert main(["tokenize", "--params", "params.yaml"]) == 0
@@ -207,23 +207,24 @@ def test_a_stage_the_runner_cannot_take_runs_here_and_the_runner_is_asked_once(m
     assert ran == [("tokenize", "params.yaml", "gptpipe")]
 
 
-def test_repro_goes_to_the_runner_whole_and_runs_dvc_here_when_it_cannot(monkeypatch):
-    """`gptpipe repro ARGS` is `dvc repro ARGS`: handed over as typed (DVC parses the rest, not
-    argparse); without a runner, DVC runs in this process."""
+def test_repro_goes_to_a_running_runner_whole_and_otherwise_runs_dvc_here(monkeypatch, capsys):
+    """`gptpipe repro ARGS` is `dvc repro ARGS`: handed as typed (DVC parses the rest, not
+    argparse) to a runner that is up; none is started for it (a repro with nothing to do must not
+    wait for one; its first stage starts one): then DVC runs in this process, without a word."""
     from pipelines import cli, warm_client
 
-    asked, ran = [], []
+    connects, asked, ran = [], [], []
     monkeypatch.setattr(warm_client, "enabled", lambda env=None: True)
-    monkeypatch.setattr(warm_client, "run_command", lambda argv, started: asked.append(argv) or _unavailable())
+    monkeypatch.setattr(warm_client, "connect", lambda start=True: connects.append(start))  # none runs
     monkeypatch.setattr(cli, "repro_command", lambda dvc_args: ran.append(dvc_args) or 0)
     assert main(["repro", "--dry", "-s", "tokenize"]) == 0
-    assert asked == [["repro", "--dry", "-s", "tokenize"]]
-    assert ran == [["--dry", "-s", "tokenize"]]
-    monkeypatch.setattr(warm_client, "run_command", lambda argv, started: asked.append(argv) or 7)
+    assert connects == [False] and ran == [["--dry", "-s", "tokenize"]]
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(warm_client, "run_command", lambda argv, started, start: asked.append((argv, start)) or 7)
     assert main(["repro", "-f"]) == 7  # the runner's answer is the command's exit status
-    assert ran == [["--dry", "-s", "tokenize"]]
+    assert asked == [(["repro", "-f"], False)] and len(ran) == 1
     assert main(["repro"], warm=False) == 0  # in the runner's child
-    assert ran[-1] == [] and len(asked) == 2
+    assert ran[-1] == [] and len(asked) == 1
 
 
 def test_repro_runs_dvc_with_logging_as_a_fresh_dvc_process(monkeypatch):
