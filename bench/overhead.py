@@ -10,12 +10,15 @@ inside the warm runner), `dvc` runs a plain `dvc repro` (DVC's own process). Eac
 DVC prints is time-stamped as it arrives, so every stage gets a wall time: from DVC's
 "Running stage" line to the next one (or DVC's exit), i.e. including DVC's own work after it
 (hashing its outputs, writing dvc.lock). From reports/<stage>.json it takes `compute_seconds`
-(the stage body) and `startup_seconds` (the stage command's start to the body). For each stage:
+(the stage body less its MLflow calls), `tracking_seconds` (those calls: per-step metrics, model
+artifacts) and `startup_seconds` (the stage command's start to the body). For each stage:
 
-    wall     its share of `dvc repro`'s wall time
-    compute  the body: what the stage is for
-    startup  interpreter, imports, Prefect server and flow run, MLflow run, up to the body
-    rest     wall - compute - startup: MLflow logging, Prefect's flow teardown, exit, DVC's hashing
+    wall      its share of the pipeline command's wall time
+    compute   the body, less its MLflow calls: what the stage is for
+    startup   interpreter, imports, Prefect server and flow run, MLflow run, up to the body
+    tracking  MLflow calls inside the body
+    rest      wall - compute - startup - tracking: MLflow's closing records, Prefect's flow
+              teardown, exit, DVC's hashing and lock file
 
 plus a `dvc` row (DVC's start-up before the first stage). overhead = wall - sum of compute;
 the last line printed is one JSON object: overhead_share (a fraction), wall_s, compute_s,
@@ -126,11 +129,11 @@ def stage_spans(lines: list[tuple[float, str]], wall: float) -> tuple[dict[str, 
 
 
 def table(rows: dict[str, dict[str, float]], dvc_start: float) -> str:
-    out = [f"{'stage':<20} {'wall s':>8} {'compute s':>10} {'startup s':>10} {'rest s':>8}"]
-    out.append(f"{'dvc (start-up)':<20} {dvc_start:>8.2f} {0:>10.2f} {'':>10} {dvc_start:>8.2f}")
+    out = [f"{'stage':<20} {'wall s':>8} {'compute s':>10} {'startup s':>10} {'tracking s':>11} {'rest s':>8}"]
+    out.append(f"{'dvc (start-up)':<20} {dvc_start:>8.2f} {0:>10.2f} {'':>10} {'':>11} {dvc_start:>8.2f}")
     for stage, r in rows.items():
         out.append(f"{stage:<20} {r['wall_s']:>8.2f} {r['compute_s']:>10.2f} {r['startup_s']:>10.2f} "
-                   f"{r['rest_s']:>8.2f}")
+                   f"{r['tracking_s']:>11.2f} {r['rest_s']:>8.2f}")
     return "\n".join(out)
 
 
@@ -178,9 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         for stage in STAGES:
             report = json.loads((work / "reports" / f"{stage}.json").read_text())
             compute, startup = report["compute_seconds"], report["startup_seconds"]
+            tracking = report.get("tracking_seconds", 0.0)
             span = spans.get(stage, 0.0)
             rows[stage] = {"wall_s": round(span, 3), "compute_s": compute, "startup_s": startup,
-                           "rest_s": round(span - compute - startup, 3)}
+                           "tracking_s": tracking, "rest_s": round(span - compute - startup - tracking, 3)}
     finally:
         if args.runner != "off":
             warm_cli("stop", work, env)

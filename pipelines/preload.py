@@ -41,19 +41,20 @@ LAZY_IMPORTS = (
 # start). Its command modules (the parser imports them all), the repository, stage and lock-file
 # code, data hashing and checkout, and the git backends it stages dvc.lock with (core.autostage).
 DVC_IMPORTS = (
-    "dvc.cli", "dvc.cli.parser", "dvc.repo", "dvc.repo.reproduce", "dvc.repo.index", "dvc.repo.graph",
-    "dvc.repo.stage", "dvc.repo.scm_context", "dvc.repo.trie", "dvc.stage.run", "dvc.stage.cache", "dvc.stage.serialize",
+    "dvc.cli", "dvc.cli.parser", "dvc._debug", "dvc.analytics", "dvc.dirs", "dvc.types", "dvc.scm",
+    "dvc.repo", "dvc.repo.reproduce", "dvc.repo.index", "dvc.repo.graph", "dvc.repo.stage", "dvc.repo.trie",
+    "dvc.repo.scm_context", "dvc.repo.open_repo", "dvc.repo.params", "dvc.repo.metrics", "dvc.repo.plots",
+    "dvc.repo.datasets", "dvc.repo.artifacts", "dvc.stage.run", "dvc.stage.cache", "dvc.stage.serialize",
     "dvc.stage.loader", "dvc.dvcfile", "dvc.output", "dvc.dependency", "dvc.parsing", "dvc.schema", "dvc.ignore",
-    "dvc.rwlock", "dvc.lock", "dvc.analytics", "dvc.utils.serialize", "dvc.utils.strictyaml", "dvc.cachemgr",
-    "dvc.data_cloud", "dvc_data.index", "dvc_data.hashfile.build", "dvc_data.hashfile.checkout",
-    "dvc_data.hashfile.state", "dvc_data.hashfile.transfer", "dvc_data.hashfile.db.local",
-    "scmrepo.git", "scmrepo.git.backend.dulwich", "scmrepo.git.backend.pygit2", "scmrepo.git.backend.gitpython",
-    "dvc._debug", "dvc.dirs", "dvc.scm", "dvc.types", "dvc.repo.open_repo", "dvc.repo.params", "dvc.repo.metrics",
-    "dvc.repo.plots", "dvc.repo.datasets", "dvc.repo.artifacts", "dvc_data.hashfile.status",
-    "dvc_data.hashfile._progress", "scmrepo.noscm", "scmrepo.git.backend.pygit2.filter", "dulwich.repo",
-    "dulwich.index", "dulwich.ignore", "dulwich.line_ending", "dulwich.worktree", "dulwich.patch", "dulwich.attrs", "dulwich.filters", "pygit2", "networkx",
-    "ruamel.yaml", "ruamel.yaml.mergevalue", "diskcache", "sqltrie", "flufl.lock", "zc.lockfile", "configobj",
-    "platformdirs", "flatten_dict", "dvc_render", "fsspec.implementations.memory",
+    "dvc.rwlock", "dvc.lock", "dvc.utils.serialize", "dvc.utils.strictyaml", "dvc.cachemgr", "dvc.data_cloud",
+    "dvc_data.index", "dvc_data.hashfile.build", "dvc_data.hashfile.checkout", "dvc_data.hashfile.state",
+    "dvc_data.hashfile.status", "dvc_data.hashfile.transfer", "dvc_data.hashfile.db.local",
+    "dvc_data.hashfile._progress", "dvc_render", "scmrepo.noscm", "scmrepo.git", "scmrepo.git.backend.dulwich",
+    "scmrepo.git.backend.pygit2", "scmrepo.git.backend.pygit2.filter", "scmrepo.git.backend.gitpython",
+    "dulwich.repo", "dulwich.index", "dulwich.ignore", "dulwich.line_ending", "dulwich.worktree", "dulwich.patch",
+    "dulwich.attrs", "dulwich.filters", "pygit2", "networkx", "ruamel.yaml", "ruamel.yaml.mergevalue", "diskcache",
+    "sqltrie", "flufl.lock", "zc.lockfile", "configobj", "platformdirs", "flatten_dict",
+    "fsspec.implementations.memory",
 )
 
 

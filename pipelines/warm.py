@@ -408,7 +408,7 @@ def run_child(request: dict[str, Any], prefect_api_url: str | None, snapshot: di
     # Only to log them (GPTPIPE_WARM_IMPORTS_LOG): touching every module name's refcount copies
     # thousands of the runner's memory pages into the child (copy-on-write), 10-60 ms.
     inherited = set(sys.modules) if request["env"].get(IMPORTS_LOG_ENV) else set()
-    runs_flow = request["argv"][0] != "repro"
+    runs_flow = runs_a_flow(request)
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(child_environ(request, prefect_api_url))
@@ -439,13 +439,18 @@ def run_child(request: dict[str, Any], prefect_api_url: str | None, snapshot: di
         log_own_imports(request["argv"][0], inherited)
 
 
+def runs_a_flow(request: dict[str, Any]) -> bool:
+    """A stage command runs a Prefect flow; `repro` runs DVC, which starts stage commands."""
+    return bool(request["argv"][0] != "repro")
+
+
 def child_environ(request: dict[str, Any], prefect_api_url: str | None) -> dict[str, str]:
     """The environment a child runs its client's command in: the client's, and for a stage, its
     start time and the runner's own Prefect server. Not for `repro`, which runs DVC, not a flow:
     DVC's stage commands are clients of their own, which must find this runner by the caller's
     environment (the Prefect URL is part of a runner's key) and count from their own start."""
     env = dict(request["env"])
-    if request["argv"][0] != "repro":
+    if runs_a_flow(request):
         env[STARTED_ENV] = repr(request["started"])
         env.update(prefect_overrides(env, prefect_api_url))
     return env

@@ -23,3 +23,41 @@ def test_a_rank_other_than_0_runs_the_body_seeded_without_mlflow_or_reports(tmp_
     random.seed(7)
     assert drawn == random.random()  # seeded like rank 0, so both build the same model
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.yaml"]  # no mlflow.db, no reports/
+
+
+def test_the_bodys_mlflow_time_is_reported_as_tracking_not_computation(tmp_path, monkeypatch):
+    """compute_seconds is what the stage is for: the time its MLflow calls took inside the body
+    (per-step metrics, model artifacts) is orchestration, reported as tracking_seconds."""
+    import json
+    import time
+
+    import mlflow
+
+    from pipelines.stage import run_stage
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "p.yaml").write_text("seed: 7\n")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "weights.bin").write_bytes(b"0" * 1000)
+    real_log_artifacts = mlflow.log_artifacts
+
+    def slow_log_artifacts(*args, **kwargs):
+        time.sleep(0.4)  # a large model folder, copied into the artifact store
+        return real_log_artifacts(*args, **kwargs)
+
+    monkeypatch.setattr(mlflow, "log_artifacts", slow_log_artifacts)
+
+    def body(ctx: StageContext) -> dict[str, float]:
+        time.sleep(0.2)  # the work
+        ctx.run.log_model_folder(model)
+        return {"loss": 1.0}
+
+    try:
+        metrics = run_stage("pretrain", "p.yaml", ["seed"], [], body)
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert 0.2 <= metrics["compute_seconds"] < 0.35
+    assert metrics["tracking_seconds"] >= 0.4
+    assert json.loads((tmp_path / "reports" / "pretrain.json").read_text())["tracking_seconds"] >= 0.4

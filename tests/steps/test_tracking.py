@@ -131,6 +131,39 @@ def test_the_stage_summary_is_mlflows_latest_value(store):
     assert [(m.step, m.value) for m in history] == [(10, 900.0), (20, 1200.0), (20, 1000.0)]
 
 
+def test_per_step_metrics_reach_the_store_in_batches_each_with_its_own_step_and_time(store, monkeypatch):
+    """One SQLite transaction per logging step cost training time: per-step metrics wait for the
+    next batch (METRIC_FLUSH_S), a summary or the run's end; each keeps its step and timestamp."""
+    batches = []
+    real = MlflowClient.log_batch
+    monkeypatch.setattr(MlflowClient, "log_batch",
+                        lambda self, run_id, metrics=(), **kw: batches.append(len(metrics)) or real(self, run_id, metrics, **kw))
+    with tracking.stage_run("pretrain", {}, "h", [], experiment="exp") as run:
+        logged = len(batches)
+        for step in range(1, 31):
+            run.log_metrics({"loss": 1.0 / step, "lr": 0.1}, step=step)
+        assert len(batches) == logged  # nothing stored yet: within METRIC_FLUSH_S
+        assert run.seconds > 0
+        monkeypatch.setattr(tracking, "METRIC_FLUSH_S", 0.0)
+        run.log_metrics({"loss": 0.01}, step=31)  # the interval has passed: all 31 steps, one batch
+        assert batches[logged:] == [61]
+        run.log_metrics({"loss": 0.02}, step=32)
+    assert batches[-1] == 1  # and at the run's end, what was left
+    history = MlflowClient(tracking.tracking_uri(store)).get_metric_history(run.run_id, "loss")
+    assert [m.step for m in history] == list(range(1, 33))
+    stamps = [m.timestamp for m in history]
+    assert stamps == sorted(stamps)
+
+
+def test_a_failed_stage_keeps_the_metrics_it_logged_before_failing(store):
+    with pytest.raises(RuntimeError):
+        with tracking.stage_run("pretrain", {}, "h", [], experiment="exp") as run:
+            run.log_metrics({"loss": 2.0}, step=1)
+            raise RuntimeError("out of memory")
+    history = MlflowClient(tracking.tracking_uri(store)).get_metric_history(run.run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(1, 2.0)]
+
+
 def test_a_failing_stage_marks_its_run_failed(store):
     with pytest.raises(RuntimeError):
         with tracking.stage_run("tokenize", {}, "h", [], experiment="exp"):
