@@ -10,6 +10,9 @@ finds the same files, unchanged, and imports them afresh otherwise (an edited st
 stale code), points Prefect at the runner's server (or at PREFECT_API_URL when the client sets
 one) and runs the flow as `gptpipe <stage>` would in-process. Flow runs are recorded
 in that server's database under PREFECT_HOME, as with Prefect's temporary server.
+`gptpipe repro` hands over the same way to a runner that is up: its child runs `dvc repro`
+(DVC preloaded) in the client's own environment, so DVC's stage commands reach this runner too.
+Each child leads a process group, to which the client forwards its signals.
 
 The runner listens on a Linux abstract socket, named after everything that must match for a fork
 of it to behave like a fresh process (interpreter, installed packages, its own code, PREFECT_HOME,

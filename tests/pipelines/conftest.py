@@ -4,6 +4,7 @@ to record to."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -90,6 +91,14 @@ def stop_warm_runner(work: Path, env: dict[str, str]) -> None:
     background process behind."""
     subprocess.run([sys.executable, "-m", "pipelines", "warm", "stop"], cwd=work, env=env,
                    capture_output=True, text=True, timeout=120)
+
+
+def runner_status(cwd: Path, env: dict[str, str]) -> dict | None:
+    """The warm runner's status as a client in `cwd` with `env` sees it; None when none runs."""
+    out = subprocess.run([sys.executable, "-c", "import json; from pipelines import warm_client; "
+                          "print(json.dumps(warm_client.status()))"],
+                         cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=True).stdout
+    return json.loads(out)
 
 
 def eventually(probe: Callable[[], object], timeout: float = 60, interval: float = 0.5):

@@ -13,7 +13,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from steps import layout
-from tests.pipelines.conftest import TINY, ran_stages, run, shrink_params, stop_warm_runner
+from tests.pipelines.conftest import TINY, ran_stages, run, runner_status, shrink_params, stop_warm_runner
 
 pytestmark = pytest.mark.slow
 
@@ -136,13 +136,6 @@ def test_second_repro_skips_everything_and_a_param_reruns_only_downstream(projec
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = run(["dvc", "repro"], work, env)
     assert ran_stages(changed.stdout) == ["finetune_classifier", "evaluate"]
-
-
-def runner_status(work, env) -> dict | None:
-    out = subprocess.run([sys.executable, "-c", "import json; from pipelines import warm_client; "
-                          "print(json.dumps(warm_client.status()))"],
-                         cwd=work, env=env, capture_output=True, text=True, timeout=120, check=True).stdout
-    return json.loads(out)
 
 
 def test_new_content_under_data_local_makes_download_stale(project, first_repro):

@@ -20,7 +20,7 @@ import yaml
 from pipelines import warm, warm_client
 from pipelines.__main__ import main
 from pipelines.stage import stage_process_start
-from tests.pipelines.conftest import eventually
+from tests.pipelines.conftest import eventually, runner_status
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL_DOWNLOAD = {"corpus_bytes": 150_000, "sms_messages": 100, "instructions_train": 20, "instructions_test": 5,
@@ -256,13 +256,6 @@ def _gptpipe(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Comp
                           text=True, timeout=900)
 
 
-def _status(cwd: Path, env: dict[str, str]) -> dict:
-    code = ("import json; from pipelines import warm_client; print(json.dumps(warm_client.status()))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True,
-                         timeout=120, check=True).stdout
-    return json.loads(out)
-
-
 def _stops_answering(url: str, timeout_s: float = 60) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -293,7 +286,7 @@ def runner(tmp_path_factory):
             t.start()
         for t in pair:
             t.join()
-        status_after_pair = _status(dirs[2], env)
+        status_after_pair = runner_status(dirs[2], env)
         # The third stage lists what it had to import itself (test_a_warm_stage_imports_nothing).
         env = dict(env, GPTPIPE_WARM_IMPORTS_LOG=str(base / "imports.log"))
         stage(2)
@@ -313,7 +306,7 @@ def test_concurrent_and_later_stages_share_one_runner(runner):
         assert (dirs[i] / "data" / "raw" / "corpus.txt").is_file()
     # The two started at once raced to start a runner: one won, and both ran in it.
     assert first["stages_run"] == 2
-    again = _status(dirs[2], env)
+    again = runner_status(dirs[2], env)
     assert again["pid"] == first["pid"] and again["stages_run"] == 3
     assert again["frozen_objects"] > 100_000  # what it imported, kept out of its children's collections
     assert again["prefect_api_url"].startswith("http://127.0.0.1:")
@@ -322,7 +315,7 @@ def test_concurrent_and_later_stages_share_one_runner(runner):
 @pytest.mark.slow
 def test_flow_runs_are_recorded_in_the_runners_prefect_server(runner):
     env, dirs, _, _ = runner
-    url = _status(dirs[2], env)["prefect_api_url"]
+    url = runner_status(dirs[2], env)["prefect_api_url"]
     runs = httpx.post(f"{url}/flow_runs/filter", json={}, timeout=30).json()
     assert len(runs) == 3 and all(r["state_type"] == "COMPLETED" for r in runs)
     assert len({r["name"] for r in runs}) == 3  # each child drew fresh randomness for its run name
@@ -374,15 +367,15 @@ def test_a_killed_runner_is_replaced_and_a_failing_stage_keeps_its_exit_status(t
     folder = _stage_dir(tmp_path / "stage")
     try:
         assert _gptpipe(["warm", "start"], folder, env).returncode == 0
-        first = _status(folder, env)
+        first = runner_status(folder, env)
         old = first["pid"]
         os.kill(old, signal.SIGKILL)  # no clean-up at all: nothing on disk may point at it
         time.sleep(0.5)
-        assert _status(folder, env) is None
+        assert runner_status(folder, env) is None
         assert _stops_answering(first["prefect_api_url"])  # its Prefect server died with it
         proc = _gptpipe(["download"], folder, env)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        new = _status(folder, env)
+        new = runner_status(folder, env)
         assert new["pid"] != old and new["stages_run"] == 1
         shutil.rmtree(folder / "data")
         (folder / "data").write_text("a file where the stage needs a folder")
