@@ -28,8 +28,8 @@ import torch  # noqa: E402
 from model.config import GPTConfig  # noqa: E402
 from model.gpt import GPTModel, count_parameters  # noqa: E402
 from model.lora import apply_lora  # noqa: E402
-from steps.instruction import instruction_loss  # noqa: E402
-from steps.train import TrainSettings, make_optimizer  # noqa: E402
+from steps.tasks.instruction import instruction_loss  # noqa: E402
+from steps.training.train import TrainSettings, make_optimizer  # noqa: E402
 
 
 def build(cfg: GPTConfig, mode: str, rank: int) -> torch.nn.Module:

@@ -64,7 +64,7 @@ QUICK = {
 
 # What the first stage run in a repository does once: create the MLflow store's tables (all of
 # MLflow's migrations, tens of seconds on a busy 2-core machine).
-CREATE_MLFLOW_STORE = ("from mlflow.tracking import MlflowClient; from steps.tracking import tracking_uri; "
+CREATE_MLFLOW_STORE = ("from mlflow.tracking import MlflowClient; from steps.tracking.runs import tracking_uri; "
                        "MlflowClient(tracking_uri()).search_experiments()")
 
 

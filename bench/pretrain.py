@@ -1,4 +1,4 @@
-"""Our training step (steps.train.train) against a bare PyTorch loop, same model, batch, dtype, optimizer.
+"""Our training step (steps.training.train.train) against a bare PyTorch loop, same model, batch, dtype, optimizer.
 
     python bench/pretrain.py                       # small config, about a minute on a CPU
     python bench/pretrain.py --preset 124m         # the book's GPT_CONFIG_124M, for a GPU
@@ -10,7 +10,7 @@ makes: LR schedule, on-device loss window, periodic logging rows, the progress b
 Both are warmed up, then run alternately (A B B A A B ...) so that load from other processes hits
 both alike; the table gives the best and the median repetition. Prints, as its last line, one JSON object
 whose headline is `ratio` = our tokens/s / bare tokens/s (best repetitions; 1.0 = no overhead).
-On CUDA it also prints MFU (steps/throughput.py: 6N + attention FLOPs per token, over the GPU's peak).
+On CUDA it also prints MFU (steps/training/throughput.py: 6N + attention FLOPs per token, over the GPU's peak).
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ import torch.nn.functional as F  # noqa: E402
 
 from model.config import GPTConfig  # noqa: E402
 from model.gpt import GPTModel, count_parameters  # noqa: E402
-from steps.hardware import autocast_dtype, fused_adamw_supported, resolve_device  # noqa: E402
-from steps.language_modeling import lm_loss  # noqa: E402
-from steps.throughput import default_peak_flops, flops_per_token  # noqa: E402
-from steps.train import TrainSettings, train  # noqa: E402
+from steps.tasks.language_modeling import lm_loss  # noqa: E402
+from steps.training.hardware import autocast_dtype, fused_adamw_supported, resolve_device  # noqa: E402
+from steps.training.throughput import default_peak_flops, flops_per_token  # noqa: E402
+from steps.training.train import TrainSettings, train  # noqa: E402
 
 PRESETS = {
     # params.yaml's default model with the default BPE vocabulary: a minute on a laptop CPU.
@@ -140,7 +140,7 @@ def main() -> None:
           f"{amp or 'fp32'}")
     header = f"{'loop':<24}{'best tokens/s':>15}{'median tokens/s':>17}{'best s/step':>13}"
     print(header + (f"{'MFU':>8}" if peak else ""))
-    for name, label in (("bare", "bare PyTorch loop"), ("ours", "steps.train.train")):
+    for name, label in (("bare", "bare PyTorch loop"), ("ours", "steps.training.train.train")):
         line = f"{label:<24}{rate[name]:>15.0f}{median[name]:>17.0f}{min(seconds[name]) / steps:>13.4f}"
         print(line + (f"{rate[name] * flops / peak:>8.1%}" if peak else ""))
     summary = {"ratio": round(rate["ours"] / rate["bare"], 3),

@@ -44,10 +44,10 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from steps.builtin_data import generate_corpus  # noqa: E402
-from steps.corpus import EOT, iter_pieces  # noqa: E402
-from steps.gpt2_bpe import ENCODER_JSON, VOCAB_BPE, gpt2_encoding  # noqa: E402
-from steps.tokenizer import (  # noqa: E402
+from steps.data.builtin_data import generate_corpus  # noqa: E402
+from steps.tokenization.corpus import EOT, iter_pieces  # noqa: E402
+from steps.tokenization.gpt2_bpe import ENCODER_JSON, VOCAB_BPE, gpt2_encoding  # noqa: E402
+from steps.tokenization.tokenizer import (  # noqa: E402
     HFEncoder,
     TiktokenEncoder,
     TokenEncoder,

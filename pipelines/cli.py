@@ -18,7 +18,7 @@ from pipelines import STAGES
 from pipelines.warm_client import hand_over
 
 if TYPE_CHECKING:
-    from steps.compare import Filters
+    from steps.evaluation.compare import Filters
 
 # Stages that can run as several torchrun processes -> (module, what ranks other than 0 run).
 RANK_ENTRIES: dict[str, tuple[str, str]] = {
@@ -31,7 +31,7 @@ def run_flow(stage: str, params_path: str, experiment: str | None = None) -> dic
     `experiment` (the MLflow experiment the stage records to) is looked up on a thread while
     Prefect creates the flow run."""
     if stage in RANK_ENTRIES:
-        from steps.distributed import is_main_process
+        from steps.training.distributed import is_main_process
 
         if not is_main_process():
             module, name = RANK_ENTRIES[stage]
@@ -39,7 +39,7 @@ def run_flow(stage: str, params_path: str, experiment: str | None = None) -> dic
             return {}
     module, name = STAGES[stage]
     flow = getattr(importlib.import_module(module), name)
-    from steps.tracking import open_store_early
+    from steps.tracking.runs import open_store_early
 
     open_store_early(experiment=experiment)  # overlaps Prefect's flow-run creation
     return flow(params_path=params_path)
@@ -49,7 +49,7 @@ def torchrun_relaunch(stage: str, params_path: str, nproc: int) -> list[str] | N
     """The torchrun command that runs `stage` as `nproc` processes, or None to run it here: with one
     process, or when this process is one of torchrun's already (a launch of your own, e.g. on
     several machines, is not launched again)."""
-    from steps.distributed import torchrun_command, under_torchrun
+    from steps.training.distributed import torchrun_command, under_torchrun
 
     if stage not in RANK_ENTRIES or nproc <= 1 or under_torchrun():
         return None
@@ -280,7 +280,7 @@ def add_services_parser(sub: argparse._SubParsersAction) -> None:
                    actions.add_parser("status", help="show each service (exit 3 if any is stopped)")):
         action.add_argument("--dir", type=Path, default=Path(".services"),
                             help="folder for the database, artifacts, logs and PIDs (default: .services)")
-    # Defaults (None) mean: as at the last start in --dir, else steps.services.Settings' defaults.
+    # Defaults (None) mean: as at the last start in --dir, else pipelines.team.services.Settings' defaults.
     start.add_argument("--postgres-port", type=positive_int, help="PostgreSQL port (default: 5433)")
     start.add_argument("--mlflow-port", type=positive_int, help="MLflow server port (default: 5000)")
     start.add_argument("--prefect-port", type=positive_int, help="Prefect server port (default: 4200)")
@@ -293,8 +293,8 @@ def add_services_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def services_command(args: argparse.Namespace) -> int:
-    from steps import services
-    from steps.postgres import PostgresError
+    from pipelines.team import services
+    from pipelines.team.postgres import PostgresError
 
     try:
         if args.action == "start":
@@ -338,7 +338,8 @@ def positive_int(text: str) -> int:
 
 
 def compare_runs(args: argparse.Namespace) -> int:
-    from steps import compare, tracking
+    from steps.evaluation import compare
+    from steps.tracking import runs as tracking
 
     try:
         filters = compare.Filters(

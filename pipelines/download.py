@@ -16,11 +16,13 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from pipelines.stage import StageContext, run_stage, stage_flow, stage_task
-from steps import datasets, layout, plots
-from steps.classification import read_labels
+from steps import layout
 from steps.config import BuiltinSizes, DatasetSource, HfSource, LocalSource, UrlSource
-from steps.fetch import default_cache_dir, transient_fetch_failure
-from steps.sources import Fetched, fetch_url, load_hf, local_files
+from steps.data import datasets
+from steps.data.fetch import default_cache_dir, transient_fetch_failure
+from steps.data.sources import Fetched, fetch_url, load_hf, local_files
+from steps.evaluation import plots
+from steps.tasks.classification import read_labels
 
 SECTIONS = ["seed", "download", "tracking"]
 log = logging.getLogger("gptpipe.download")

@@ -10,15 +10,16 @@ import torch
 from model.atomic import write_json, write_text
 from model.checkpoint import load_model, read_config
 from pipelines.stage import StageContext, io_task, run_stage, stage_flow, stage_task
-from steps import layout, plots
-from steps.classification import encode_examples, initial_classifier, loader, predict, read_labeled
-from steps.hardware import resolve_device
-from steps.instruction import generate_responses
-from steps.judge import JudgeOutcome, judge_instruct, judged_records
-from steps.language_modeling import fixed_windows, lm_loss, unigram_cross_entropy
-from steps.metrics import compute
-from steps.report import summary_markdown
-from steps.tokenizer import eot_id, load_tokenizer, read_tokens
+from steps import layout
+from steps.evaluation import plots
+from steps.evaluation.judge import JudgeOutcome, judge_instruct, judged_records
+from steps.evaluation.metrics import compute
+from steps.evaluation.report import summary_markdown
+from steps.tasks.classification import encode_examples, initial_classifier, loader, predict, read_labeled
+from steps.tasks.instruction import generate_responses
+from steps.tasks.language_modeling import fixed_windows, lm_loss, unigram_cross_entropy
+from steps.tokenization.tokenizer import eot_id, load_tokenizer, read_tokens
+from steps.training.hardware import resolve_device
 
 SECTIONS = ["seed", "evaluate", "finetune_classifier", "finetune_instruct", "tracking"]
 log = logging.getLogger("gptpipe.evaluate")

@@ -6,19 +6,28 @@ import logging
 import math
 from functools import partial
 
-
 from model.gpt import count_parameters
 from model.heads import set_trainable
 from pipelines.stage import StageContext, run_stage, stage_flow, stage_task
-from steps import layout, plots
-from steps.baselines import tfidf_logreg_predictions
-from steps.classification import (classification_loss, encode_examples, initial_classifier, loader, predict,
-                                  read_labeled, read_labels, split_examples, write_labeled)
-from steps.finetuning import save_finetuned, with_lora
-from steps.hardware import autocast_dtype, resolve_device
-from steps.metrics import compute
-from steps.tokenizer import eot_id, load_tokenizer
-from steps.train import TrainSettings, cycle, train
+from steps import layout
+from steps.evaluation import plots
+from steps.evaluation.baselines import tfidf_logreg_predictions
+from steps.evaluation.metrics import compute
+from steps.tasks.classification import (
+    classification_loss,
+    encode_examples,
+    initial_classifier,
+    loader,
+    predict,
+    read_labeled,
+    read_labels,
+    split_examples,
+    write_labeled,
+)
+from steps.tokenization.tokenizer import eot_id, load_tokenizer
+from steps.training.finetuning import save_finetuned, with_lora
+from steps.training.hardware import autocast_dtype, resolve_device
+from steps.training.train import TrainSettings, cycle, train
 
 SECTIONS = ["seed", "finetune_classifier", "tracking"]
 log = logging.getLogger("gptpipe.finetune_classifier")

@@ -13,13 +13,22 @@ from model.atomic import write_text
 from model.checkpoint import load_model
 from model.gpt import count_parameters
 from pipelines.stage import StageContext, run_stage, stage_flow, stage_task
-from steps import layout, plots
-from steps.finetuning import save_finetuned, with_lora
-from steps.hardware import autocast_dtype, resolve_device
-from steps.instruction import (collate, count_long, encode_records, generate_responses, instruction_loss,
-                               mean_instruction_loss, read_instructions, split_in_order)
-from steps.tokenizer import eot_id, load_tokenizer
-from steps.train import TrainSettings, cycle, train
+from steps import layout
+from steps.evaluation import plots
+from steps.tasks.instruction import (
+    collate,
+    count_long,
+    encode_records,
+    generate_responses,
+    instruction_loss,
+    mean_instruction_loss,
+    read_instructions,
+    split_in_order,
+)
+from steps.tokenization.tokenizer import eot_id, load_tokenizer
+from steps.training.finetuning import save_finetuned, with_lora
+from steps.training.hardware import autocast_dtype, resolve_device
+from steps.training.train import TrainSettings, cycle, train
 
 SECTIONS = ["seed", "finetune_instruct", "tracking"]
 log = logging.getLogger("gptpipe.finetune_instruct")

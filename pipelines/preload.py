@@ -19,7 +19,7 @@ from typing import Any
 # Found with GPTPIPE_WARM_IMPORTS_LOG (pipelines/warm.py), which lists what a child imported
 # itself; tests/pipelines/test_warm.py keeps that list empty for a warm stage.
 LAZY_IMPORTS = (
-    # MLflow's SQLite store (with steps.tracking.STORE_MODULES, imported in preload()): the
+    # MLflow's SQLite store (with steps.tracking.runs.STORE_MODULES, imported in preload()): the
     # workspace layer
     "mlflow.store.tracking.sqlalchemy_workspace_store",
     # MLflow's run start: GitPython for its git tags, the tracing exporter it configures
@@ -62,7 +62,7 @@ def preload() -> None:
     """Import every stage's modules and what they import lazily, and do once what each child
     would otherwise redo: Pillow's plugins, MLflow's schema head, exit-time finalizers."""
     from pipelines import STAGES
-    from steps.tracking import STORE_MODULES
+    from steps.tracking.runs import STORE_MODULES
 
     # The command line a child parses its stage command with, and every stage's flow.
     for module in ("pipelines.cli", *(module for module, _ in STAGES.values())):
@@ -82,7 +82,7 @@ def preload() -> None:
 
 
 def rehearse_mlflow() -> None:
-    """One throwaway stage run in a scratch MLflow store (steps.tracking.rehearse_stage_run), so
+    """One throwaway stage run in a scratch MLflow store (steps.tracking.runs.rehearse_stage_run), so
     that children inherit what MLflow and SQLAlchemy build at their first call of each kind. The
     scratch store is a copy of a template kept next to the runner's log, made once per MLflow
     version: creating a store from nothing runs all of MLflow's migrations (~2 s)."""
@@ -93,7 +93,7 @@ def rehearse_mlflow() -> None:
     import mlflow
 
     from pipelines.warm_client import log_file
-    from steps.tracking import DEFAULT_DB, rehearse_stage_run
+    from steps.tracking.runs import DEFAULT_DB, rehearse_stage_run
 
     template = Path(log_file()).parent / "gptpipe-warm" / f"mlflow-{mlflow.__version__}.db"
     scratch = Path(tempfile.mkdtemp(prefix="gptpipe-rehearsal-"))

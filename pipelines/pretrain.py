@@ -19,6 +19,10 @@ import logging
 import shutil
 
 import torch
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
+from prefect.tasks import exponential_backoff
 
 from model.atomic import write_json
 from model.checkpoint import save_model, save_training_state
@@ -26,15 +30,25 @@ from model.config import GPTConfig
 from model.generate import generate
 from model.gpt import GPTModel, count_parameters
 from pipelines.stage import StageContext, run_stage, run_stage_rank, stage_flow, stage_task
-from steps import layout, plots
-from steps.checkpoints import CheckpointSettings, discard_checkpoints, file_sha256
-from steps.distributed import Distributed, process_group
-from steps.hardware import autocast_dtype, resolve_device
-from steps.throughput import default_peak_flops, flops_per_token, mfu
-from steps.language_modeling import fixed_windows, lm_loss, mean_loss, perplexity, random_windows, unigram_cross_entropy
-from steps.pretrained import INIT_PROVENANCE, initial_model
-from steps.tokenizer import eot_id, load_tokenizer, read_tokens
-from steps.train import BatchStream, TrainSettings, train
+from steps import layout
+from steps.config import PretrainConfig
+from steps.data.fetch import default_cache_dir, transient_fetch_failure
+from steps.evaluation import plots
+from steps.tasks.language_modeling import (
+    fixed_windows,
+    lm_loss,
+    mean_loss,
+    perplexity,
+    random_windows,
+    unigram_cross_entropy,
+)
+from steps.tokenization.tokenizer import eot_id, load_tokenizer, read_tokens
+from steps.training.checkpoints import CheckpointSettings, discard_checkpoints, file_sha256
+from steps.training.distributed import Distributed, process_group
+from steps.training.hardware import autocast_dtype, resolve_device
+from steps.training.pretrained import INIT_PROVENANCE, WeightFiles, initial_model, locate_weights
+from steps.training.throughput import default_peak_flops, flops_per_token, mfu
+from steps.training.train import BatchStream, TrainSettings, train
 
 SECTIONS = ["seed", "model", "pretrain", "tracking"]
 log = logging.getLogger("gptpipe.pretrain")
@@ -68,6 +82,13 @@ def checkpoint_settings(ctx: StageContext, model_cfg: GPTConfig) -> CheckpointSe
                               cfg.resume, run_fingerprint(ctx, model_cfg))
 
 
+@task(cache_policy=NO_CACHE, persist_result=False, retries=3, retry_delay_seconds=exponential_backoff(2.0),
+      retry_condition_fn=transient_fetch_failure)
+def fetch_init_weights(cfg: PretrainConfig) -> WeightFiles:
+    """`locate_weights` as a Prefect task: a download retries network errors with backoff."""
+    return locate_weights(cfg, default_cache_dir())
+
+
 @stage_task
 def pretrain_model(ctx: StageContext) -> dict[str, float]:
     cfg = ctx.params.pretrain
@@ -85,7 +106,10 @@ def train_and_save(ctx: StageContext, dist: Distributed, device: torch.device) -
     train_tokens = read_tokens(layout.TRAIN_BIN, vocab)
     val_tokens = read_tokens(layout.VAL_BIN, vocab)
     model_cfg = gpt_config(ctx, vocab)
-    model, init = initial_model(cfg, model_cfg)  # the same weights on every rank: all were seeded alike
+    # Ranks other than 0 of a torchrun launch run outside Prefect, where a task would start a
+    # server of its own: they locate the files directly (rank 0, inside the flow, downloaded them).
+    locate = fetch_init_weights if FlowRunContext.get() is not None else None
+    model, init = initial_model(cfg, model_cfg, locate)  # the same weights on every rank: all were seeded alike
     dist.seed_rank(ctx.params.seed)
     amp = autocast_dtype(device, cfg.precision)
     log.info("GPT with %s parameters on %s (%s)%s", f"{count_parameters(model):,}", device, amp or "fp32",

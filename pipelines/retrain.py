@@ -22,13 +22,14 @@ from prefect.runtime import flow_run
 
 from model.atomic import write_json
 from pipelines import show_info_logs
-from steps import layout, tracking
+from pipelines.retraining.promotion import CANDIDATES, CHAMPION, Candidate, decide
+from pipelines.retraining.repo_lock import exclusive
+from pipelines.retraining.repro import dvc_repro
+from steps import layout
 from steps.config import Params, load_params, params_hash
-from steps.fetch import default_cache_dir, transient_fetch_failure
-from steps.promotion import CANDIDATES, CHAMPION, Candidate, decide
-from steps.refresh import SourceCheck, check_sources, read_recorded
-from steps.repo_lock import exclusive
-from steps.repro import dvc_repro
+from steps.data.fetch import default_cache_dir, transient_fetch_failure
+from steps.data.refresh import SourceCheck, check_sources, read_recorded
+from steps.tracking import runs as tracking
 
 log = logging.getLogger("gptpipe.retrain")
 show_info_logs()

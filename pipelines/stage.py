@@ -22,7 +22,7 @@ from pipelines import show_info_logs
 from pipelines.warm_client import STARTED_ENV, process_start_time
 from steps import layout
 from steps.config import Params, flat_params, load_params, params_hash
-from steps.tracking import StageRun, stage_run
+from steps.tracking.runs import StageRun, stage_run
 
 log = logging.getLogger("gptpipe.stage")
 show_info_logs()

@@ -10,11 +10,12 @@ from tokenizers import Tokenizer
 
 from model.atomic import write_json
 from pipelines.stage import StageContext, run_stage, stage_flow, stage_task
-from steps import layout, plots
+from steps import layout
 from steps.config import TokenizeConfig
-from steps.corpus import CorpusPart, split_corpus
-from steps.gpt2_bpe import gpt2_encoding, gpt2_tokenizer
-from steps.tokenizer import (
+from steps.evaluation import plots
+from steps.tokenization.corpus import CorpusPart, split_corpus
+from steps.tokenization.gpt2_bpe import gpt2_encoding, gpt2_tokenizer
+from steps.tokenization.tokenizer import (
     EncodeStats,
     HFEncoder,
     TiktokenEncoder,

@@ -462,7 +462,7 @@ def child_environ(request: dict[str, Any], prefect_api_url: str | None) -> dict[
 def log_own_imports(stage: str, inherited: set[str]) -> None:
     """With GPTPIPE_WARM_IMPORTS_LOG set, append the modules this child imported that the runner
     had not. Not the project's own code: its packages, which a child may re-import on purpose, and
-    its metric scripts (steps/eval_modules), which `evaluate` loads as modules named after their
+    its metric scripts (steps/evaluation/eval_modules), which `evaluate` loads as modules named after their
     content's hash (`evaluate_modules.*`) from the client's files, a few ms each."""
     target = os.environ.get(IMPORTS_LOG_ENV)
     if not target or not inherited:

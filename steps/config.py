@@ -27,7 +27,7 @@ class Section(BaseModel):
 
 
 class BuiltinSource(Section):
-    """The offline demo world generated from `seed` (steps/builtin_data.py)."""
+    """The offline demo world generated from `seed` (steps/data/builtin_data.py)."""
 
     kind: Literal["builtin"] = "builtin"
     """Generate the data instead of reading it."""
@@ -363,7 +363,7 @@ class PretrainConfig(OptimConfig):
     peak_flops: float | None = Field(None, gt=0.0)
     """One device's peak FLOP/s for the MFU figure (with nproc processes MFU is against nproc
     times it); null = the bf16 dense peak of known GPUs
-    (H100, H200, A100, L4, ...; steps/throughput.py), and no MFU on CPU or an unknown GPU."""
+    (H100, H200, A100, L4, ...; steps/training/throughput.py), and no MFU on CPU or an unknown GPU."""
 
     def accumulation_steps(self, seq_len: int) -> int:
         """Micro-batches per optimizer step for windows of `seq_len` tokens."""

@@ -6,11 +6,10 @@ import io
 from pathlib import Path
 from typing import Any
 
+import yaml as pyyaml
 from ruamel.yaml import YAML
 
 from model.atomic import write_text
-import yaml as pyyaml
-
 from steps.config import PARAMS_FILE, ConfigError, Params, flat_params, load_params, parse_params
 
 PROFILES_DIR = Path("profiles")

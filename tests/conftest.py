@@ -170,7 +170,7 @@ def _record_stage_run(root: Path, stage: str, params: dict, history: list[dict],
                       fail: bool = False) -> str:
     import time
 
-    from steps.tracking import stage_run
+    from steps.tracking.runs import stage_run
 
     with stage_run(stage, params, params_hash="h", inputs=[], experiment="cmp", root=root) as run:
         for row in history:

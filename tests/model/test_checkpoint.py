@@ -23,7 +23,6 @@ from model.config import GPTConfig
 from model.gpt import GPTModel
 from model.heads import attach_classifier_head
 
-
 CFG = GPTConfig(vocab_size=64, context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0, qkv_bias=True)
 
 

@@ -11,7 +11,6 @@ from model.generate import generate
 from model.gpt import GPTModel, KVCache, MultiHeadAttention
 from model.lora import apply_lora, merge_lora
 
-
 VOCAB = 64
 CONTEXT = 16
 

@@ -9,7 +9,6 @@ from model.config import GPTConfig
 from model.gpt import GPTModel
 from model.heads import attach_classifier_head, last_real_token, pool, set_trainable
 
-
 CFG = GPTConfig(vocab_size=64, context_length=16, emb_dim=32, n_heads=4, n_layers=3, drop_rate=0.0)
 
 

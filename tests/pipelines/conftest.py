@@ -171,7 +171,7 @@ def prefect_server(tmp_path_factory):
 def postgres_bindir() -> Path:
     """PostgreSQL's server programs. Missing, they are installed from Debian packages when CI is set;
     otherwise (or if that fails) the test is skipped with the reason."""
-    from steps import postgres
+    from pipelines.team import postgres
 
     bindir = postgres.find_bindir()
     if bindir is None and os.environ.get("CI"):
@@ -190,7 +190,7 @@ def postgres_bindir() -> Path:
 
 
 def _apt_install_postgres() -> None:
-    from steps import postgres
+    from pipelines.team import postgres
 
     install = postgres.install_command()  # apt-get install -y postgresql, after sudo unless root
     apt = install[:install.index("install")]
@@ -209,7 +209,7 @@ def _apt_install_postgres() -> None:
 def team_services(postgres_bindir):
     """`make services` for a test module: PostgreSQL, an MLflow server on it and a Prefect server
     (on the same PostgreSQL) on free loopback ports; stopped and deleted after the module."""
-    from steps import services
+    from pipelines.team import services
     from tests.conftest import free_port
 
     # Under /tmp rather than pytest's tmp_path: as root, PostgreSQL runs as the `postgres` account,

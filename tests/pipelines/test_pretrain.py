@@ -54,7 +54,7 @@ def test_training_settings_from_the_params() -> None:
     import torch
 
     from pipelines.pretrain import training_settings
-    from steps.throughput import flops_per_token
+    from steps.training.throughput import flops_per_token
 
     params = parse_params({"model": {"context_length": 64, "tie_embeddings": True, "vocab_multiple": 64},
                            "pretrain": {"batch_size": 4, "seq_len": 32, "global_batch_tokens": 512,

@@ -11,8 +11,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from steps import layout
-from tests.pipelines.conftest import ran_stages, run
-from tests.pipelines.conftest import TINY, _merge
+from tests.pipelines.conftest import TINY, _merge, ran_stages, run
 
 pytestmark = pytest.mark.slow
 

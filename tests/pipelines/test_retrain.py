@@ -11,9 +11,10 @@ import pytest
 
 from pipelines.__main__ import main
 from pipelines.retrain import child_env, register_and_promote, retrain_flow
-from steps import layout, tracking
-from steps.promotion import CANDIDATES, CHAMPION
-from steps.repo_lock import Busy, exclusive
+from pipelines.retraining.promotion import CANDIDATES, CHAMPION
+from pipelines.retraining.repo_lock import Busy, exclusive
+from steps import layout
+from steps.tracking import runs as tracking
 
 CLASSIFIER = next(c for c in CANDIDATES if c.key == "classifier")
 

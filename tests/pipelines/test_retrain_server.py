@@ -14,7 +14,7 @@ import httpx
 import pytest
 from mlflow.tracking import MlflowClient
 
-from steps.promotion import CANDIDATES, CHAMPION
+from pipelines.retraining.promotion import CANDIDATES, CHAMPION
 from tests.pipelines.conftest import eventually, make_project_copy, shrink_params, stop_process, stop_warm_runner
 
 pytestmark = pytest.mark.slow

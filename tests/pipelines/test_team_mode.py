@@ -57,7 +57,7 @@ def no_proxy(monkeypatch):
 
 
 def test_services_report_running(team_services):
-    from steps import services
+    from pipelines.team import services
 
     states = {s.name: s for s in services.status(team_services.root)}
     assert sorted(states) == ["mlflow", "postgres", "prefect"]

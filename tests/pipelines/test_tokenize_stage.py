@@ -13,8 +13,8 @@ from pipelines.stage import StageContext
 from pipelines.tokenize import train_and_encode
 from steps import layout
 from steps.config import parse_params
-from steps.corpus import EOT
-from steps.tokenizer import read_tokens
+from steps.tokenization.corpus import EOT
+from steps.tokenization.tokenizer import read_tokens
 
 GPT2 = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "gpt2"
 DOCS = [f"Document {i}: the cat sat on the mat.\n\nA second paragraph, number {i * 7}." + " More." * (i % 5)

@@ -10,12 +10,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from steps.classification import read_labeled, split_examples
 from steps.config import Params
-from steps.datasets import (DOC_SEPARATOR, classification_records, corpus_documents, instruction_records,
-                            write_classification, write_corpus, write_instructions)
-from steps.instruction import split_in_order
-from steps.sources import fetch_url
+from steps.data.datasets import (
+    DOC_SEPARATOR,
+    classification_records,
+    corpus_documents,
+    instruction_records,
+    write_classification,
+    write_corpus,
+    write_instructions,
+)
+from steps.data.sources import fetch_url
+from steps.tasks.classification import read_labeled, split_examples
+from steps.tasks.instruction import split_in_order
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,0 +1,1 @@
+"""Retraining machinery: one retrain per checkout, DVC runs, the promotion gate."""

@@ -1,0 +1,158 @@
+"""Write the three datasets the pipeline starts from, in one normalized shape whatever their source.
+
+- corpus: UTF-8 text, documents separated by a line that is exactly `<|endoftext|>` (a folder of
+  .txt files gives one document per file; record formats one per record);
+- classification: JSON lines `{"label": ..., "text": ...}`, plus `labels.json` (names in id order);
+- instructions: a JSON list of `{"instruction", "input", "output"}` records, the book's shape.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from model.atomic import atomic_path, write_json, write_text
+from steps.config import BuiltinSizes, ClassificationSource, CorpusSource, InstructionSource
+from steps.data import builtin_data
+from steps.data.readers import DataError, Record, detect_format, iter_lines, read_records, records_of_rows, text_field
+from steps.data.sources import Fetched
+
+DOC_SEPARATOR = "<|endoftext|>"
+
+
+# --- corpus -------------------------------------------------------------------------------------
+
+def corpus_documents(fetched: Fetched, cfg: CorpusSource) -> Iterator[Iterable[str]]:
+    """Each document as an iterable of text pieces (a .txt file streams line by line)."""
+    if fetched.rows is not None:
+        for record in records_of_rows(fetched.rows, fetched.where):
+            yield [text_field(record, cfg.text_field, "download.corpus.text_field", allow_empty=True)]
+        return
+    for path in fetched.files:
+        if detect_format(path, cfg.format) == "txt":
+            yield (line for _, line in iter_lines(path))
+        else:
+            for record in read_records(path, cfg.format, cfg.header, cfg.columns):
+                yield [text_field(record, cfg.text_field, "download.corpus.text_field", allow_empty=True)]
+
+
+def builtin_documents(seed: int, sizes: BuiltinSizes) -> Iterator[Iterable[str]]:
+    text = builtin_data.generate_corpus(seed, target_bytes=sizes.corpus_bytes)
+    for block in text.split("\n\n"):
+        yield [block]
+
+
+def write_corpus(documents: Iterable[Iterable[str]], out: Path, where: str) -> dict[str, float]:
+    """Stream documents into the corpus file; blank documents are dropped, an empty corpus is an error."""
+    n_docs = n_blank = 0
+    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        for doc in documents:
+            start = f.tell()
+            has_text = False
+            last = ""
+            for piece in doc:
+                if not piece:
+                    continue
+                has_text = has_text or bool(piece.strip())
+                f.write(piece)
+                last = piece[-1]
+            if not has_text:
+                # Rewind rather than buffer: a document can be larger than memory.
+                f.seek(start)
+                f.truncate()
+                n_blank += 1
+                continue
+            f.write(("" if last == "\n" else "\n") + DOC_SEPARATOR + "\n")
+            n_docs += 1
+        size = f.tell()
+        if n_docs == 0:
+            raise DataError(f"{where}: the corpus is empty (no document has any text); "
+                            f"check download.corpus.source and text_field")
+    return {"corpus_documents": n_docs, "corpus_blank_documents_dropped": n_blank, "corpus_bytes": size}
+
+
+# --- classification -----------------------------------------------------------------------------
+
+def classification_records(fetched: Fetched, cfg: ClassificationSource) -> Iterator[tuple[str, str, str]]:
+    """(where, label, text) of every labelled record."""
+    if fetched.rows is not None:
+        records: Iterable[Record] = records_of_rows(fetched.rows, fetched.where)
+    else:
+        records = (r for path in fetched.files for r in read_records(path, cfg.format, cfg.header, cfg.columns))
+    for record in records:
+        label = text_field(record, cfg.label_field, "download.classification.label_field").strip()
+        text = text_field(record, cfg.text_field, "download.classification.text_field")
+        yield record.where, label, text
+
+
+def builtin_classification(seed: int, sizes: BuiltinSizes) -> Iterator[tuple[str, str, str]]:
+    for i, (label, text) in enumerate(builtin_data.generate_sms(seed, n_messages=sizes.sms_messages)):
+        yield f"builtin sms {i}", label, text
+
+
+def write_classification(
+    examples: Iterable[tuple[str, str, str]], labels: list[str] | None, out: Path, labels_out: Path, where: str
+) -> dict[str, float]:
+    """JSON lines of {label, text}; label names in id order go to `labels_out`."""
+    allowed = set(labels) if labels is not None else None
+    counts: Counter[str] = Counter()
+    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for rec_where, label, text in examples:
+            if allowed is not None and label not in allowed:
+                raise DataError(f"{rec_where}: label {label!r} is not one of {labels} "
+                                f"(download.classification.labels); fix the record or add the label")
+            f.write(json.dumps({"label": label, "text": text}, ensure_ascii=False) + "\n")
+            counts[label] += 1
+    names = list(labels) if labels is not None else sorted(counts)
+    if sum(counts.values()) == 0:
+        out.unlink()
+        raise DataError(f"{where}: no labelled records")
+    if len(names) < 2:
+        out.unlink()
+        raise DataError(f"{where}: found only the label(s) {names}; a classifier needs at least two")
+    write_json(labels_out, names)
+    metrics: dict[str, float] = {"classification_records": sum(counts.values()), "classification_labels": len(names)}
+    metrics["classification_minority_share"] = min(counts[n] for n in names) / sum(counts.values())
+    return metrics
+
+
+# --- instructions -------------------------------------------------------------------------------
+
+def instruction_records(fetched: Fetched, cfg: InstructionSource) -> Iterator[dict[str, str]]:
+    """{instruction, input, output} for every record, through the configured field mapping."""
+    if fetched.rows is not None:
+        records: Iterable[Record] = records_of_rows(fetched.rows, fetched.where)
+    else:
+        records = (r for path in fetched.files for r in read_records(path, cfg.format, cfg.header, cfg.columns))
+    m = cfg.fields
+    for record in records:
+        has_input = m.input is not None and record.fields.get(m.input) is not None
+        yield {
+            "instruction": text_field(record, m.instruction, "download.instructions.fields.instruction"),
+            "input": text_field(record, m.input, "download.instructions.fields.input", allow_empty=True)
+            if has_input and m.input else "",
+            "output": text_field(record, m.output, "download.instructions.fields.output"),
+        }
+
+
+def builtin_instructions(seed: int, sizes: BuiltinSizes) -> list[dict[str, str]]:
+    return builtin_data.generate_instructions(
+        seed, n_train=sizes.instructions_train, n_test=sizes.instructions_test, n_val=sizes.instructions_val
+    )
+
+
+def write_instructions(records: Iterable[dict[str, str]], out: Path, where: str) -> dict[str, float]:
+    data = list(records)
+    if not data:
+        raise DataError(f"{where}: no instruction records")
+    write_text(out, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    return {"instruction_records": len(data),
+            "instruction_records_with_input": sum(1 for r in data if r["input"].strip())}
+
+
+def write_provenance(out: Path, provenance: dict[str, Any]) -> None:
+    """What each dataset was made from (urls, checksums, revisions, files): the data's pedigree."""
+    write_json(out, provenance)

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, LLM judge, baselines, plots, the summary report, comparing runs."""

@@ -1,0 +1,1 @@
+"""Tasks: the batches and loss of each (next-token prediction, classification, instructions)."""

@@ -1,0 +1,202 @@
+"""SMS-style text classification: read and split the data, batch it, the loss, predictions."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+from torch import nn
+from torch.utils.data import DataLoader, WeightedRandomSampler
+
+from model.atomic import write_text
+from model.checkpoint import load_model
+from model.gpt import GPTModel
+from model.heads import Pooling, attach_classifier_head, pool
+from steps.training.train import Batch
+
+
+@dataclass(frozen=True)
+class Example:
+    label: str
+    text: str
+
+
+def read_labeled(path: str | Path) -> list[Example]:
+    """The normalized classification file: one JSON object `{"label", "text"}` per line."""
+    path = Path(path)
+    examples = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                examples.append(Example(str(obj["label"]), str(obj["text"])))
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise ValueError(f"{path}:{line_no}: expected {{\"label\": ..., \"text\": ...}} ({err})") from None
+    if not examples:
+        raise ValueError(f"{path}: no examples")
+    return examples
+
+
+def write_labeled(path: str | Path, examples: Sequence[Example]) -> None:
+    write_text(path, "".join(json.dumps({"label": e.label, "text": e.text}, ensure_ascii=False) + "\n"
+                             for e in examples))
+
+
+def read_labels(path: str | Path) -> list[str]:
+    """Label names in id order, as the download stage wrote them."""
+    path = Path(path)
+    names = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(names) < 2:
+        raise ValueError(f"{path}: expected a JSON list of at least two label names")
+    return names
+
+
+def label_names(examples: Sequence[Example]) -> list[str]:
+    """Label ids follow sorted names, so ham = 0 and spam = 1 as in the book."""
+    return sorted({e.label for e in examples})
+
+
+def _sample(n: int, k: int, seed: int) -> np.ndarray:
+    """`k` of `range(n)` exactly as pandas' `DataFrame.sample(k, random_state=seed)` picks them
+    (NumPy's legacy RandomState: the first k of a permutation), so the book's splits come out
+    record for record."""
+    return np.random.RandomState(seed).permutation(n)[:k]
+
+
+def split_examples(
+    examples: Sequence[Example], seed: int, train_fraction: float, val_fraction: float, balance: bool,
+    labels: Sequence[str] | None = None,
+) -> dict[str, list[Example]]:
+    """The book's `create_balanced_dataset` + `random_split`: optionally downsample every class to
+    the smallest one's size (classes in id order, each sampled with `seed`), shuffle with `seed`,
+    then cut train / val / test."""
+    order = list(labels) if labels is not None else label_names(examples)
+    pool = list(examples)
+    if balance:
+        by_label: dict[str, list[Example]] = {name: [] for name in order}
+        for e in pool:
+            by_label.setdefault(e.label, []).append(e)
+        smallest = min(len(v) for v in by_label.values() if v)
+        pool = []
+        for name in order:
+            rows = by_label[name]
+            pool.extend(rows if len(rows) == smallest else [rows[i] for i in _sample(len(rows), smallest, seed)])
+    pool = [pool[i] for i in _sample(len(pool), len(pool), seed)]
+    n_train = int(len(pool) * train_fraction)
+    n_val = int(len(pool) * val_fraction)
+    return {
+        "train": pool[:n_train],
+        "val": pool[n_train : n_train + n_val],
+        "test": pool[n_train + n_val :],
+    }
+
+
+def encode_examples(
+    tok: Tokenizer, examples: Sequence[Example], labels: list[str], max_length: int,
+    long_records: str = "truncate", where: str = "classification data",
+) -> tuple[list[tuple[list[int], int]], int]:
+    """(token ids, label id) per example, and how many were longer than `max_length`: those are
+    truncated, or rejected with an error naming the record when `long_records` is `error`."""
+    index = {name: i for i, name in enumerate(labels)}
+    encoded = tok.encode_batch([e.text for e in examples], add_special_tokens=False)
+    out = []
+    truncated = 0
+    for i, (e, enc) in enumerate(zip(examples, encoded)):
+        if e.label not in index:
+            raise ValueError(f"{where}: record {i}: label {e.label!r} is not one of the model's labels {labels}")
+        if len(enc.ids) > max_length:
+            if long_records == "error":
+                raise ValueError(f"{where}: record {i} has {len(enc.ids)} tokens, more than max_length "
+                                 f"{max_length}; raise finetune_classifier.max_length or set long_records: truncate")
+            truncated += 1
+        out.append((enc.ids[:max_length] or [0], index[e.label]))
+    return out, truncated
+
+
+def collate(items: list[tuple[list[int], int]], pad_id: int) -> Batch:
+    """Right-pad to the longest message: (ids (B, T), lengths (B,), labels (B,))."""
+    longest = max(len(ids) for ids, _ in items)
+    ids = torch.full((len(items), longest), pad_id, dtype=torch.long)
+    for row, (seq, _) in enumerate(items):
+        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+    lengths = torch.tensor([len(seq) for seq, _ in items], dtype=torch.long)
+    labels = torch.tensor([label for _, label in items], dtype=torch.long)
+    return ids, lengths, labels
+
+
+def loader(
+    items: list[tuple[list[int], int]],
+    batch_size: int,
+    pad_id: int,
+    shuffle: bool,
+    seed: int,
+    class_balanced: bool = False,
+) -> DataLoader:
+    """Batches of (ids, lengths, labels). `class_balanced` draws every class equally often
+    (with replacement, one epoch = len(items) draws), which helps when one label is rare."""
+    generator = torch.Generator().manual_seed(seed)
+    sampler = None
+    if class_balanced:
+        labels = torch.tensor([label for _, label in items])
+        weights = 1.0 / torch.bincount(labels).float()[labels]
+        sampler = WeightedRandomSampler(weights, num_samples=len(items), replacement=True, generator=generator)
+    return DataLoader(
+        items,  # type: ignore[arg-type]
+        batch_size=batch_size,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        generator=generator,
+        collate_fn=lambda batch: collate(batch, pad_id),
+    )
+
+
+def class_logits(model: nn.Module, batch: Batch, pooling: Pooling = "last_non_pad") -> torch.Tensor:
+    ids, lengths, _ = batch
+    return pool(model(ids), lengths, pooling)  # (B, K)
+
+
+def classification_loss(model: nn.Module, batch: Batch, pooling: Pooling = "last_non_pad") -> tuple[torch.Tensor, int]:
+    logits = class_logits(model, batch, pooling)
+    return F.cross_entropy(logits.float(), batch[2]), int(batch[1].sum())
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, dl: DataLoader, device: torch.device, pooling: Pooling = "last_non_pad"
+) -> tuple[list[int], list[int], float]:
+    """(predictions, references, mean loss) over a loader."""
+    preds: list[int] = []
+    refs: list[int] = []
+    total_loss = 0.0
+    for batch in dl:
+        batch = tuple(t.to(device) for t in batch)
+        logits = class_logits(model, batch, pooling).float()
+        total_loss += F.cross_entropy(logits, batch[2], reduction="sum").item()
+        preds.extend(logits.argmax(-1).tolist())
+        refs.extend(batch[2].tolist())
+    return preds, refs, total_loss / max(1, len(refs))
+
+
+def initial_classifier(pretrained: str | Path, labels: list[str], init: str, seed: int) -> GPTModel:
+    """The model finetuning starts from: pretrained (or freshly initialised) body + a new head.
+
+    Seeded, so the evaluate stage can rebuild exactly this starting point to compare against.
+    """
+    model, _ = load_model(pretrained)
+    if init == "random":
+        torch.manual_seed(seed)
+        model = GPTModel(model.cfg)
+    elif init != "pretrained":
+        raise ValueError(f"unknown init {init!r}; use 'pretrained' or 'random'")
+    torch.manual_seed(seed)
+    return attach_classifier_head(model, len(labels))
+
+

@@ -1,0 +1,1 @@
+"""Training: the one loop (loss as a parameter), checkpoints, devices and precision, torchrun, LoRA."""

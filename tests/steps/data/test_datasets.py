@@ -1,0 +1,156 @@
+"""Tests for writing the normalized datasets (steps/data/datasets.py), from every kind of input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from steps.config import BuiltinSizes, ClassificationSource, CorpusSource, InstructionSource
+from steps.data.datasets import (
+    DOC_SEPARATOR,
+    builtin_classification,
+    builtin_documents,
+    builtin_instructions,
+    classification_records,
+    corpus_documents,
+    instruction_records,
+    write_classification,
+    write_corpus,
+    write_instructions,
+)
+from steps.data.readers import DataError
+from steps.data.sources import Fetched
+
+SIZES = BuiltinSizes(corpus_bytes=20_000, sms_messages=60, instructions_train=20, instructions_test=5,
+                     instructions_val=5)
+
+
+def files(*paths: Path) -> Fetched:
+    return Fetched(where="test", files=list(paths))
+
+
+def documents_of(path: Path) -> list[str]:
+    text = path.read_text(encoding="utf-8")
+    assert text.endswith(f"\n{DOC_SEPARATOR}\n")
+    return text[: -len(DOC_SEPARATOR) - 2].split(f"\n{DOC_SEPARATOR}\n")
+
+
+def test_a_folder_of_text_files_gives_one_document_per_file(tmp_path: Path) -> None:
+    a = tmp_path / "a.txt"
+    a.write_text("First paragraph.\n\nSecond paragraph of a.\n")
+    b = tmp_path / "b.txt"
+    b.write_text("Only b, no final newline")
+    blank = tmp_path / "c.txt"
+    blank.write_text("\n  \n")
+    out = tmp_path / "raw" / "corpus.txt"
+    stats = write_corpus(corpus_documents(files(a, blank, b), CorpusSource()), out, "test")
+    assert documents_of(out) == ["First paragraph.\n\nSecond paragraph of a.", "Only b, no final newline"]
+    assert stats == {"corpus_documents": 2, "corpus_blank_documents_dropped": 1,
+                     "corpus_bytes": out.stat().st_size}
+
+
+def test_corpus_from_records_uses_the_text_field(tmp_path: Path) -> None:
+    src = tmp_path / "docs.jsonl"
+    src.write_text('{"body": "doc one"}\n{"body": "doc two"}\n')
+    out = tmp_path / "corpus.txt"
+    write_corpus(corpus_documents(files(src), CorpusSource(text_field="body")), out, "test")
+    assert documents_of(out) == ["doc one", "doc two"]
+    with pytest.raises(DataError, match=r"docs.jsonl:1: missing field 'text'.*download.corpus.text_field"):
+        write_corpus(corpus_documents(files(src), CorpusSource()), tmp_path / "other.txt", "test")
+    assert not (tmp_path / "other.txt").exists()
+
+
+def test_an_empty_corpus_is_an_error_and_leaves_nothing(tmp_path: Path) -> None:
+    blank = tmp_path / "blank.txt"
+    blank.write_text("   \n\n")
+    out = tmp_path / "raw" / "corpus.txt"
+    with pytest.raises(DataError, match="the corpus is empty"):
+        write_corpus(corpus_documents(files(blank), CorpusSource()), out, "data/local/blank.txt")
+    assert list(out.parent.iterdir()) == []
+
+
+def test_non_utf8_text_file_is_named(tmp_path: Path) -> None:
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("ok\n".encode() + "café\n".encode("latin-1"))
+    out = tmp_path / "raw" / "corpus.txt"
+    with pytest.raises(DataError, match=rf"{bad}:2: bytes that are not UTF-8"):
+        write_corpus(corpus_documents(files(bad), CorpusSource()), out, "test")
+    assert list(out.parent.iterdir()) == []
+
+
+def test_classification_from_csv_with_label_names(tmp_path: Path) -> None:
+    src = tmp_path / "reviews.csv"
+    src.write_text("review,sentiment\ngreat film,pos\n\"bad, awful\",neg\nfine,neu\n")
+    cfg = ClassificationSource(text_field="review", label_field="sentiment", labels=["neg", "neu", "pos"])
+    out, labels_out = tmp_path / "c.jsonl", tmp_path / "labels.json"
+    stats = write_classification(classification_records(files(src), cfg), cfg.labels, out, labels_out, "test")
+    assert [json.loads(line) for line in out.read_text().splitlines()] == [
+        {"label": "pos", "text": "great film"}, {"label": "neg", "text": "bad, awful"},
+        {"label": "neu", "text": "fine"}]
+    assert json.loads(labels_out.read_text()) == ["neg", "neu", "pos"]  # the configured id order
+    assert stats["classification_records"] == 3 and stats["classification_labels"] == 3
+
+
+def test_a_label_outside_the_label_set_is_named_and_nothing_is_written(tmp_path: Path) -> None:
+    src = tmp_path / "sms.csv"
+    src.write_text("text,label\nhi,ham\nwin,spam\nhm,maybe\n")
+    cfg = ClassificationSource(labels=["ham", "spam"])
+    out = tmp_path / "c.jsonl"
+    with pytest.raises(DataError, match=r"sms.csv:4: label 'maybe' is not one of \['ham', 'spam'\]"):
+        write_classification(classification_records(files(src), cfg), cfg.labels, out, tmp_path / "l.json", "test")
+    assert not out.exists() and not (tmp_path / "l.json").exists()
+
+
+def test_a_row_missing_its_label_is_named(tmp_path: Path) -> None:
+    src = tmp_path / "sms.csv"
+    src.write_text("text,label\nhi,ham\nno label\n")
+    with pytest.raises(DataError, match=r"sms.csv:3: missing field 'label'"):
+        write_classification(classification_records(files(src), ClassificationSource()), None,
+                             tmp_path / "c.jsonl", tmp_path / "l.json", "test")
+
+
+def test_one_label_is_not_a_classification_task(tmp_path: Path) -> None:
+    src = tmp_path / "one.jsonl"
+    src.write_text('{"text": "a", "label": "x"}\n')
+    out = tmp_path / "c.jsonl"
+    with pytest.raises(DataError, match="needs at least two"):
+        write_classification(classification_records(files(src), ClassificationSource()), None, out,
+                             tmp_path / "l.json", "test")
+    assert not out.exists()
+
+
+def test_instructions_through_a_field_mapping(tmp_path: Path) -> None:
+    src = tmp_path / "chat.jsonl"
+    src.write_text('{"prompt": "Say hi", "context": "to Bob", "response": "Hi Bob"}\n'
+                   '{"prompt": "Count", "response": "1 2 3"}\n')
+    cfg = InstructionSource.model_validate(
+        {"fields": {"instruction": "prompt", "input": "context", "output": "response"}})
+    out = tmp_path / "instructions.json"
+    stats = write_instructions(instruction_records(files(src), cfg), out, "test")
+    assert json.loads(out.read_text()) == [
+        {"instruction": "Say hi", "input": "to Bob", "output": "Hi Bob"},
+        {"instruction": "Count", "input": "", "output": "1 2 3"}]
+    assert stats == {"instruction_records": 2, "instruction_records_with_input": 1}
+    no_input = InstructionSource.model_validate(
+        {"fields": {"instruction": "prompt", "input": None, "output": "response"}})
+    assert all(r["input"] == "" for r in instruction_records(files(src), no_input))
+
+
+def test_instruction_missing_its_output_is_named(tmp_path: Path) -> None:
+    src = tmp_path / "bad.json"
+    src.write_text('[{"instruction": "a", "output": "b"}, {"instruction": "c"}]')
+    with pytest.raises(DataError, match=r"bad.json: record 1: missing field 'output'.*fields.output"):
+        write_instructions(instruction_records(files(src), InstructionSource()), tmp_path / "i.json", "test")
+    assert not (tmp_path / "i.json").exists()
+
+
+def test_builtin_world_goes_through_the_same_writers(tmp_path: Path) -> None:
+    stats = write_corpus(builtin_documents(1, SIZES), tmp_path / "corpus.txt", "builtin")
+    assert stats["corpus_documents"] > 10
+    stats = write_classification(builtin_classification(1, SIZES), None, tmp_path / "c.jsonl",
+                                 tmp_path / "labels.json", "builtin")
+    assert json.loads((tmp_path / "labels.json").read_text()) == ["ham", "spam"]
+    assert stats["classification_records"] == 60
+    assert write_instructions(builtin_instructions(1, SIZES), tmp_path / "i.json", "b")["instruction_records"] == 30

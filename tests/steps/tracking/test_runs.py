@@ -1,0 +1,299 @@
+"""MLflow tracking: one run per stage with params, metrics, artifacts and tags, in a local store."""
+
+import importlib
+import os
+import threading
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from steps.tracking import runs as tracking
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path
+    mlflow.set_tracking_uri(None)
+
+
+def test_default_store_is_sqlite_in_the_root(store):
+    assert tracking.tracking_uri(store) == f"sqlite:///{store.resolve() / 'mlflow.db'}"
+
+
+def test_env_var_overrides_the_store(store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert tracking.tracking_uri(store) == "http://127.0.0.1:5999"
+
+
+def test_stage_run_records_params_metrics_artifacts_and_tags(store):
+    data = store / "input.txt"
+    data.write_text("hello")
+    artifact = store / "report.json"
+    artifact.write_text("{}")
+    with tracking.stage_run("pretrain", {"pretrain.lr": 0.001, "lora.targets": ["a", "b"]},
+                            params_hash="abc123", inputs=[data], experiment="exp") as run:
+        run.log_metrics({"loss": 2.0, "note": "not a number"}, step=1)
+        run.log_metrics({"loss": 1.0}, step=2)
+        run.log_artifact(artifact)
+    assert (store / "mlflow.db").is_file()
+    client = MlflowClient(tracking.tracking_uri(store))
+    (found,) = tracking.find_runs("exp", stage="pretrain", root=store)
+    assert found.info.run_id == run.run_id
+    assert found.info.status == "FINISHED"
+    assert found.data.params == {"pretrain.lr": "0.001", "lora.targets": "a,b"}
+    assert [m.value for m in client.get_metric_history(run.run_id, "loss")] == [2.0, 1.0]
+    tags = found.data.tags
+    assert tags["stage"] == "pretrain" and tags["params_hash"] == "abc123"
+    assert tags["data_hash"] == tracking.data_hash([data]) and len(tags["data_hash"]) == 16
+    assert "git_commit" in tags
+    assert [a.path for a in client.list_artifacts(run.run_id)] == ["report.json"]
+    # Artifacts land beside the store, not wherever the process happened to start.
+    assert (store / "mlartifacts").is_dir()
+
+
+def test_a_store_opened_early_is_the_one_the_stage_run_uses(store, monkeypatch):
+    """open_store_early overlaps opening the store with Prefect's flow start; stage_run then
+    waits for that store instead of opening a second one."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    built = []
+    original = SqlAlchemyStore.__init__
+
+    def counting_init(self, *args, **kwargs):
+        built.append(threading.current_thread().name)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SqlAlchemyStore, "__init__", counting_init)
+    for name in tracking.STORE_MODULES:  # as in a warm runner's child
+        importlib.import_module(name)
+    tracking.open_store_early(store)
+    with tracking.stage_run("download", {"seed": 1}, "h", [], experiment="early") as run:
+        run.log_metrics({"records": 3.0})
+    assert built == ["gptpipe-open-mlflow-store"]  # built once, on the early thread
+    (found,) = tracking.find_runs("early", root=store)
+    assert found.info.run_id == run.run_id and found.data.metrics == {"records": 3.0}
+
+
+def test_the_experiment_and_commit_found_early_are_used_once_and_only_for_that_experiment(store, monkeypatch):
+    """With an experiment name, the early thread also finds the experiment and the git commit;
+    stage_run takes them (nothing looked up again on its path), for that experiment only."""
+    for name in tracking.STORE_MODULES:
+        importlib.import_module(name)
+    looked_up = []
+    original = tracking._ensure_experiment
+
+    def recording(name, root, local_store, client=None):
+        looked_up.append((name, threading.current_thread().name))
+        return original(name, root, local_store, client)
+
+    monkeypatch.setattr(tracking, "_ensure_experiment", recording)
+    monkeypatch.setattr(tracking, "git_commit", lambda root: f"commit-{threading.current_thread().name}")
+    tracking.open_store_early(store, experiment="early")
+    with tracking.stage_run("download", {"seed": 1}, "h", [], experiment="early") as run:
+        pass
+    assert looked_up == [("early", "gptpipe-open-mlflow-store")]
+    tags = tracking.find_runs("early", root=store)[0].data.tags
+    assert tags["git_commit"] == "commit-gptpipe-open-mlflow-store"
+    # Found for "early": a run of another experiment looks its own up, on its own path.
+    tracking.open_store_early(store, experiment="early")
+    with tracking.stage_run("download", {"seed": 1}, "h", [], experiment="other") as run:
+        pass
+    assert looked_up[-1] == ("other", "MainThread")
+    assert tracking.find_runs("other", root=store)[0].data.tags["git_commit"] == "commit-MainThread"
+    assert tracking._found_early == {}  # and what was found for "early" is not kept for later
+
+
+def test_no_store_opens_early_while_its_modules_are_still_to_import(store, monkeypatch):
+    """Importing on a thread while the main thread imports can meet half-initialised modules:
+    then the store opens in stage_run, as without open_store_early."""
+    monkeypatch.setattr(tracking, "STORE_MODULES", (*tracking.STORE_MODULES, "a.module.not.imported"))
+    tracking.open_store_early(store)
+    assert tracking._store_opening is None
+    with tracking.stage_run("download", {"seed": 1}, "h", [], experiment="late") as run:
+        run.log_metrics({"records": 1.0})
+    assert tracking.find_runs("late", root=store)[0].info.run_id == run.run_id
+
+
+def test_the_stage_summary_is_mlflows_latest_value(store):
+    """A summary logged without a step lands at the highest step so far: MLflow shows it, not the
+    last training window's value of the same metric."""
+    with tracking.stage_run("pretrain", {}, "h", [], experiment="exp") as run:
+        run.log_metrics({"tokens_per_s": 900.0}, step=10)
+        run.log_metrics({"tokens_per_s": 1200.0}, step=20)
+        run.log_metrics({"tokens_per_s": 1000.0, "val_loss": 2.5})
+    (found,) = tracking.find_runs("exp", stage="pretrain", root=store)
+    assert found.data.metrics["tokens_per_s"] == 1000.0
+    history = MlflowClient(tracking.tracking_uri(store)).get_metric_history(run.run_id, "tokens_per_s")
+    assert [(m.step, m.value) for m in history] == [(10, 900.0), (20, 1200.0), (20, 1000.0)]
+
+
+def test_per_step_metrics_reach_the_store_in_batches_each_with_its_own_step_and_time(store, monkeypatch):
+    """One SQLite transaction per logging step cost training time: per-step metrics wait for the
+    next batch (METRIC_FLUSH_S), a summary or the run's end; each keeps its step and timestamp."""
+    batches = []
+    real = MlflowClient.log_batch
+    monkeypatch.setattr(MlflowClient, "log_batch",
+                        lambda self, run_id, metrics=(), **kw: batches.append(len(metrics)) or real(self, run_id, metrics, **kw))
+    with tracking.stage_run("pretrain", {}, "h", [], experiment="exp") as run:
+        logged = len(batches)
+        for step in range(1, 31):
+            run.log_metrics({"loss": 1.0 / step, "lr": 0.1}, step=step)
+        assert len(batches) == logged  # nothing stored yet: within METRIC_FLUSH_S
+        assert run.seconds > 0
+        monkeypatch.setattr(tracking, "METRIC_FLUSH_S", 0.0)
+        run.log_metrics({"loss": 0.01}, step=31)  # the interval has passed: all 31 steps, one batch
+        assert batches[logged:] == [61]
+        run.log_metrics({"loss": 0.02}, step=32)
+    assert batches[-1] == 1  # and at the run's end, what was left
+    history = MlflowClient(tracking.tracking_uri(store)).get_metric_history(run.run_id, "loss")
+    assert [m.step for m in history] == list(range(1, 33))
+    stamps = [m.timestamp for m in history]
+    assert stamps == sorted(stamps)
+
+
+def test_a_failed_stage_keeps_the_metrics_it_logged_before_failing(store):
+    with pytest.raises(RuntimeError):
+        with tracking.stage_run("pretrain", {}, "h", [], experiment="exp") as run:
+            run.log_metrics({"loss": 2.0}, step=1)
+            raise RuntimeError("out of memory")
+    history = MlflowClient(tracking.tracking_uri(store)).get_metric_history(run.run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(1, 2.0)]
+
+
+def test_a_failing_stage_marks_its_run_failed(store):
+    with pytest.raises(RuntimeError):
+        with tracking.stage_run("tokenize", {}, "h", [], experiment="exp"):
+            raise RuntimeError("boom")
+    (found,) = tracking.find_runs("exp", stage="tokenize", root=store)
+    assert found.info.status == "FAILED"
+
+
+def test_data_hash_changes_with_content(tmp_path):
+    f = tmp_path / "a.txt"
+    f.write_text("one")
+    first = tracking.data_hash([tmp_path])
+    f.write_text("two")
+    assert tracking.data_hash([tmp_path]) != first
+
+
+# --- reading runs back (fixture `mlflow_store`: tests/conftest.py) ---------------------------------
+
+def test_fetch_runs_filters_by_stage_tag_ids_and_status(mlflow_store):
+    ids = mlflow_store.ids
+    classifier = tracking.fetch_runs("cmp", stage="finetune_classifier")
+    # Newest first; the failed run is left out by default.
+    assert [r.tags["dvc_exp"] for r in classifier] == ["cls-lora", "cls-block", "cls-head"]
+    assert [r.tags["dvc_exp"] for r in tracking.fetch_runs("cmp", tags={"dvc_exp": "cls-block"})] == ["cls-block"]
+    assert [r.run_id for r in tracking.fetch_runs("cmp", run_ids=[ids["cls-head"], ids["inst-lora"]])] == [
+        ids["inst-lora"], ids["cls-head"]]
+    assert len(tracking.fetch_runs("cmp", stage="finetune_classifier", status=None)) == 4
+    assert len(tracking.fetch_runs("cmp", max_runs=2)) == 2
+    assert tracking.fetch_runs("cmp", stage="pretrain") == []
+    assert tracking.fetch_runs("no-such-experiment") == []
+
+
+def test_fetched_runs_are_plain_data_with_the_stage_summary_as_final_value(mlflow_store):
+    (run,) = tracking.fetch_runs("cmp", tags={"dvc_exp": "cls-head"})
+    assert run.status == "FINISHED" and run.name == "finetune_classifier"
+    assert run.params["finetune_classifier.trainable"] == "head"
+    assert run.tags["stage"] == "finetune_classifier" and "params_hash" in run.tags
+    assert run.seconds is not None and run.seconds >= 0
+    # The summary logged after training (not the last window's 1100 tokens/s) is the final value.
+    assert run.metrics["tokens_per_s"] == 900.0 and run.metrics["train_loss"] == 0.25
+    histories = tracking.metric_histories(run.run_id, ["val_loss", "not_logged"])
+    assert histories == {"val_loss": [(0, 0.7), (5, 0.5), (10, 0.4), (10, 0.4)]}
+
+
+def test_a_missing_local_store_is_not_created(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.fetch_runs("gptpipe", root=tmp_path) == []
+    assert tracking.experiment_names(root=tmp_path) == []
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_filter_values_with_both_quotes_are_rejected(mlflow_store):
+    with pytest.raises(ValueError, match="quote"):
+        tracking.fetch_runs("cmp", tags={"note": "it's \"odd\""})
+    assert tracking.fetch_runs("cmp", tags={"note": "it's"}) == []
+
+
+# --- Model Registry --------------------------------------------------------------------------------
+
+
+def _run_with_model(store, stage="finetune_classifier", log_models=True) -> str:
+    folder = store / "models" / "m"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text('{"emb_dim": 8}')
+    with tracking.stage_run(stage, {}, "h", [], experiment="exp", log_models=log_models) as run:
+        run.log_model_folder(folder)
+    return run.run_id
+
+
+def test_registered_versions_point_at_the_runs_model_folder(store):
+    first, second = _run_with_model(store), _run_with_model(store)
+    v1 = tracking.register_version("gm", first, {"score": "0.5"}, root=store)
+    v2 = tracking.register_version("gm", second, {"score": "0.6"}, root=store)
+    assert (v1.version, v2.version) == ("1", "2")
+    assert v1.run_id == first and v1.tags == {"score": "0.5"} and v1.uri == "models:/gm/1"
+    assert [v.version for v in tracking.model_versions("gm", root=store)] == ["1", "2"]
+    assert tracking.model_versions("other", root=store) == []
+    got = Path(mlflow.artifacts.download_artifacts(artifact_uri=v2.uri, dst_path=str(store / "dl")))
+    assert (got / "config.json").read_text() == '{"emb_dim": 8}'
+
+
+def test_aliases_move_and_unknown_ones_read_as_none(store):
+    assert tracking.version_by_alias("gm", "champion", root=store) is None  # no store yet
+    run_id = _run_with_model(store)
+    assert tracking.version_by_alias("gm", "champion", root=store) is None  # no model yet
+    tracking.register_version("gm", run_id, {}, root=store)
+    tracking.register_version("gm", run_id, {}, root=store)
+    assert tracking.version_by_alias("gm", "champion", root=store) is None  # no alias yet
+    tracking.set_alias("gm", "champion", "1", root=store)
+    assert tracking.version_by_alias("gm", "champion", root=store).version == "1"
+    tracking.set_alias("gm", "champion", "2", root=store)
+    champion = tracking.version_by_alias("gm", "champion", root=store)
+    assert champion.version == "2" and champion.aliases == ("champion",)
+    assert tracking.model_version("gm", "1", root=store).aliases == ()
+    tracking.tag_version("gm", "2", {"promotion": "promoted", "score": 0.7}, root=store)
+    assert tracking.model_version("gm", "2", root=store).tags == {"promotion": "promoted", "score": "0.7"}
+
+
+def test_a_run_without_a_logged_model_cannot_be_registered(store):
+    run_id = _run_with_model(store, log_models=False)
+    with pytest.raises(tracking.RegistryError, match="tracking.log_models: true"):
+        tracking.register_version("gm", run_id, {}, root=store)
+
+
+def test_stage_runs_started_by_a_retrain_carry_its_id(store, monkeypatch):
+    monkeypatch.setenv(tracking.RETRAIN_ID_ENV, "r-42")
+    run_id = _run_with_model(store)
+    (found,) = tracking.fetch_runs("exp", tags={"retrain_id": "r-42"}, root=store)
+    assert found.run_id == run_id
+
+
+def test_a_rehearsal_records_one_run_in_its_scratch_store_and_leaves_no_trace(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    project = tmp_path / "project"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    scratch = tmp_path / "scratch"
+    assert tracking.rehearse_stage_run(scratch)
+    assert Path.cwd() == project and list(project.iterdir()) == []  # nothing written where it ran from
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    client = MlflowClient(f"sqlite:///{scratch / tracking.DEFAULT_DB}")
+    (run,) = client.search_runs([client.get_experiment_by_name("rehearsal").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["lr"] == "0.1"
+    assert run.data.metrics["loss"] == 0.5
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"rehearsal.json", "plots"}
+
+
+def test_no_rehearsal_on_a_store_someone_else_named(tmp_path, monkeypatch):
+    """MLFLOW_TRACKING_URI may be a team's server: it never gets throwaway runs."""
+    other = tmp_path / "team.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{other}")
+    assert not tracking.rehearse_stage_run(tmp_path / "scratch")
+    assert not other.exists() and not (tmp_path / "scratch").exists()

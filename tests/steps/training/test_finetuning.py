@@ -1,0 +1,58 @@
+"""Finetuning glue: LoRA through peft, saved as a separate adapter and merged into the weights."""
+
+import json
+
+import pytest
+import torch
+
+from model.checkpoint import load_model
+from model.config import GPTConfig
+from model.gpt import GPTModel
+from model.heads import attach_classifier_head, set_trainable
+from steps.config import LoraConfig
+from steps.training.finetuning import save_finetuned, with_lora
+
+
+def _classifier() -> GPTModel:
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=100, context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)
+    model = attach_classifier_head(GPTModel(cfg), 2)
+    set_trainable(model, "lora")
+    return model
+
+
+def test_lora_run_saves_adapter_and_a_merged_model_that_computes_the_same(tmp_path):
+    net = with_lora(_classifier(), LoraConfig(rank=4, alpha=8.0, target_modules=["W_query", "W_value"]), ["out_head"])
+    with torch.no_grad():  # stand-in for training: move every trainable weight
+        for p in net.parameters():
+            if p.requires_grad:
+                p.add_(0.05)
+    x = torch.randint(0, 100, (2, 8))
+    expected = net(x)
+    tokenizer = tmp_path / "tokenizer.json"
+    tokenizer.write_text("{}")
+    head = {"kind": "classifier", "labels": ["ham", "spam"]}
+
+    save_finetuned(tmp_path / "out", net, head, tokenizer, adapter=True)
+
+    adapter = json.loads((tmp_path / "out" / "adapter" / "adapter_config.json").read_text())
+    assert adapter["r"] == 4 and sorted(adapter["target_modules"]) == ["W_query", "W_value"]
+    assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "out" / "tokenizer.json").read_text() == "{}"
+    loaded, loaded_head = load_model(tmp_path / "out")
+    assert loaded_head == head
+    # A plain GPTModel: no peft wrappers left in the saved weights.
+    assert not any("lora" in k for k in loaded.state_dict())
+    torch.testing.assert_close(loaded(x), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_full_finetuning_saves_no_adapter(tmp_path):
+    model = _classifier()
+    set_trainable(model, "all")
+    tokenizer = tmp_path / "tokenizer.json"
+    tokenizer.write_text("{}")
+    save_finetuned(tmp_path / "out", model, {"kind": "classifier", "labels": ["a", "b"]}, tokenizer, adapter=False)
+    assert not (tmp_path / "out" / "adapter").exists()
+    loaded, _ = load_model(tmp_path / "out")
+    x = torch.randint(0, 100, (1, 5))
+    torch.testing.assert_close(loaded(x), model.eval()(x))

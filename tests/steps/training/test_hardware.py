@@ -1,0 +1,62 @@
+"""Device and precision choice: explicit requests are honoured, absent hardware is a clear error."""
+
+import pytest
+import torch
+
+from steps.training import hardware
+
+
+def test_auto_picks_an_available_device():
+    device = hardware.resolve_device("auto")
+    expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    assert device.type == expected
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_missing_cuda_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+        hardware.resolve_device("cuda")
+
+
+def test_explicit_precisions():
+    cpu = torch.device("cpu")
+    assert hardware.autocast_dtype(cpu, "fp32") is None
+    assert hardware.autocast_dtype(cpu, "bf16") is torch.bfloat16
+
+
+def test_auto_precision_on_cpu_follows_amx(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(hardware, "cpu_has_amx", lambda: True)
+    assert hardware.autocast_dtype(cpu, "auto") is torch.bfloat16
+    monkeypatch.setattr(hardware, "cpu_has_amx", lambda: False)
+    assert hardware.autocast_dtype(cpu, "auto") is None
+
+
+def test_fp16_on_cpu_is_a_clear_error():
+    with pytest.raises(ValueError, match="fp16 needs a GPU"):
+        hardware.autocast_dtype(torch.device("cpu"), "fp16")
+
+
+def test_auto_precision_on_cuda_falls_back_to_fp16_without_bf16(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert hardware.autocast_dtype(torch.device("cuda"), "auto") is torch.float16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert hardware.autocast_dtype(torch.device("cuda"), "auto") is torch.bfloat16
+    assert hardware.autocast_dtype(torch.device("cuda"), "fp16") is torch.float16
+
+
+def test_tf32_only_on_cuda():
+    assert hardware.enable_tf32(torch.device("cpu")) is False
+
+
+def test_fused_adamw_on_cpu():
+    assert hardware.fused_adamw_supported(torch.device("cpu"))
+
+
+def test_compile_unsupported_reasons(monkeypatch):
+    assert "experimental" in hardware.compile_unsupported(torch.device("mps"))
+    monkeypatch.setattr(hardware.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    assert "C++ compiler" in hardware.compile_unsupported(torch.device("cpu"))
+    monkeypatch.setattr(hardware.shutil, "which", lambda name: "/usr/bin/g++" if name == "g++" else None)
+    assert hardware.compile_unsupported(torch.device("cpu")) is None
