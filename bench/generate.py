@@ -12,25 +12,18 @@ path's many small ops far more than the uncached path's large ones.
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
-import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-# Run as a script, bench/ comes first on sys.path, where bench/tokenize.py would shadow the
-# standard library's `tokenize` (imported by inspect, hence by torch): put the repository there.
-if sys.path and os.path.realpath(sys.path[0]) == os.path.dirname(os.path.realpath(__file__)):
-    sys.path[0] = os.path.dirname(sys.path[0])
+import torch
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
-
-import torch  # noqa: E402
-
-from model.config import GPTConfig  # noqa: E402
-from model.generate import generate  # noqa: E402
-from model.gpt import GPTModel, MultiHeadAttention, count_parameters  # noqa: E402
+from model.config import GPTConfig
+from model.generate import generate
+from model.gpt import GPTModel, MultiHeadAttention, count_parameters
 
 
 def timed(model: GPTModel, prompt: torch.Tensor, new_tokens: int, use_cache: bool, repeats: int) -> tuple[float, torch.Tensor]:

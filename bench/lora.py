@@ -10,26 +10,18 @@ exact size of the training state instead (weights + gradients + AdamW's two mome
 
 from __future__ import annotations
 
-import os
-import sys
+import argparse
+import json
+import statistics
+import time
 
-# Run as a script, bench/ comes first on sys.path, where bench/tokenize.py would shadow the
-# standard library's `tokenize` (imported by inspect, hence by torch): put the repository there.
-if sys.path and os.path.realpath(sys.path[0]) == os.path.dirname(os.path.realpath(__file__)):
-    sys.path[0] = os.path.dirname(sys.path[0])
+import torch
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-
-import torch  # noqa: E402
-
-from model.config import GPTConfig  # noqa: E402
-from model.gpt import GPTModel, count_parameters  # noqa: E402
-from model.lora import apply_lora  # noqa: E402
-from steps.tasks.instruction import instruction_loss  # noqa: E402
-from steps.training.train import TrainSettings, make_optimizer  # noqa: E402
+from model.config import GPTConfig
+from model.gpt import GPTModel, count_parameters
+from model.lora import apply_lora
+from steps.tasks.instruction import instruction_loss
+from steps.training.train import TrainSettings, make_optimizer
 
 
 def build(cfg: GPTConfig, mode: str, rank: int) -> torch.nn.Module:

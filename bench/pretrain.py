@@ -15,30 +15,26 @@ On CUDA it also prints MFU (steps/training/throughput.py: 6N + attention FLOPs p
 
 from __future__ import annotations
 
-import os
-import sys
+import argparse
+import itertools
+import json
+import statistics
+import time
+from collections.abc import Callable
 
-# Run as a script, bench/ comes first on sys.path, where bench/tokenize.py would shadow the
-# standard library's `tokenize` (imported by inspect, hence by torch): put the repository there.
-if sys.path and os.path.realpath(sys.path[0]) == os.path.dirname(os.path.realpath(__file__)):
-    sys.path[0] = os.path.dirname(sys.path[0])
+import torch
+import torch.nn.functional as F
 
-import argparse  # noqa: E402
-import itertools  # noqa: E402
-import json  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from model.config import GPTConfig  # noqa: E402
-from model.gpt import GPTModel, count_parameters  # noqa: E402
-from steps.tasks.language_modeling import lm_loss  # noqa: E402
-from steps.training.hardware import autocast_dtype, fused_adamw_supported, resolve_device  # noqa: E402
-from steps.training.throughput import default_peak_flops, flops_per_token  # noqa: E402
-from steps.training.train import TrainSettings, train  # noqa: E402
+from model.config import GPTConfig
+from model.gpt import GPTModel, count_parameters
+from steps.tasks.language_modeling import lm_loss
+from steps.training.hardware import (
+    autocast_dtype,
+    fused_adamw_supported,
+    resolve_device,
+)
+from steps.training.throughput import default_peak_flops, flops_per_token
+from steps.training.train import TrainSettings, train
 
 PRESETS = {
     # params.yaml's default model with the default BPE vocabulary: a minute on a laptop CPU.

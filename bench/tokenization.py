@@ -1,6 +1,6 @@
 """Tokenization speed: the bare library call against our streaming path, on one and two workers.
 
-    python bench/tokenize.py [--mb 10] [--repeats 3] [--seed 123]
+    python bench/tokenization.py [--mb 10] [--repeats 3] [--seed 123]
 
 Generates about 10 MB of corpus (steps/builtin_data.generate_corpus, deterministic), one document
 per paragraph, written in the corpus.txt format to a temporary folder. For each backend (our BPE,
@@ -23,31 +23,27 @@ from __future__ import annotations
 import os
 import sys
 
-# Run as a script, this file's folder comes first on sys.path, and its name would shadow the
-# standard library's `tokenize` (which linecache, hence dataclasses and inspect, import).
-if sys.path and os.path.realpath(sys.path[0]) == os.path.dirname(os.path.realpath(__file__)):
-    del sys.path[0]
 # Before `tokenizers` is imported: the raw baseline must stay on one core.
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
-import argparse  # noqa: E402
-import hashlib  # noqa: E402
-import json  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import hashlib
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from steps.data.builtin_data import generate_corpus  # noqa: E402
-from steps.tokenization.corpus import EOT, iter_pieces  # noqa: E402
-from steps.tokenization.gpt2_bpe import ENCODER_JSON, VOCAB_BPE, gpt2_encoding  # noqa: E402
-from steps.tokenization.tokenizer import (  # noqa: E402
+from steps.data.builtin_data import generate_corpus
+from steps.tokenization.corpus import EOT, iter_pieces
+from steps.tokenization.gpt2_bpe import ENCODER_JSON, VOCAB_BPE, gpt2_encoding
+from steps.tokenization.tokenizer import (
     HFEncoder,
     TiktokenEncoder,
     TokenEncoder,
