@@ -34,6 +34,7 @@ from steps import layout
 from steps.config import PretrainConfig
 from steps.data.fetch import default_cache_dir, transient_fetch_failure
 from steps.evaluation import plots
+from steps.hashing import sha256_file
 from steps.tasks.language_modeling import (
     fixed_windows,
     lm_loss,
@@ -43,7 +44,7 @@ from steps.tasks.language_modeling import (
     unigram_cross_entropy,
 )
 from steps.tokenization.tokenizer import eot_id, load_tokenizer, read_tokens
-from steps.training.checkpoints import CheckpointSettings, discard_checkpoints, file_sha256
+from steps.training.checkpoints import CheckpointSettings, discard_checkpoints
 from steps.training.distributed import Distributed, process_group
 from steps.training.hardware import autocast_dtype, resolve_device
 from steps.training.pretrained import INIT_PROVENANCE, WeightFiles, initial_model, locate_weights
@@ -70,7 +71,7 @@ def run_fingerprint(ctx: StageContext, model_cfg: GPTConfig) -> str:
     pretrain = ctx.params.pretrain.model_dump(exclude={"checkpoint_interval", "keep_checkpoints", "resume",
                                                        "peak_flops"})
     payload = {"seed": ctx.params.seed, "model": model_cfg.to_dict(), "pretrain": pretrain,
-               "tokens": [file_sha256(layout.TRAIN_BIN), file_sha256(layout.VAL_BIN)]}
+               "tokens": [sha256_file(layout.TRAIN_BIN), sha256_file(layout.VAL_BIN)]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

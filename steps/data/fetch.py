@@ -26,6 +26,7 @@ import urllib3
 from tqdm import tqdm
 
 from model.atomic import atomic_path, write_json
+from steps.hashing import sha256_file
 
 log = logging.getLogger("gptpipe.fetch")
 
@@ -57,19 +58,6 @@ def transient_fetch_failure(task_: Any, task_run: Any, state: Any) -> bool:
     """Prefect retry condition of fetching tasks: retry only what can heal by itself (refused
     connection, timeout, 5xx); a 404 or a wrong checksum fails at once."""
     return isinstance(state.result(raise_on_failure=False), TransientFetchError)
-
-
-# ---------------------------------------------------------------------------
-# Hashing
-# ---------------------------------------------------------------------------
-
-
-def sha256_file(path: str | Path, chunk: int = CHUNK) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _pinned(sha256: str | None, source: str) -> str | None:
@@ -114,14 +102,6 @@ class Download:
     bytes: int
     etag: str | None
     last_modified: str | None
-
-
-def fetch_url(
-    url: str, dest: str | Path, *, sha256: str | None = None, timeout_s: float = 30.0, progress: bool = True
-) -> Path:
-    """Download `url` to `dest`, which appears only once complete and (when pinned) verified."""
-    _download(url, Path(dest), sha256=sha256, timeout_s=timeout_s, progress=progress)
-    return Path(dest)
 
 
 def fetch_if_changed(

@@ -17,8 +17,9 @@ from typing import Any
 
 from model.atomic import write_json
 from steps.config import DatasetSource, DownloadConfig, HfSource, LocalSource, UrlSource
-from steps.data.fetch import SIDECAR, cache_entry, extract_member, fetch_if_changed, sha256_file
+from steps.data.fetch import SIDECAR, cache_entry, extract_member, fetch_if_changed
 from steps.data.sources import MAX_LISTED_FILES, hf_revision, local_files
+from steps.hashing import sha256_file
 
 log = logging.getLogger("gptpipe.refresh")
 DATASETS = ("corpus", "classification", "instructions")

@@ -10,8 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from steps.config import HfSource, LocalSource, UrlSource
-from steps.data.fetch import FetchError, archive_kind, cached_fetch, extract_all, extract_member, forget, sha256_file
+from steps.data.fetch import (
+    FetchError,
+    archive_kind,
+    cached_fetch,
+    extract_all,
+    extract_member,
+    forget,
+)
 from steps.data.readers import FORMAT_BY_SUFFIX, DataError
+from steps.hashing import sha256_file
 
 log = logging.getLogger("gptpipe.sources")
 

@@ -11,8 +11,6 @@ import hashlib
 import logging
 import os
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -24,6 +22,8 @@ from typing import Any
 import mlflow
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
+
+from steps.hashing import sha256_file
 
 log = logging.getLogger("gptpipe.tracking")
 DEFAULT_DB = "mlflow.db"
@@ -37,52 +37,8 @@ def tracking_uri(root: Path | None = None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / DEFAULT_DB}"
 
 
-_store_opening: threading.Thread | None = None
-# What the early thread found, for stage_run: {(uri, experiment, root): (experiment id, git commit)}.
-_found_early: dict[tuple[str, str, Path], tuple[str, str]] = {}
-# What opening a SQLite store imports. A thread that imports while the main thread imports too can
-# meet a module half initialised by the other (Python's import lock is per module), so the store
-# opens early only where these are imported already (in a warm runner's child, all are).
-STORE_MODULES = ("mlflow.store.tracking.sqlalchemy_store", "mlflow.store.db.utils", "sqlalchemy.dialects.sqlite",
-                 "alembic.config", "alembic.command", "alembic.script", "alembic.runtime.migration")
-
-
-def open_store_early(root: Path | None = None, experiment: str | None = None) -> None:
-    """Start opening the tracking store (engine, schema check, default experiment) on a thread, so
-    it overlaps whatever the caller does next (Prefect creating its flow run) instead of adding to
-    it; with `experiment`, also look up (or create) that experiment and read the git commit, both
-    of which stage_run needs. MLflow caches the store by URI: `stage_run` waits for this one and
-    uses it and what was found. An error here is left for `stage_run`, which does the same again
-    and reports it. Nothing happens unless the store's modules are imported already (STORE_MODULES)."""
-    global _store_opening
-    if not all(name in sys.modules for name in STORE_MODULES):
-        return
-    root = (root or Path.cwd()).resolve()
-    uri = tracking_uri(root)
-    local_store = not os.environ.get("MLFLOW_TRACKING_URI")
-
-    def open_store() -> None:
-        try:
-            client = MlflowClient(uri)
-            if experiment is not None:
-                found = _ensure_experiment(experiment, root, local_store, client), git_commit(root)
-                _found_early[(uri, experiment, root)] = found
-        except Exception:  # noqa: BLE001 - reported by stage_run's own attempt
-            pass
-
-    _store_opening = threading.Thread(target=open_store, name="gptpipe-open-mlflow-store", daemon=True)
-    _store_opening.start()
-
-
-def _store_opened() -> None:
-    global _store_opening
-    if _store_opening is not None:
-        _store_opening.join()
-        _store_opening = None
-
-
-def _ensure_experiment(name: str, root: Path, local_store: bool, client: MlflowClient | None = None) -> str:
-    client = client or MlflowClient()
+def _ensure_experiment(name: str, root: Path, local_store: bool) -> str:
+    client = MlflowClient()
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
@@ -114,9 +70,7 @@ def data_hash(paths: Iterable[str | Path]) -> str:
         files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
         for f in files:
             digest.update(str(f).encode())
-            with open(f, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(block)
+            digest.update(sha256_file(f).encode())
     return digest.hexdigest()[:16]
 
 
@@ -215,12 +169,8 @@ def stage_run(
     root = (root or Path.cwd()).resolve()
     # Decide before set_tracking_uri: MLflow exports the URI it is given into the environment.
     local_store = not os.environ.get("MLFLOW_TRACKING_URI")
-    _store_opened()
-    uri = tracking_uri(root)
-    mlflow.set_tracking_uri(uri)
-    found = _found_early.pop((uri, experiment, root), None)
-    _found_early.clear()  # what the thread found serves the stage run right after it, never a later one
-    experiment_id, commit = found or (_ensure_experiment(experiment, root, local_store), git_commit(root))
+    mlflow.set_tracking_uri(tracking_uri(root))
+    experiment_id, commit = _ensure_experiment(experiment, root, local_store), git_commit(root)
     tags = {
         "stage": stage,
         "git_commit": commit,
@@ -246,40 +196,6 @@ def stage_run(
                 log.warning("MLflow run %s: pending metrics not stored: %s", handle.run_id, err)
             raise
         handle.flush()
-
-
-def rehearse_stage_run(folder: Path) -> bool:
-    """Record one throwaway stage run, with the calls a stage makes, in a scratch SQLite store in
-    `folder` (its own working directory meanwhile), then forget that store. For a process that
-    forks stage processes (the warm runner): SQLAlchemy and MLflow build caches and lazy state at
-    the first call of each kind, ~30 ms a stage would otherwise pay; a fork inherits them.
-    Nothing is done, and False returned, when MLFLOW_TRACKING_URI names another store: a team's
-    server never gets rehearsal runs."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return False
-    here = Path.cwd()
-    folder.mkdir(parents=True, exist_ok=True)
-    artifact = folder / "rehearsal.json"
-    artifact.write_text("{}\n")
-    (folder / "plots").mkdir(exist_ok=True)
-    (folder / "plots" / "curve.csv").write_text("step,value\n1,1.0\n")
-    os.chdir(folder)  # where MLflow resolves relative paths (its default artifact root)
-    try:
-        with stage_run("rehearsal", params={"seed": 1, "lr": 0.1}, params_hash="-", inputs=[artifact],
-                       experiment="rehearsal", root=folder) as run:
-            run.log_metrics({"loss": 1.0}, step=1)
-            run.log_metrics({"loss": 0.5, "compute_seconds": 1.0})
-            run.log_artifact(artifact)
-            run.log_artifacts(folder / "plots", artifact_path="plots")
-    finally:
-        os.chdir(here)
-        uri = tracking_uri(folder)
-        mlflow.set_tracking_uri(None)  # and MLFLOW_TRACKING_URI unset again
-        store = MlflowClient(uri)._tracking_client.store
-        engine = getattr(store, "engine", None)
-        if engine is not None:
-            engine.dispose()  # no SQLite connection to a deleted file handed down to forks
-    return True
 
 
 def _param_value(value: Any) -> str:

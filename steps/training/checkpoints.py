@@ -20,7 +20,6 @@ removes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -38,6 +37,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from model.checkpoint import WEIGHTS, fill_weights, save_state_dict
+from steps.hashing import sha256_file
 
 STATE = "state.pt"
 MANIFEST = "manifest.json"
@@ -104,14 +104,6 @@ def checkpoint_name(step: int) -> str:
     return f"step-{step:06d}"
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def save_checkpoint(folder: str | Path, step: int, model: nn.Module | dict[str, torch.Tensor], state: dict[str, Any],
                     *, fingerprint: str = "", keep: int = 2) -> Path:
     """Write `step-NNNNNN/` atomically, then delete all but the newest `keep` checkpoints.
@@ -125,7 +117,7 @@ def save_checkpoint(folder: str | Path, step: int, model: nn.Module | dict[str, 
     try:
         save_state_dict(tmp / WEIGHTS, model.state_dict() if isinstance(model, nn.Module) else model)
         torch.save({**state, "step": step}, tmp / STATE)
-        files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         manifest = {"step": step, "fingerprint": fingerprint, "files": files}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         for path in tmp.iterdir():
@@ -206,7 +198,7 @@ def verify(checkpoint: str | Path) -> str | None:
         path = checkpoint / name
         if not path.is_file():
             return f"{name} is missing"
-        if file_sha256(path) != expected:
+        if sha256_file(path) != expected:
             return f"{name} does not match its checksum (truncated or corrupt)"
     return None
 

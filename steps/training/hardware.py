@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import torch
@@ -73,22 +73,31 @@ def enable_tf32(device: torch.device) -> bool:
 
 def fused_adamw_supported(device: torch.device) -> bool:
     """Whether torch has a fused (one kernel for all parameters) AdamW for this device type."""
-    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    return _fused_adamw_steps(device.type)
 
-    return device.type in _get_fused_kernels_supported_devices()
+
+@functools.cache
+def _fused_adamw_steps(device_type: str) -> bool:
+    # torch documents no list of the devices its fused AdamW supports, and checks them only at the
+    # first step: so take one step on a one-element parameter of this device type.
+    param = torch.zeros(1, device=device_type, requires_grad=True)
+    param.grad = torch.zeros_like(param)
+    try:
+        torch.optim.AdamW([param], fused=True).step()
+    except RuntimeError:  # "`fused=True` requires all the params to be ... of supported devices"
+        return False
+    return True
 
 
 def compile_unsupported(device: torch.device) -> str | None:
-    """Why torch.compile cannot be used here, or None when it can (pretrain.compile: true)."""
-    if not torch._dynamo.is_dynamo_supported():
-        return f"torch.compile does not support this platform (Python {sys.version.split()[0]} on {sys.platform})"
+    """Why torch.compile cannot be used here, or None when it can (pretrain.compile: true).
+
+    A platform torch.compile does not support at all (e.g. a Python too new for it) is reported by
+    torch.compile itself when it is called (see steps/training/train.py:compiled)."""
     if device.type == "mps":
         return "torch.compile's MPS backend is experimental and often slower than eager mode on Apple GPUs"
-    if device.type == "cuda":
-        from torch.utils._triton import has_triton
-
-        if not has_triton():
-            return "torch.compile on CUDA needs Triton (pip install triton, or a torch wheel that bundles it)"
+    if device.type == "cuda" and importlib.util.find_spec("triton") is None:
+        return "torch.compile on CUDA needs Triton (pip install triton, or a torch wheel that bundles it)"
     if device.type == "cpu" and not any(shutil.which(c) for c in _cxx_candidates()):
         return "torch.compile on CPU needs a C++ compiler (g++ or clang++, MSVC on Windows; set CXX to point at one)"
     return None

@@ -15,7 +15,8 @@ from model.gpt import GPTModel
 from model.hf_gpt2 import HF_CONFIG, HF_SAFETENSORS, load_gpt2_files, weights_file
 from model.presets import PRESETS
 from steps.config import PretrainConfig
-from steps.data.fetch import FetchError, cached_fetch, default_cache_dir, sha256_file
+from steps.data.fetch import FetchError, cached_fetch, default_cache_dir
+from steps.hashing import sha256_file
 
 log = logging.getLogger("gptpipe.pretrained")
 INIT_PROVENANCE = "init_from.json"

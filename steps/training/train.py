@@ -39,7 +39,11 @@ from steps.training.checkpoints import (
     save_checkpoint,
 )
 from steps.training.distributed import SINGLE_PROCESS, Distributed
-from steps.training.hardware import compile_unsupported, enable_tf32, fused_adamw_supported
+from steps.training.hardware import (
+    compile_unsupported,
+    enable_tf32,
+    fused_adamw_supported,
+)
 from steps.training.throughput import mfu
 
 Batch = tuple[torch.Tensor, ...]
@@ -328,7 +332,10 @@ def compiled(model: nn.Module, device: torch.device) -> nn.Module:
     reason = compile_unsupported(device)
     if reason is not None:
         raise RuntimeError(f"compile: true cannot be used here: {reason}. Set compile: false in params.yaml")
-    return torch.compile(model)
+    try:
+        return torch.compile(model)
+    except RuntimeError as err:  # torch.compile refuses platforms it does not support (e.g. a too new Python)
+        raise RuntimeError(f"compile: true cannot be used here: {err}. Set compile: false in params.yaml") from err
 
 
 def _save(checkpoints: CheckpointSettings, step: int, net: nn.Module, result: TrainResult, dist: Distributed) -> None:

@@ -27,10 +27,9 @@ from steps.data.fetch import (
     default_cache_dir,
     extract_all,
     extract_member,
-    fetch_url,
     forget,
-    sha256_file,
 )
+from steps.hashing import sha256_file
 from tests.conftest import QuietHandler, free_port
 
 BODY = b"hello gptpipe\n" * 1000
@@ -94,7 +93,7 @@ def leftovers(folder: Path) -> list[str]:
 
 
 # ---------------------------------------------------------------------------
-# fetch_url
+# Downloading (through cached_fetch, the one entry point)
 # ---------------------------------------------------------------------------
 
 
@@ -107,39 +106,37 @@ def test_sha256_file(tmp_path: Path) -> None:
 
 def test_download_writes_verified_file(server: Server, tmp_path: Path) -> None:
     url = server.route("/data.txt", body=BODY)
-    dest = tmp_path / "out" / "data.txt"
-    got = fetch_url(url, dest, sha256=sha(BODY).upper(), progress=False)  # pinned hash case is ignored
-    assert got == dest
+    dest = cached_fetch(url, tmp_path / "cache", sha256=sha(BODY).upper(), progress=False)  # pin case is ignored
+    assert dest.name == "data.txt"
     assert dest.read_bytes() == BODY
     assert sha256_file(dest) == sha(BODY)
-    assert leftovers(dest.parent) == ["data.txt"]  # no temp file left beside it
+    assert leftovers(dest.parent) == sorted(["data.txt", "source.json"])  # no temp file left beside it
 
 
 def test_download_without_pin(server: Server, tmp_path: Path) -> None:
     url = server.route("/data.txt", body=BODY)
-    assert fetch_url(url, tmp_path / "d", progress=False).read_bytes() == BODY
+    assert cached_fetch(url, tmp_path / "cache", progress=False).read_bytes() == BODY
 
 
 def test_download_keeps_gzip_bytes_as_published(server: Server, tmp_path: Path) -> None:
     # A server that labels a .gz as Content-Encoding: gzip must not get it unpacked on the way.
     packed = gzip.compress(BODY)
     url = server.route("/data.gz", body=packed, headers={"Content-Encoding": "gzip"})
-    dest = fetch_url(url, tmp_path / "data.gz", sha256=sha(packed), progress=False)
+    dest = cached_fetch(url, tmp_path / "cache", sha256=sha(packed), progress=False)
     assert dest.read_bytes() == packed
 
 
 def test_checksum_mismatch_leaves_nothing(server: Server, tmp_path: Path) -> None:
     url = server.route("/data.txt", body=BODY)
     wrong = "0" * 64
-    dest = tmp_path / "out" / "data.txt"
+    cache = tmp_path / "cache"
     with pytest.raises(FetchError) as err:
-        fetch_url(url, dest, sha256=wrong, progress=False)
+        cached_fetch(url, cache, sha256=wrong, progress=False)
     assert not isinstance(err.value, TransientFetchError)
     message = str(err.value)
     assert url in message and wrong in message and sha(BODY) in message
     assert "update the pinned sha256 in params.yaml" in message
-    assert not dest.exists()
-    assert leftovers(dest.parent) == []
+    assert leftovers(cache) == []  # neither the file, nor a temp file, nor an entry
 
 
 def test_checksum_mismatch_leaves_no_cache_entry(server: Server, tmp_path: Path) -> None:
@@ -153,24 +150,24 @@ def test_checksum_mismatch_leaves_no_cache_entry(server: Server, tmp_path: Path)
 def test_malformed_pin_is_refused_before_any_request(server: Server, tmp_path: Path) -> None:
     url = server.route("/data.txt", body=BODY)
     with pytest.raises(FetchError, match="not 64 hex digits"):
-        fetch_url(url, tmp_path / "d", sha256="abc", progress=False)
+        cached_fetch(url, tmp_path / "d", sha256="abc", progress=False)
     assert server.hits["/data.txt"] == 0
 
 
 def test_404_is_permanent(server: Server, tmp_path: Path) -> None:
     url = server.url("/missing.txt")
     with pytest.raises(FetchError) as err:
-        fetch_url(url, tmp_path / "d", progress=False)
+        cached_fetch(url, tmp_path / "d", progress=False)
     assert not isinstance(err.value, TransientFetchError)
     assert "404" in str(err.value) and url in str(err.value)
-    assert leftovers(tmp_path) == []
+    assert leftovers(tmp_path / "d") == []
 
 
 @pytest.mark.parametrize("status", [403, 410, 300])
 def test_other_failures_are_permanent(server: Server, tmp_path: Path, status: int) -> None:
     url = server.route("/x", status=status, body=b"no")
     with pytest.raises(FetchError, match=str(status)) as err:
-        fetch_url(url, tmp_path / "d", progress=False)
+        cached_fetch(url, tmp_path / "d", progress=False)
     assert not isinstance(err.value, TransientFetchError)
 
 
@@ -178,15 +175,15 @@ def test_other_failures_are_permanent(server: Server, tmp_path: Path, status: in
 def test_server_errors_and_rate_limits_are_transient(server: Server, tmp_path: Path, status: int) -> None:
     url = server.route("/busy", status=status, body=b"busy", headers={"Retry-After": "3"})
     with pytest.raises(TransientFetchError, match=str(status)) as err:
-        fetch_url(url, tmp_path / "d", progress=False)
+        cached_fetch(url, tmp_path / "d", progress=False)
     assert url in str(err.value) and "Retry-After: 3" in str(err.value)
-    assert leftovers(tmp_path) == []
+    assert leftovers(tmp_path / "d") == []
 
 
 def test_connection_refused_is_transient(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}/data.txt"
     with pytest.raises(TransientFetchError, match="retried") as err:
-        fetch_url(url, tmp_path / "d", progress=False)
+        cached_fetch(url, tmp_path / "d", progress=False)
     assert url in str(err.value)
 
 
@@ -194,24 +191,24 @@ def test_timeout_is_transient(server: Server, tmp_path: Path) -> None:
     url = server.route("/slow", body=BODY, delay_s=5.0)
     start = time.monotonic()
     with pytest.raises(TransientFetchError) as err:
-        fetch_url(url, tmp_path / "d", timeout_s=0.2, progress=False)
+        cached_fetch(url, tmp_path / "d", timeout_s=0.2, progress=False)
     assert time.monotonic() - start < 3.0
     assert url in str(err.value)
-    assert leftovers(tmp_path) == []
+    assert leftovers(tmp_path / "d") == []
 
 
 def test_truncated_body_is_transient(server: Server, tmp_path: Path) -> None:
     url = server.route("/cut", body=BODY[:100], content_length=len(BODY))
     with pytest.raises(TransientFetchError) as err:
-        fetch_url(url, tmp_path / "d", progress=False)
+        cached_fetch(url, tmp_path / "d", progress=False)
     assert url in str(err.value)
-    assert leftovers(tmp_path) == []
+    assert leftovers(tmp_path / "d") == []
 
 
 @pytest.mark.parametrize("url", ["ftp://example.com/x.txt", "file:///etc/passwd", "example.com/x.txt"])
 def test_non_http_scheme_is_refused(tmp_path: Path, url: str) -> None:
     with pytest.raises(FetchError, match="scheme") as err:
-        fetch_url(url, tmp_path / "d", progress=False)
+        cached_fetch(url, tmp_path / "d", progress=False)
     assert not isinstance(err.value, TransientFetchError)
 
 

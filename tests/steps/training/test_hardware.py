@@ -53,6 +53,18 @@ def test_fused_adamw_on_cpu():
     assert hardware.fused_adamw_supported(torch.device("cpu"))
 
 
+def test_fused_adamw_refused_on_a_device_without_the_kernel():
+    # torch's fused AdamW has no kernel for the meta device: the probing step says so.
+    assert not hardware.fused_adamw_supported(torch.device("meta"))
+
+
+def test_compile_on_cuda_needs_triton(monkeypatch):
+    monkeypatch.setattr(hardware.importlib.util, "find_spec", lambda name: None)
+    assert "Triton" in hardware.compile_unsupported(torch.device("cuda"))
+    monkeypatch.setattr(hardware.importlib.util, "find_spec", lambda name: object() if name == "triton" else None)
+    assert hardware.compile_unsupported(torch.device("cuda")) is None
+
+
 def test_compile_unsupported_reasons(monkeypatch):
     assert "experimental" in hardware.compile_unsupported(torch.device("mps"))
     monkeypatch.setattr(hardware.shutil, "which", lambda name: None)

@@ -12,8 +12,15 @@ import torch
 from model.config import GPTConfig
 from model.presets import get_preset
 from steps.config import parse_params
-from steps.data.fetch import FetchError, sha256_file
-from steps.training.pretrained import check_architecture, initial_model, locate_weights, preset_of, pretrained_model
+from steps.data.fetch import FetchError
+from steps.hashing import sha256_file
+from steps.training.pretrained import (
+    check_architecture,
+    initial_model,
+    locate_weights,
+    preset_of,
+    pretrained_model,
+)
 
 transformers = pytest.importorskip("transformers")
 
