@@ -18,10 +18,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --disable-pip-version-check -e '.[test]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
-# `dvc repro`, run by DVC inside the warm runner (already imported there: ~0.6 s sooner than a
-# `dvc` process). Plain `dvc repro` does the same work.
+# Each stage is a plain process (`python -m pipelines <stage>`); the first one starts the local
+# Prefect server if none runs (`gptpipe server status|stop`).
 pipeline: setup
-	$(PY) -m pipelines repro
+	dvc repro
 
 test: setup
 	$(PY) -m pytest

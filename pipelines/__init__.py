@@ -4,17 +4,13 @@ import os
 
 
 def apply_env_defaults() -> None:
-    """Set before Prefect is imported anywhere (and again in each child of the warm runner,
-    which takes its environment from the stage's caller)."""
+    """Set before Prefect is imported anywhere (a user's own setting of any of them wins)."""
     # No usage telemetry from an offline pipeline, and our own `gptpipe.*` loggers show up in
     # Prefect's run logs next to its own.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # Nor from MLflow, whose telemetry client starts a thread per process to fetch its config.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "gptpipe")
-    # The first start on a machine creates Prefect's database, which can take longer than the
-    # default 20 s on a small machine.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     # Our loggers also run outside flows (tests, notebooks): no warning for each such record.
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 

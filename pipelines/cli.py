@@ -1,21 +1,20 @@
-"""The `gptpipe` command line: `gptpipe <stage>` runs one stage's flow, `gptpipe repro` the whole DVC
-pipeline, `gptpipe compare` compares runs, `gptpipe retrain` / `gptpipe schedule` retrain with a
-promotion gate, once or on a cron schedule.
+"""The `gptpipe` command line: `gptpipe <stage>` runs one stage's flow (what `dvc repro` runs),
+`gptpipe server` shows or stops the local Prefect server, `gptpipe compare` compares runs,
+`gptpipe retrain` / `gptpipe schedule` retrain with a promotion gate, once or on a cron schedule.
 
-pipelines/__main__.py is the entry point: a plain stage command goes from there straight to the
-warm runner; everything else, and a stage the runner does not take, comes here."""
+Each command imports what it uses when it runs: a stage process pays only for its own stage."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipelines import STAGES
-from pipelines.warm_client import hand_over
 
 if TYPE_CHECKING:
     from steps.evaluation.compare import Filters
@@ -26,10 +25,8 @@ RANK_ENTRIES: dict[str, tuple[str, str]] = {
 }
 
 
-def run_flow(stage: str, params_path: str, experiment: str | None = None) -> dict[str, float]:
-    """The stage's flow; under torchrun, ranks other than 0 run the stage's rank entry instead.
-    `experiment` (the MLflow experiment the stage records to) is looked up on a thread while
-    Prefect creates the flow run."""
+def run_flow(stage: str, params_path: str) -> dict[str, float]:
+    """The stage's flow; under torchrun, ranks other than 0 run the stage's rank entry instead."""
     if stage in RANK_ENTRIES:
         from steps.training.distributed import is_main_process
 
@@ -39,9 +36,6 @@ def run_flow(stage: str, params_path: str, experiment: str | None = None) -> dic
             return {}
     module, name = STAGES[stage]
     flow = getattr(importlib.import_module(module), name)
-    from steps.tracking.runs import open_store_early
-
-    open_store_early(experiment=experiment)  # overlaps Prefect's flow-run creation
     return flow(params_path=params_path)
 
 
@@ -56,24 +50,21 @@ def torchrun_relaunch(stage: str, params_path: str, nproc: int) -> list[str] | N
     return torchrun_command(nproc, ["pipelines", stage, "--params", params_path])
 
 
-def cli(argv: list[str] | None = None, warm: bool = True) -> int:
-    """Every command, parsed by argparse. `warm`: a stage goes to the warm runner (when enabled);
-    the runner's child, and a caller that already tried the runner, pass warm=False."""
+def cli(argv: list[str] | None = None) -> int:
+    """Every command, parsed by argparse."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["repro"]:  # everything after it is DVC's to parse (argparse would claim its options)
-        return repro_command(argv[1:])
     parser = argparse.ArgumentParser(prog="gptpipe", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for stage in STAGES:
         p = sub.add_parser(stage, help=f"run the {stage} stage (normally through `dvc repro`)")
         p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    # Listed for --help only: `gptpipe repro ARGS` is `dvc repro ARGS` (handled before parsing, above).
-    sub.add_parser("repro", add_help=False, help="run the whole pipeline: `dvc repro`, in the warm runner "
-                                                 "(only what changed reruns; options are DVC's)")
     sub.add_parser("stages", help="list the stages")
+    server = sub.add_parser("server", help="the local Prefect server the stages record to: start, status "
+                                           "(its UI address), stop",
+                            description="The local Prefect server (one per user; see pipelines/prefect_server.py). "
+                                        "Stages start it on first need unless PREFECT_API_URL is set.")
+    server.add_argument("action", choices=["start", "status", "stop"])
     add_services_parser(sub)
-    warm_cmd = sub.add_parser("warm", help="the warm stage runner: start it, show it, stop it (see README)")
-    warm_cmd.add_argument("action", choices=["start", "status", "stop"])
     prof = sub.add_parser("profile", help="switch params.yaml to a shipped profile (builtin, book, book-small)")
     prof.add_argument("name", nargs="?", help="profile name; omit to list them")
     prof.add_argument("--params", default="params.yaml", help="params file to edit (default: params.yaml)")
@@ -94,38 +85,13 @@ def cli(argv: list[str] | None = None, warm: bool = True) -> int:
         return compare_runs(args)
     if args.command == "export-hf":
         return _export_hf(args.model, args.out)
-    if args.command == "warm":
-        return warm_command(args.action)
-    if warm and args.command in STAGES:
-        code = hand_over([args.command, "--params", args.params])
-        if code is not None:
-            return code
+    if args.command == "server":
+        return server_command(args.action)
     if args.command in ("retrain", "schedule"):
         return retrain_command(args)
     if args.command == "profile":
         return _profile(args.name, args.params)
     return stage_command(args.command, args.params)
-
-
-def repro_command(dvc_args: list[str]) -> int:
-    """`dvc repro <dvc_args>`, DVC run in this process: in a child of the warm runner, which has
-    imported it, that is about half a second sooner than a `dvc` process of its own."""
-    import logging
-
-    import dvc.logger
-    from dvc.cli import main as dvc_main
-
-    # Logging as in a fresh `dvc` process. In the runner's child, Prefect's handlers sit on the
-    # root logger (it configures logging at import), where DVC's records would be printed a second
-    # time; and DVC set up its own handlers when the runner imported it, for the runner's output
-    # (its log file), so colours would follow the log, not this command's terminal.
-    logging.getLogger().handlers.clear()
-    for name in ("dvc", "dvc_objects", "dvc_data"):
-        logger = logging.getLogger(name)
-        for handler in [h for h in logger.handlers if isinstance(h, dvc.logger.LoggerHandler)]:
-            logger.removeHandler(handler)
-    dvc.logger.setup()
-    return dvc_main(["repro", *dvc_args])
 
 
 def stage_command(stage: str, params_path: str) -> int:
@@ -136,41 +102,60 @@ def stage_command(stage: str, params_path: str) -> int:
     try:
         # Validate before the flow starts: a typo should not cost a Prefect server start-up.
         params = load_params(params_path)
+        if not use_prefect_server():
+            return 1
         relaunch = torchrun_relaunch(stage, params_path, params.pretrain.nproc)
         if relaunch is not None:
-            return subprocess.call(relaunch)
-        run_flow(stage, params_path, params.tracking.experiment)
+            return subprocess.call(relaunch)  # its ranks inherit PREFECT_API_URL
+        run_flow(stage, params_path)
     except ConfigError as err:
         print(f"gptpipe: {err}", file=sys.stderr)
         return 2
     return 0
 
 
-def warm_command(action: str) -> int:
-    from pipelines import warm_client as warm
+def use_prefect_server() -> bool:
+    """Point this process at its Prefect server (pipelines/prefect_server.py) before Prefect is
+    imported; False, said on stderr, when the local server cannot start."""
+    from pipelines import prefect_server
 
-    if not warm.enabled():
-        print(f"gptpipe warm: disabled ({warm.ENABLE_ENV}=0, or not Linux); stages run in their own processes",
-              file=sys.stderr)
-        return 2
+    try:
+        prefect_server.use_for_this_process()
+    except prefect_server.ServerError as err:
+        print(f"gptpipe: {err}", file=sys.stderr)
+        return False
+    return True
+
+
+def server_command(action: str) -> int:
+    """`gptpipe server start|status|stop`. Exit status: 0 done / running, 1 could not start,
+    3 (status) not running."""
+    from pipelines import prefect_server
+
+    home = prefect_server.server_home()
+    team = os.environ.get(prefect_server.API_URL_ENV)
+    if team:
+        print(f"note: PREFECT_API_URL is set ({team}): stages record to that server, not to this one")
     try:
         if action == "start":
-            info = warm.start()
+            server, started = prefect_server.start(home)
+            verb = "started" if started else "running"
         elif action == "stop":
-            info = warm.status()
-            if info is not None:
-                warm.stop()
+            stopped = prefect_server.stop(home)
+            print(f"stopped the Prefect server (pid {stopped.pid}, {stopped.ui_url})" if stopped
+                  else f"no Prefect server running for {home}")
+            return 0
         else:
-            info = warm.status()
-    except warm.WarmError as err:
-        print(f"gptpipe warm: {err}", file=sys.stderr)
+            server, verb = prefect_server.running(home), "running"
+            if server is None:
+                print(f"no Prefect server running for {home}: stages start one on first need "
+                      "(or `gptpipe server start`)")
+                return 3
+    except prefect_server.ServerError as err:
+        print(f"gptpipe server: {err}", file=sys.stderr)
         return 1
-    if info is None:
-        print("gptpipe warm: no runner for this environment")
-        return 0 if action == "stop" else 1
-    verb = {"start": "running", "status": "running", "stop": "stopping"}[action]
-    print(f"gptpipe warm: {verb}: pid {info['pid']}, Prefect API {info['prefect_api_url'] or 'PREFECT_API_URL'}, "
-          f"{info['stages_run']} stages run, exits after {info['idle_s']:.0f} s idle; log {warm.log_file()}")
+    print(f"Prefect server {verb}: UI {server.ui_url}  (API {server.api_url}, pid {server.pid}, "
+          f"home {server.home}, log {server.log}); `gptpipe server stop` stops it")
     return 0
 
 
@@ -205,7 +190,7 @@ def _export_hf(model: Path, out: Path) -> int:
     return 0
 
 
-def add_retrain_parsers(sub: argparse._SubParsersAction) -> None:
+def add_retrain_parsers(sub) -> None:  # what ArgumentParser.add_subparsers() returned
     help_repo = "project root to retrain (default: the current folder)"
     p = sub.add_parser("retrain", help="run the retraining flow once now: refresh sources, dvc repro, register, "
                                        "promote a better model to champion",
@@ -216,8 +201,8 @@ def add_retrain_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     p = sub.add_parser("schedule", help="serve the retraining flow as a Prefect deployment on a cron schedule",
                        description="Create the Prefect deployment retrain/NAME with a cron schedule and run its "
-                                   "runs until stopped (Ctrl-C). Needs PREFECT_API_URL pointing at a Prefect "
-                                   "server (`prefect server start`).")
+                                   "runs until stopped (Ctrl-C), on the Prefect server PREFECT_API_URL names, "
+                                   "else on the local one (`gptpipe server status`).")
     p.add_argument("--cron", required=True, help='when to run, e.g. "0 3 * * 1" (Mondays 03:00)')
     p.add_argument("--name", default="scheduled", help="deployment name (default: scheduled)")
     p.add_argument("--timezone", help="IANA time zone of the cron times, e.g. Europe/Paris (default: UTC)")
@@ -226,6 +211,9 @@ def add_retrain_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def retrain_command(args: argparse.Namespace) -> int:
+    # The retraining flow, its schedule and the stages it reruns record to one Prefect server.
+    if not use_prefect_server():
+        return 1
     from pipelines import retrain
     from steps.config import ConfigError
 
@@ -245,7 +233,7 @@ def retrain_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_compare_parser(sub: argparse._SubParsersAction) -> None:
+def add_compare_parser(sub) -> None:  # what ArgumentParser.add_subparsers() returned
     p = sub.add_parser("compare", help="compare MLflow runs: a markdown/HTML report with curves and the best run",
                        description="Compare MLflow runs: one row per run (differing params, metrics, cost), "
                                    "overlaid loss/accuracy curves, the best run marked.")
@@ -270,7 +258,7 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
                    help="output folder (default: reports/compare)")
 
 
-def add_services_parser(sub: argparse._SubParsersAction) -> None:
+def add_services_parser(sub) -> None:  # what ArgumentParser.add_subparsers() returned
     p = sub.add_parser("services", help="team mode: PostgreSQL + MLflow server + Prefect server on loopback",
                        description="Start, stop or show the team servers: PostgreSQL, an MLflow tracking server "
                                    "on it and a Prefect server, all on 127.0.0.1; state, logs and PIDs in --dir.")

@@ -5,21 +5,19 @@ from __future__ import annotations
 import logging
 import os
 import random
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.settings import get_current_settings
 
 from model.atomic import write_json
 from pipelines import show_info_logs
-from pipelines.warm_client import STARTED_ENV, process_start_time
 from steps import layout
 from steps.config import Params, flat_params, load_params, params_hash
 from steps.tracking.runs import StageRun, stage_run
@@ -77,16 +75,32 @@ class StageContext:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's generator, and NumPy's and torch's when the stage has imported them: the
+    stages that use them import them at module level (before this runs), and a stage that does not
+    (download, tokenize) should not pay for importing torch just to seed it."""
     random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed(seed)
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(seed)
 
 
-def stage_process_start() -> float:
-    """When the stage's command started (Unix time): the client's start when a child of the warm
-    runner runs it (pipelines/warm.py), else this process's."""
-    started = os.environ.get(STARTED_ENV)
-    return float(started) if started else process_start_time()
+def process_start_time() -> float:
+    """When this process started (Unix time), to the kernel's clock tick (10 ms): what a stage's
+    startup_seconds counts from. Linux: /proc/self/stat's start time in ticks after boot, and the
+    boot time from /proc/uptime (psutil's create_time() takes the boot time from /proc/stat's btime,
+    in whole seconds, so it reads up to a second early). Elsewhere psutil's create_time()."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as f:
+            stat = f.read()
+        with open("/proc/uptime", encoding="ascii") as f:
+            uptime = float(f.read().split()[0])
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime (after the command's name)
+        return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        import psutil
+
+        return psutil.Process().create_time()
 
 
 def run_stage(
@@ -109,7 +123,7 @@ def run_stage(
     ) as run:
         ctx = StageContext(stage, params, run)
         # Process start -> here: interpreter, imports, Prefect's server, MLflow's store.
-        startup = time.time() - stage_process_start()
+        startup = time.time() - process_start_time()
         start, tracked = time.perf_counter(), run.seconds
         metrics = body(ctx)
         # The stage's own computation, to compare with its process wall time (orchestration cost):

@@ -1,6 +1,7 @@
 """Shared test fixtures."""
 
 import functools
+import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -31,11 +32,42 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def isolated_prefect_server(tmp_path_factory):
+    """The local Prefect server (pipelines/prefect_server.py) that stage processes start on first
+    need lives in a folder of this session, not the user's: every test, and every subprocess they
+    start, shares it (started at most once); it is stopped when the session ends. Tests that need
+    a server of their own set GPTPIPE_PREFECT_HOME themselves."""
+    from pipelines import prefect_server
+
+    home = tmp_path_factory.mktemp("prefect-server")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(prefect_server.HOME_ENV, str(home))
+        yield home
+        prefect_server.stop(home)
+
+
+@pytest.fixture
+def prefect_api(isolated_prefect_server, monkeypatch) -> str:
+    """The session's local Prefect server, started on first need; its API URL, set as
+    PREFECT_API_URL for the test (subprocesses inherit it)."""
+    from pipelines import prefect_server
+
+    server, _ = prefect_server.start(isolated_prefect_server)
+    monkeypatch.setenv(prefect_server.API_URL_ENV, server.api_url)
+    return server.api_url
+
+
 @pytest.fixture(autouse=True)
-def no_warm_runner(monkeypatch):
-    """Stages that tests run in-process stay in-process: no test starts a background warm runner
-    (pipelines/warm.py) unless it sets GPTPIPE_WARM itself."""
-    monkeypatch.setenv("GPTPIPE_WARM", "0")
+def prefect_api_url_restored():
+    """A command run in-process (`main(["retrain"])`) points os.environ at a Prefect server, as its
+    own process would: the next test starts from the environment this one had."""
+    before = os.environ.get("PREFECT_API_URL")
+    yield
+    if before is None:
+        os.environ.pop("PREFECT_API_URL", None)
+    else:
+        os.environ["PREFECT_API_URL"] = before
 
 
 SHARED = ROOT.parent / "shared"

@@ -10,19 +10,16 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
-import socket
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import psutil
 
 from model.atomic import write_json, write_text
+from pipelines import prefect_server
+from pipelines.prefect_server import alive, healthy, terminate
 from pipelines.team.postgres import Cluster, PostgresError, import_driver
 
 DEFAULT_DIR = Path(".services")
@@ -32,7 +29,6 @@ ENV_FILE = "env.sh"  # `source .services/env.sh` points the pipeline at the serv
 MLFLOW_DATABASE = "mlflow"
 PREFECT_DATABASE = "prefect"
 HEALTH_TIMEOUT_S = 180  # first start of either server creates its tables: slow on a busy machine
-STOP_TIMEOUT_S = 30
 
 
 class ServiceError(RuntimeError):
@@ -210,46 +206,36 @@ def _mlflow_env(services: Services) -> dict[str, str]:
 
 
 def _prefect_server(services: Services) -> Server:
+    """Started as the project's local Prefect server is (pipelines/prefect_server.py), with the
+    team's home, port and database (the same PostgreSQL, or SQLite in its home)."""
     port = services.settings.prefect_port
-    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    return Server("prefect", cmd, _prefect_env(services), port, f"{services.prefect_url}/health")
-
-
-def _prefect_env(services: Services) -> dict[str, str]:
-    # The server must not act as a client of some other server the caller's shell points at.
-    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_API_KEY")}
-    env.update(PREFECT_HOME=str(services.root / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    if services.settings.prefect_db == "postgres":
-        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = services.cluster.url(PREFECT_DATABASE, "postgresql+asyncpg")
-    else:
-        env.pop("PREFECT_SERVER_DATABASE_CONNECTION_URL", None)  # Prefect's default: SQLite in PREFECT_HOME
-    return env
+    database = (services.cluster.url(PREFECT_DATABASE, "postgresql+asyncpg")
+                if services.settings.prefect_db == "postgres" else None)
+    env = prefect_server.environment(services.root / "prefect", database)
+    return Server("prefect", prefect_server.command(port), env, port, f"{services.prefect_url}/health")
 
 
 def _launch(services: Services, server: Server) -> None:
-    with open(_log(services, server.name), "ab") as fh:
-        # A session of its own: the server outlives this command, and `stop` signals its whole
-        # process group (MLflow's and Prefect's CLIs run their web servers as child processes).
-        child = subprocess.Popen(server.cmd, env=server.env, cwd=services.root, stdin=subprocess.DEVNULL,
-                                 stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-    services.processes[server.name] = {"pid": child.pid, "create_time": psutil.Process(child.pid).create_time()}
+    # The shared launcher: the server outlives this command in a session (process group) of its own.
+    proc = prefect_server.spawn(server.cmd, server.env, services.root, _log(services, server.name))
+    services.processes[server.name] = {"pid": proc.pid, "create_time": proc.create_time()}
     services.save()
 
 
 def _await_healthy(services: Services, server: Server) -> None:
     """Wait until the server answers its health check; stop it and say why if it exits or never does."""
     deadline = time.monotonic() + HEALTH_TIMEOUT_S
-    while not _healthy(server.health_url):
+    while not healthy(server.health_url):
         proc = _process(services.processes.get(server.name))
         if proc is None or time.monotonic() > deadline:
             reason = "exited" if proc is None else f"is not healthy after {HEALTH_TIMEOUT_S} s"
             if proc is not None:
-                _terminate(proc)
+                terminate(proc)
             services.processes.pop(server.name, None)
             services.save()
             log = _log(services, server.name)
             raise ServiceError(f"the {server.name} server {reason} ({server.health_url}); the end of {log}:\n"
-                               f"{_tail(log)}")
+                               f"{prefect_server.log_tail(log)}")
         time.sleep(0.5)
 
 
@@ -264,7 +250,7 @@ def stop(root: Path = DEFAULT_DIR) -> list[str]:
         return []
     running = {name: _process(services.processes.pop(name, None)) for name in ("prefect", "mlflow")}
     stopped = [name for name, proc in running.items() if proc is not None]
-    _terminate(*(proc for proc in running.values() if proc is not None))
+    terminate(*(proc for proc in running.values() if proc is not None))
     services.save()
     cluster = _cluster_or_none(services)
     if cluster is not None and cluster.running():
@@ -289,7 +275,7 @@ def status(root: Path = DEFAULT_DIR) -> list[ServiceStatus]:
         ("prefect", services.prefect_url, f"database {services.settings.prefect_db}"),
     ):
         proc = _process(services.processes.get(name))
-        running = proc is not None and _healthy(f"{url}/health")
+        running = proc is not None and healthy(f"{url}/health")
         result.append(ServiceStatus(name, running, proc.pid if proc else None, url,
                                     f"{detail}; log {_log(services, name)}"))
     return result
@@ -312,61 +298,14 @@ def _process(record: dict[str, float] | None) -> psutil.Process | None:
             return None
     except (psutil.Error, KeyError, ValueError):
         return None
-    return proc if _alive(proc) else None
-
-
-def _alive(proc: psutil.Process) -> bool:
-    try:
-        return proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _terminate(*procs: psutil.Process) -> None:
-    """SIGTERM each server's process group (all at once: shutting down takes seconds each), SIGKILL
-    the groups that outlive STOP_TIMEOUT_S, then any worker a leader left behind."""
-    pending = list(procs)
-    for sig, wait in ((signal.SIGTERM, STOP_TIMEOUT_S), (signal.SIGKILL, 10)):
-        for proc in pending:
-            _signal_group(proc.pid, sig)
-        _, pending = psutil.wait_procs(pending, timeout=wait)  # reaps those that are our children
-        if not pending:
-            break
-    for proc in procs:
-        _signal_group(proc.pid, signal.SIGKILL)
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:  # the whole group is gone
-        pass
-
-
-def _healthy(url: str) -> bool:
-    # No proxy: a proxy from the environment must not answer for a loopback server.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(url, timeout=5) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
+    return proc if alive(proc) else None
 
 
 def _require_free_port(port: int, name: str, option: str) -> None:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # ignore TIME_WAIT leftovers
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            raise ServiceError(
-                f"cannot start {name}: 127.0.0.1:{port} is already in use by another program "
-                f"(`ss -ltnp 'sport = :{port}'` shows which). Stop it, or choose another port with {option}."
-            ) from None
+    if not prefect_server.port_free(port):
+        raise ServiceError(
+            f"cannot start {name}: 127.0.0.1:{port} is already in use by another program "
+            f"(`ss -ltnp 'sport = :{port}'` shows which). Stop it, or choose another port with {option}."
+        )
 
 
-def _tail(path: Path, chars: int = 3000) -> str:
-    try:
-        return path.read_text(errors="replace")[-chars:]
-    except OSError:
-        return "(no log)"

@@ -1,10 +1,9 @@
 """Fixtures of the end-to-end tests: a throwaway git copy of the project to run `dvc repro` in, tiny
-params for it, a real Prefect server on loopback, and the team servers (PostgreSQL, MLflow, Prefect)
-to record to."""
+params for it, a Prefect server of a module's own on loopback, and the team servers (PostgreSQL,
+MLflow, Prefect) to record to."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -14,10 +13,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
+from pipelines import prefect_server as prefect_server_module  # the fixture below is named prefect_server
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,7 +71,10 @@ def make_project_copy(work: Path, edit: Callable[[Path, dict[str, str]], None] |
         if src.is_file():
             (work / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, work / name)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_API", "DVC_", "GPTPIPE_"))}
+    # The session's local Prefect server (GPTPIPE_PREFECT_HOME, tests/conftest.py) is kept: the
+    # copy's stage processes record to it, and no server of theirs outlives the tests.
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MLFLOW_", "PREFECT_API", "DVC_", "GPTPIPE_")) or k == prefect_server_module.HOME_ENV}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PREFECT_HOME"] = str(work.parent / "prefect-home")  # run history of this test only
     env["GPTPIPE_CACHE"] = str(work.parent / "download-cache")
@@ -86,26 +88,10 @@ def make_project_copy(work: Path, edit: Callable[[Path, dict[str, str]], None] |
     return work, env
 
 
-def stop_warm_runner(work: Path, env: dict[str, str]) -> None:
-    """Stop the warm runner the copy's stages started (pipelines/warm.py), if any: tests leave no
-    background process behind."""
-    subprocess.run([sys.executable, "-m", "pipelines", "warm", "stop"], cwd=work, env=env,
-                   capture_output=True, text=True, timeout=120)
-
-
-def runner_status(cwd: Path, env: dict[str, str]) -> dict | None:
-    """The warm runner's status as a client in `cwd` with `env` sees it; None when none runs."""
-    out = subprocess.run([sys.executable, "-c", "import json; from pipelines import warm_client; "
-                          "print(json.dumps(warm_client.status()))"],
-                         cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=True).stdout
-    return json.loads(out)
-
-
 def eventually(probe: Callable[[], object], timeout: float = 60, interval: float = 0.5):
     """Call `probe` until it returns something truthy or `timeout` seconds pass; its last value.
     For records that reach a server after the command that made them has exited: Prefect ships task
-    runs (as events) and logs from workers that drain as a flow's process ends, and a warm child
-    answers its client before it drains (pipelines/warm.py)."""
+    runs as events, which its server stores asynchronously."""
     deadline = time.monotonic() + timeout
     while not (got := probe()) and time.monotonic() < deadline:
         time.sleep(interval)
@@ -124,47 +110,24 @@ def stop_process(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def project_copy(tmp_path_factory):
-    """`project_copy(edit)` -> (work dir, env) for a fresh copy of the project. Its stages run
-    through the warm runner, as `dvc repro` does by default; the runner is stopped afterwards."""
-    made: list[tuple[Path, dict[str, str]]] = []
+    """`project_copy(edit)` -> (work dir, env) for a fresh copy of the project."""
 
     def make(edit: Callable[[Path, dict[str, str]], None] | None = None) -> tuple[Path, dict[str, str]]:
-        made.append(make_project_copy(tmp_path_factory.mktemp("e2e") / "repo", edit))
-        return made[-1]
+        return make_project_copy(tmp_path_factory.mktemp("e2e") / "repo", edit)
 
-    yield make
-    for work, env in made:
-        stop_warm_runner(work, env)
+    return make
 
 
 @pytest.fixture(scope="module")
 def prefect_server(tmp_path_factory):
-    """A real Prefect server on loopback with its own database; its API URL. Stopped after the module."""
+    """A Prefect server of this module's own (its own home and database, a free loopback port),
+    started as the pipeline starts its local one; its API URL. Stopped after the module."""
     home = tmp_path_factory.mktemp("prefect-server")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    log = open(home / "server.log", "w")
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 180
+    server, _ = prefect_server_module.start(home, port=free_port())
     try:
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"Prefect server did not start:\n{(home / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url
+        yield server.api_url
     finally:
-        stop_process(proc)
-        log.close()
+        prefect_server_module.stop(home)
 
 
 @pytest.fixture(scope="session")
@@ -210,7 +173,6 @@ def team_services(postgres_bindir):
     """`make services` for a test module: PostgreSQL, an MLflow server on it and a Prefect server
     (on the same PostgreSQL) on free loopback ports; stopped and deleted after the module."""
     from pipelines.team import services
-    from tests.conftest import free_port
 
     # Under /tmp rather than pytest's tmp_path: as root, PostgreSQL runs as the `postgres` account,
     # which cannot enter pytest's private (0700) folders.

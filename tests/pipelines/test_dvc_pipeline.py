@@ -1,19 +1,21 @@
-"""End to end: `gptpipe repro` (what `make pipeline` runs: `dvc repro` inside the warm runner) runs
-every stage on tiny params and records MLflow runs; a plain `dvc repro` then skips them all."""
+"""End to end: `dvc repro` (what `make pipeline` runs) runs every stage, each a plain process, on tiny
+params and records MLflow runs and Prefect flow runs; a second `dvc repro` then skips them all."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
-import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
 from steps import layout
-from tests.pipelines.conftest import TINY, ran_stages, run, runner_status, shrink_params, stop_warm_runner
+from pipelines import prefect_server
+from tests.pipelines.conftest import TINY, ran_stages, run, shrink_params
 
 pytestmark = pytest.mark.slow
 
@@ -28,16 +30,9 @@ def project(project_copy):
 
 @pytest.fixture(scope="module")
 def first_repro(project):
-    """`gptpipe repro` with the warm runner up (as after a first run); beside its output, the
-    runner's status right after it and the modules its children had to import themselves
-    (GPTPIPE_WARM_IMPORTS_LOG)."""
+    """`dvc repro` in the copy; its stages record to the session's local Prefect server."""
     work, env = project
-    run([sys.executable, "-m", "pipelines", "warm", "start"], work, env)
-    imports_log = work.parent / "imports.log"
-    proc = run([sys.executable, "-m", "pipelines", "repro"], work, dict(env, GPTPIPE_WARM_IMPORTS_LOG=str(imports_log)))
-    proc.runner_status = runner_status(work, env)  # type: ignore[attr-defined]
-    proc.own_imports = imports_log.read_text().splitlines() if imports_log.exists() else None  # type: ignore[attr-defined]
-    return proc
+    return run(["dvc", "repro"], work, env)
 
 
 def test_every_stage_runs_and_writes_its_outputs(project, first_repro):
@@ -57,14 +52,20 @@ def test_every_stage_runs_and_writes_its_outputs(project, first_repro):
     assert sorted(lock["stages"]) == sorted(STAGES)
 
 
-def test_dvc_and_every_stage_ran_in_one_warm_runner_importing_nothing_it_had(project, first_repro):
-    """`gptpipe repro` ran DVC in a child of the warm runner, and DVC's stage commands handed their
-    stages to that same runner (not to a second one: a child's environment must not change the
-    runner's key); none of the seven children imported a module the runner could have preloaded."""
-    status = first_repro.runner_status
-    assert status is not None and status["stages_run"] == 1 + len(STAGES)
-    # Every module a child imports itself is paid again at every run: add it to pipelines/preload.py.
-    assert first_repro.own_imports == []
+def test_every_stage_recorded_a_completed_flow_run_on_the_local_server(project, first_repro):
+    """No PREFECT_API_URL in the copy's environment: each stage found the local server (none
+    started a temporary one) and its flow run completed there."""
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    assert "PREFECT_API_URL" not in project[1]
+    assert "temporary server" not in first_repro.stdout + first_repro.stderr
+    server = prefect_server.running(Path(os.environ[prefect_server.HOME_ENV]))
+    assert server is not None
+    with SyncPrefectClient(server.api_url) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=STAGES)))
+        names = {client.read_flow(run.flow_id).name for run in runs if run.state.is_completed()}
+    assert names == set(STAGES)
 
 
 def test_metrics_and_plots_of_every_stage(project, first_repro):
@@ -118,18 +119,16 @@ def test_each_stage_recorded_one_mlflow_run(project, first_repro):
 
 
 def test_second_repro_skips_everything_and_a_param_reruns_only_downstream(project, first_repro):
-    """With no runner up, `gptpipe repro` runs DVC in its own process and starts none: nothing
-    changed, nothing to wait for. A plain `dvc repro` reruns what a param change affects."""
+    """Nothing changed, nothing runs (no stage process starts). A param change reruns only what it
+    affects."""
     work, env = project
-    stop_warm_runner(work, env)
     start = time.perf_counter()
-    again = run([sys.executable, "-m", "pipelines", "repro"], work, env)
+    again = run(["dvc", "repro"], work, env)
     elapsed = time.perf_counter() - start
     assert ran_stages(again.stdout) == []
     for stage in STAGES:
         assert f"Stage '{stage}' didn't change, skipping" in again.stdout
     assert elapsed < 30, f"a no-op repro took {elapsed:.1f} s"
-    assert runner_status(work, env) is None
 
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["finetune_classifier"]["lr"] = 5.0e-4

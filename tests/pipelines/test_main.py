@@ -5,7 +5,7 @@ import importlib
 import pytest
 
 from pipelines import STAGES
-from pipelines.__main__ import main, stage_request
+from pipelines.__main__ import main
 from pipelines.cli import RANK_ENTRIES, run_flow, torchrun_relaunch
 
 
@@ -35,6 +35,7 @@ def test_pretrain_with_several_processes_relaunches_itself_under_torchrun(tmp_pa
     for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # a team's server: none is started
     (tmp_path / "p.yaml").write_text("pretrain:\n  nproc: 2\n")
     calls = []
     monkeypatch.setattr("subprocess.call", lambda cmd: calls.append(cmd) or 7)
@@ -163,104 +164,3 @@ def test_export_hf_writes_a_transformers_folder_or_explains(tmp_path, capsys):
     assert {p.name for p in (tmp_path / "hf").iterdir()} == {"config.json", "model.safetensors"}
     assert main(["export-hf", str(tmp_path / "nope"), str(tmp_path / "hf2")]) == 2
     assert "nope/config.json not found" in capsys.readouterr().err
-
-
-def test_a_torchrun_rank_never_hands_over_to_the_warm_runner(monkeypatch):
-    """Each rank torchrun starts must stay its own process (torchrun watches it, the process group
-    binds it to a device): with WORLD_SIZE set the stage runs here even with the runner on."""
-    from pipelines import warm_client
-
-    def refuse(*_args, **_kwargs):
-        raise AssertionError("a torchrun rank was handed to the warm runner")
-
-    monkeypatch.setattr(warm_client, "run_command", refuse)
-    monkeypatch.setattr(warm_client, "enabled", lambda env=None: True)
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert warm_client.hand_over(["pretrain", "--params", "params.yaml"]) is None
-    monkeypatch.delenv("WORLD_SIZE")
-    monkeypatch.setattr(warm_client, "run_command", lambda argv, started, start: 0)
-    assert warm_client.hand_over(["pretrain", "--params", "params.yaml"]) == 0
-
-
-def test_a_plain_stage_command_is_recognised_without_argparse():
-    assert stage_request(["download"]) == ("download", "params.yaml")
-    assert stage_request(["pretrain", "--params", "p.yaml"]) == ("pretrain", "p.yaml")
-    assert stage_request(["evaluate", "--params=other.yaml"]) == ("evaluate", "other.yaml")
-    # anything else is argparse's: help, unknown stages and options, a missing value
-    for argv in ([], ["--help"], ["download", "--help"], ["nope"], ["download", "--params"],
-                 ["download", "--params="], ["download", "--params", "--help"], ["download", "extra"],
-                 ["compare", "--params", "p.yaml"]):
-        assert stage_request(argv) is None, argv
-
-
-def test_a_stage_the_runner_cannot_take_runs_here_and_the_runner_is_asked_once(monkeypatch):
-    """main() asks the runner once; when it is unavailable the command line runs the stage itself."""
-    from pipelines import cli, warm_client
-
-    asked, ran = [], []
-    monkeypatch.setattr(warm_client, "enabled", lambda env=None: True)
-    monkeypatch.setattr(warm_client, "run_command", lambda argv, started, start: asked.append(argv) or _unavailable())
-    monkeypatch.setattr(cli, "run_flow", lambda stage, params, experiment: ran.append((stage, params, experiment)))
-    monkeypatch.setattr("steps.config.load_params", lambda path: _params_with_one_process())
-    assert main(["tokenize", "--params", "params.yaml"]) == 0
-    assert asked == [["tokenize", "--params", "params.yaml"]]
-    assert ran == [("tokenize", "params.yaml", "gptpipe")]
-
-
-def test_repro_goes_to_a_running_runner_whole_and_otherwise_runs_dvc_here(monkeypatch, capsys):
-    """`gptpipe repro ARGS` is `dvc repro ARGS`: handed as typed (DVC parses the rest, not
-    argparse) to a runner that is up; none is started for it (a repro with nothing to do must not
-    wait for one; its first stage starts one): then DVC runs in this process, without a word."""
-    from pipelines import cli, warm_client
-
-    connects, asked, ran = [], [], []
-    monkeypatch.setattr(warm_client, "enabled", lambda env=None: True)
-    monkeypatch.setattr(warm_client, "connect", lambda start=True: connects.append(start))  # none runs
-    monkeypatch.setattr(cli, "repro_command", lambda dvc_args: ran.append(dvc_args) or 0)
-    assert main(["repro", "--dry", "-s", "tokenize"]) == 0
-    assert connects == [False] and ran == [["--dry", "-s", "tokenize"]]
-    assert capsys.readouterr().err == ""
-    monkeypatch.setattr(warm_client, "run_command", lambda argv, started, start: asked.append((argv, start)) or 7)
-    assert main(["repro", "-f"]) == 7  # the runner's answer is the command's exit status
-    assert asked == [(["repro", "-f"], False)] and len(ran) == 1
-    assert main(["repro"], warm=False) == 0  # in the runner's child
-    assert ran[-1] == [] and len(asked) == 1
-
-
-def test_repro_runs_dvc_with_logging_as_a_fresh_dvc_process(monkeypatch):
-    """In the runner's child, Prefect's handlers sit on the root logger and DVC's were set up for
-    the runner's log: repro_command starts from what a fresh `dvc` process has, every time."""
-    import logging
-
-    import dvc.cli
-    import dvc.logger
-
-    from pipelines import cli
-
-    loggers = [logging.getLogger(name) for name in ("dvc", "dvc_objects", "dvc_data")]
-    for logger in [logging.getLogger(), *loggers]:
-        monkeypatch.setattr(logger, "handlers", list(logger.handlers))  # restored after the test
-    logging.getLogger().addHandler(logging.StreamHandler())  # as Prefect's, in the runner
-    calls = []
-    monkeypatch.setattr(dvc.cli, "main", lambda argv: calls.append(argv) or 0)
-    for _ in range(2):
-        assert cli.repro_command(["--dry"]) == 0
-        assert logging.getLogger().handlers == []
-        for logger in loggers:  # dvc.logger.setup()'s four (info, debug, trace, errors), not twice that
-            assert sum(isinstance(h, dvc.logger.LoggerHandler) for h in logger.handlers) == 4
-    assert calls == [["repro", "--dry"], ["repro", "--dry"]]
-    # `repro` is listed in the help, and its options are DVC's, not argparse's
-    monkeypatch.setattr(cli, "repro_command", lambda dvc_args: calls.append(dvc_args) or 0)
-    assert cli.cli(["repro", "--dry", "-f"], warm=False) == 0 and calls[-1] == ["--dry", "-f"]
-
-
-def _unavailable():
-    from pipelines.warm_client import WarmError
-
-    raise WarmError("no runner in this test")
-
-
-def _params_with_one_process():
-    from types import SimpleNamespace
-
-    return SimpleNamespace(pretrain=SimpleNamespace(nproc=1), tracking=SimpleNamespace(experiment="gptpipe"))

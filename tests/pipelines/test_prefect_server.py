@@ -1,71 +1,138 @@
-"""With PREFECT_API_URL set, a stage's flow reports to that Prefect server instead of a temporary one."""
+"""The local Prefect server (pipelines/prefect_server.py): started with Prefect's CLI on first need,
+shared, shown and stopped by `gptpipe server`; a set PREFECT_API_URL wins and starts nothing."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 import yaml
 
-pytestmark = pytest.mark.slow
+from pipelines import prefect_server
+from tests.conftest import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_stage_flow_reports_to_the_configured_server(prefect_server, tmp_path):
+def _env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "GPTPIPE_"))}
+    env.update(PYTHONPATH=str(ROOT), NO_PROXY="127.0.0.1,localhost", **{prefect_server.HOME_ENV: str(home)}, **extra)
+    return env
+
+
+def _gptpipe(*args: str, cwd: Path, env: dict[str, str], timeout: int = 400) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pipelines", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_the_server_home_is_the_override_else_prefects_home():
+    assert prefect_server.server_home({prefect_server.HOME_ENV: "/srv/p", "PREFECT_HOME": "/x"}) == Path("/srv/p")
+    assert prefect_server.server_home({"PREFECT_HOME": "/x"}) == Path("/x")
+    assert prefect_server.server_home({}) == Path("~/.prefect").expanduser().resolve()
+
+
+def test_nothing_recorded_is_nothing_running(tmp_path):
+    assert prefect_server.running(tmp_path) is None
+    assert prefect_server.stop(tmp_path) is None
+    (tmp_path / prefect_server.STATE_FILE).write_text("{not json")
+    with pytest.raises(prefect_server.ServerError, match="gptpipe-server.json is unreadable"):
+        prefect_server.recorded(tmp_path)
+
+
+def test_a_set_prefect_api_url_starts_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv(prefect_server.HOME_ENV, str(tmp_path))
+    monkeypatch.setenv("PREFECT_API_URL", "http://team.example:4200/api")
+    assert prefect_server.use_for_this_process() == "http://team.example:4200/api"
+    assert list(tmp_path.iterdir()) == []  # no state, no lock, no log: nothing was started
+
+
+def test_health_of_a_closed_port_is_false():
+    assert not prefect_server.healthy(f"http://127.0.0.1:{free_port()}/health")
+
+
+def test_terminate_stops_the_whole_process_group():
+    # A shell and its two children, like a server CLI and its workers.
+    shell = subprocess.Popen(["sh", "-c", "sleep 60 & sleep 60 & wait"], start_new_session=True)
+    proc = psutil.Process(shell.pid)
+    deadline = time.monotonic() + 10
+    while len(proc.children()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    children = proc.children()
+    assert len(children) == 2
+    prefect_server.terminate(proc)
+    assert shell.poll() is not None
+    assert not psutil.wait_procs(children, timeout=5)[1]
+
+
+@pytest.mark.slow
+def test_start_status_stop_and_concurrent_first_starts_make_one_server(tmp_path):
+    """Two commands that need the server at once (two stage processes) start one between them; the
+    CLI shows it and stops it; a taken port 4200-equivalent is left alone."""
+    home = tmp_path / "home"
+    env = _env(home)
+    assert _gptpipe("server", "status", cwd=tmp_path, env=env).returncode == 3
+    code = "from pipelines import prefect_server; print(prefect_server.use_for_this_process())"
+    racers = [subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [proc.communicate(timeout=400) for proc in racers]
+    assert all(proc.returncode == 0 for proc in racers), outs
+    urls = {out.strip() for out, _ in outs}
+    assert len(urls) == 1  # one server for both
+    started = [err for _, err in outs if "started a Prefect server" in err]
+    assert len(started) == 1 and "gptpipe server stop" in started[0]  # said once, with how to stop it
+    try:
+        state = json.loads((home / prefect_server.STATE_FILE).read_text())
+        (url,) = urls
+        assert url == f"http://127.0.0.1:{state['port']}/api"
+        assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+        assert os.getsid(state["pid"]) == state["pid"]  # a session of its own: outlives its starter
+        status = _gptpipe("server", "status", cwd=tmp_path, env=env)
+        assert status.returncode == 0 and f"UI http://127.0.0.1:{state['port']}" in status.stdout
+        again = _gptpipe("server", "start", cwd=tmp_path, env=env)
+        assert again.returncode == 0 and "running" in again.stdout
+        assert json.loads((home / prefect_server.STATE_FILE).read_text())["pid"] == state["pid"]
+    finally:
+        stop = _gptpipe("server", "stop", cwd=tmp_path, env=env)
+    assert stop.returncode == 0 and "stopped" in stop.stdout
+    assert not psutil.pid_exists(state["pid"]) or psutil.Process(state["pid"]).status() == psutil.STATUS_ZOMBIE
+    assert _gptpipe("server", "status", cwd=tmp_path, env=env).returncode == 3
+    assert not (home / prefect_server.STATE_FILE).exists()
+
+
+@pytest.mark.slow
+def test_a_stage_records_its_flow_run_on_the_local_server(prefect_api, tmp_path):
+    """A stage process without PREFECT_API_URL finds the running local server (none started: the
+    session's, tests/conftest.py) and records its flow and task runs there."""
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["download"]["builtin"].update(corpus_bytes=150_000, sms_messages=100, instructions_train=20,
                                          instructions_test=5, instructions_val=5)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-    env.update(PREFECT_API_URL=prefect_server, PYTHONPATH=str(ROOT))
-
-    proc = subprocess.run([sys.executable, "-m", "pipelines", "download"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+    only_download = FlowFilter(name=FlowFilterName(any_=["download"]))
+    with SyncPrefectClient(prefect_api) as client:
+        before = {run.id for run in client.read_flow_runs(flow_filter=only_download)}
+    env = _env(Path(os.environ[prefect_server.HOME_ENV]))  # no PREFECT_API_URL: found through the home
+    proc = _gptpipe("download", cwd=tmp_path, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "Starting temporary server" not in proc.stdout + proc.stderr
+    assert "started a Prefect server" not in proc.stderr and "temporary server" not in proc.stdout + proc.stderr
     assert (tmp_path / "data" / "raw" / "corpus.txt").is_file()
 
-    runs = httpx.post(f"{prefect_server}/flow_runs/filter", json={}, timeout=10).json()
-    assert len(runs) == 1
-    flow = httpx.get(f"{prefect_server}/flows/{runs[0]['flow_id']}", timeout=10).json()
-    assert flow["name"] == "download"
-    assert runs[0]["state_type"] == "COMPLETED"
-    tasks = httpx.post(f"{prefect_server}/task_runs/filter", json={}, timeout=10).json()
-    assert any(t["name"].startswith("write_datasets") and t["state_type"] == "COMPLETED" for t in tasks)
+    with SyncPrefectClient(prefect_api) as client:
+        (run,) = [run for run in client.read_flow_runs(flow_filter=only_download) if run.id not in before]
+    assert run.state.is_completed()
 
 
-def test_through_the_warm_runner_the_flow_reports_to_the_configured_server(prefect_server, tmp_path):
-    """With PREFECT_API_URL set, the warm runner (pipelines/warm.py) starts no server of its own:
-    its children report to the configured one."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["download"]["builtin"].update(corpus_bytes=150_000, sms_messages=100, instructions_train=20,
-                                         instructions_test=5, instructions_val=5)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "GPTPIPE_"))}
-    env.update(PREFECT_API_URL=prefect_server, PYTHONPATH=str(ROOT), PREFECT_HOME=str(tmp_path / "prefect-home"))
-    before = len(httpx.post(f"{prefect_server}/flow_runs/filter", json={}, timeout=10).json())
-    try:
-        proc = subprocess.run([sys.executable, "-m", "pipelines", "download"], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-4000:]
-        status = subprocess.run([sys.executable, "-m", "pipelines", "warm", "status"], cwd=tmp_path, env=env,
-                                capture_output=True, text=True, timeout=120)
-        assert status.returncode == 0 and "Prefect API PREFECT_API_URL" in status.stdout
-        log = (tmp_path / "prefect-home" / "gptpipe-warm.log").read_text()
-        assert f"Prefect API {prefect_server}" in log
-    finally:
-        subprocess.run([sys.executable, "-m", "pipelines", "warm", "stop"], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=120)
-    runs = httpx.post(f"{prefect_server}/flow_runs/filter", json={}, timeout=10).json()
-    assert len(runs) == before + 1
-    assert all(r["state_type"] == "COMPLETED" for r in runs)
-
-
-def test_a_stage_flow_run_never_asks_the_server_for_result_storage(prefect_server):
+@pytest.mark.slow
+def test_a_stage_flow_run_never_asks_the_server_for_result_storage(prefect_api):
     """Stage flows persist no results, so they name their (unused) storage instead of asking the
     server for its default block on every run; a plain flow does ask (the control)."""
     code = """
@@ -92,8 +159,7 @@ try:
 except AssertionError as err:
     print("plain flow:", err)
 """
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-    env.update(PREFECT_API_URL=prefect_server, PYTHONPATH=str(ROOT))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]

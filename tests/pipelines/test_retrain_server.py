@@ -15,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipelines.retraining.promotion import CANDIDATES, CHAMPION
-from tests.pipelines.conftest import eventually, make_project_copy, shrink_params, stop_process, stop_warm_runner
+from tests.pipelines.conftest import eventually, make_project_copy, shrink_params, stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,6 @@ def served(prefect_server, tmp_path_factory):
         yield work, env, deployment
     finally:
         stop_process(proc)
-        stop_warm_runner(work, env)  # the runner its stages started: no process outlives the test
         log.close()
 
 

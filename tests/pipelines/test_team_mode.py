@@ -112,7 +112,7 @@ def test_stage_flows_are_recorded_by_the_prefect_server(team_services, teammate_
         tasks = httpx.post(f"{api}/task_runs/filter", json={}, timeout=10).json()
         return any(t["name"].startswith("write_datasets") and t["state_type"] == "COMPLETED" for t in tasks)
 
-    # Task runs arrive as events, which a warm child ships after it has answered `dvc repro`: poll.
+    # Task runs arrive as events, which the server stores asynchronously: poll.
     assert eventually(stage_task_completed)
 
 

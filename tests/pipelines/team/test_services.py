@@ -12,6 +12,7 @@ import psutil
 import pytest
 
 from pipelines.__main__ import main
+from pipelines import prefect_server
 from pipelines.team import postgres, services
 from pipelines.team.services import ServiceError, Services, Settings
 from tests.conftest import free_port
@@ -101,14 +102,14 @@ def test_terminate_stops_the_whole_process_group():
         time.sleep(0.05)
     children = proc.children()
     assert len(children) == 2
-    services._terminate(proc)
+    prefect_server.terminate(proc)
     assert shell.poll() is not None
     gone, alive = psutil.wait_procs(children, timeout=5)
     assert not alive
 
 
 def test_health_of_a_closed_port_is_false():
-    assert not services._healthy(f"http://127.0.0.1:{free_port()}/health")
+    assert not prefect_server.healthy(f"http://127.0.0.1:{free_port()}/health")
 
 
 def test_cli_status_and_stop_of_a_folder_never_started(tmp_path, capsys):
@@ -146,7 +147,7 @@ def test_status_of_a_folder_never_started_is_empty(tmp_path):
 
 
 def test_a_server_that_ignores_sigterm_is_killed(monkeypatch):
-    monkeypatch.setattr(services, "STOP_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(prefect_server, "STOP_TIMEOUT_S", 0.5)
     # An ignored signal stays ignored across exec: neither the shell nor its sleep heed SIGTERM.
     shell = subprocess.Popen(["sh", "-c", "trap '' TERM; sleep 60 & wait"], start_new_session=True)
     proc = psutil.Process(shell.pid)
@@ -155,7 +156,7 @@ def test_a_server_that_ignores_sigterm_is_killed(monkeypatch):
         time.sleep(0.05)
     child = proc.children()[0]
     started = time.monotonic()
-    services._terminate(proc)
+    prefect_server.terminate(proc)
     assert shell.poll() is not None and time.monotonic() - started < 10
     assert not psutil.wait_procs([child], timeout=5)[1]
 

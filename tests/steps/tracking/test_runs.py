@@ -1,8 +1,5 @@
 """MLflow tracking: one run per stage with params, metrics, artifacts and tags, in a local store."""
 
-import importlib
-import os
-import threading
 from pathlib import Path
 
 import mlflow
@@ -53,69 +50,6 @@ def test_stage_run_records_params_metrics_artifacts_and_tags(store):
     assert [a.path for a in client.list_artifacts(run.run_id)] == ["report.json"]
     # Artifacts land beside the store, not wherever the process happened to start.
     assert (store / "mlartifacts").is_dir()
-
-
-def test_a_store_opened_early_is_the_one_the_stage_run_uses(store, monkeypatch):
-    """open_store_early overlaps opening the store with Prefect's flow start; stage_run then
-    waits for that store instead of opening a second one."""
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-    built = []
-    original = SqlAlchemyStore.__init__
-
-    def counting_init(self, *args, **kwargs):
-        built.append(threading.current_thread().name)
-        original(self, *args, **kwargs)
-
-    monkeypatch.setattr(SqlAlchemyStore, "__init__", counting_init)
-    for name in tracking.STORE_MODULES:  # as in a warm runner's child
-        importlib.import_module(name)
-    tracking.open_store_early(store)
-    with tracking.stage_run("download", {"seed": 1}, "h", [], experiment="early") as run:
-        run.log_metrics({"records": 3.0})
-    assert built == ["gptpipe-open-mlflow-store"]  # built once, on the early thread
-    (found,) = tracking.find_runs("early", root=store)
-    assert found.info.run_id == run.run_id and found.data.metrics == {"records": 3.0}
-
-
-def test_the_experiment_and_commit_found_early_are_used_once_and_only_for_that_experiment(store, monkeypatch):
-    """With an experiment name, the early thread also finds the experiment and the git commit;
-    stage_run takes them (nothing looked up again on its path), for that experiment only."""
-    for name in tracking.STORE_MODULES:
-        importlib.import_module(name)
-    looked_up = []
-    original = tracking._ensure_experiment
-
-    def recording(name, root, local_store, client=None):
-        looked_up.append((name, threading.current_thread().name))
-        return original(name, root, local_store, client)
-
-    monkeypatch.setattr(tracking, "_ensure_experiment", recording)
-    monkeypatch.setattr(tracking, "git_commit", lambda root: f"commit-{threading.current_thread().name}")
-    tracking.open_store_early(store, experiment="early")
-    with tracking.stage_run("download", {"seed": 1}, "h", [], experiment="early") as run:
-        pass
-    assert looked_up == [("early", "gptpipe-open-mlflow-store")]
-    tags = tracking.find_runs("early", root=store)[0].data.tags
-    assert tags["git_commit"] == "commit-gptpipe-open-mlflow-store"
-    # Found for "early": a run of another experiment looks its own up, on its own path.
-    tracking.open_store_early(store, experiment="early")
-    with tracking.stage_run("download", {"seed": 1}, "h", [], experiment="other") as run:
-        pass
-    assert looked_up[-1] == ("other", "MainThread")
-    assert tracking.find_runs("other", root=store)[0].data.tags["git_commit"] == "commit-MainThread"
-    assert tracking._found_early == {}  # and what was found for "early" is not kept for later
-
-
-def test_no_store_opens_early_while_its_modules_are_still_to_import(store, monkeypatch):
-    """Importing on a thread while the main thread imports can meet half-initialised modules:
-    then the store opens in stage_run, as without open_store_early."""
-    monkeypatch.setattr(tracking, "STORE_MODULES", (*tracking.STORE_MODULES, "a.module.not.imported"))
-    tracking.open_store_early(store)
-    assert tracking._store_opening is None
-    with tracking.stage_run("download", {"seed": 1}, "h", [], experiment="late") as run:
-        run.log_metrics({"records": 1.0})
-    assert tracking.find_runs("late", root=store)[0].info.run_id == run.run_id
 
 
 def test_the_stage_summary_is_mlflows_latest_value(store):
@@ -273,27 +207,3 @@ def test_stage_runs_started_by_a_retrain_carry_its_id(store, monkeypatch):
     run_id = _run_with_model(store)
     (found,) = tracking.fetch_runs("exp", tags={"retrain_id": "r-42"}, root=store)
     assert found.run_id == run_id
-
-
-def test_a_rehearsal_records_one_run_in_its_scratch_store_and_leaves_no_trace(tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    project = tmp_path / "project"
-    project.mkdir()
-    monkeypatch.chdir(project)
-    scratch = tmp_path / "scratch"
-    assert tracking.rehearse_stage_run(scratch)
-    assert Path.cwd() == project and list(project.iterdir()) == []  # nothing written where it ran from
-    assert "MLFLOW_TRACKING_URI" not in os.environ
-    client = MlflowClient(f"sqlite:///{scratch / tracking.DEFAULT_DB}")
-    (run,) = client.search_runs([client.get_experiment_by_name("rehearsal").experiment_id])
-    assert run.info.status == "FINISHED" and run.data.params["lr"] == "0.1"
-    assert run.data.metrics["loss"] == 0.5
-    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"rehearsal.json", "plots"}
-
-
-def test_no_rehearsal_on_a_store_someone_else_named(tmp_path, monkeypatch):
-    """MLFLOW_TRACKING_URI may be a team's server: it never gets throwaway runs."""
-    other = tmp_path / "team.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{other}")
-    assert not tracking.rehearse_stage_run(tmp_path / "scratch")
-    assert not other.exists() and not (tmp_path / "scratch").exists()
