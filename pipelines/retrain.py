@@ -25,6 +25,7 @@ from pipelines import show_info_logs
 from pipelines.retraining.promotion import CANDIDATES, CHAMPION, Candidate, decide
 from pipelines.retraining.repo_lock import exclusive
 from pipelines.retraining.repro import dvc_repro
+from pipelines.retraining.what_ran import WhatRan, failed_stage, read_lock, what_ran
 from steps import layout
 from steps.config import Params, load_params, params_hash
 from steps.data.fetch import default_cache_dir, transient_fetch_failure
@@ -52,15 +53,22 @@ def refresh_sources(params: Params) -> list[SourceCheck]:
 
 
 @task(cache_policy=NO_CACHE)
-def reproduce(force_download: bool, env: Mapping[str, str]) -> list[str]:
+def reproduce(force_download: bool, env: Mapping[str, str], experiment: str, retrain_id: str) -> WhatRan:
     """`dvc repro`, after forcing the download stage when a source changed in a way DVC cannot see
     (an hf revision, files outside data/local/). A stage whose output hash does not change lets
-    everything below it skip. Returns the stages that ran."""
-    ran: list[str] = []
+    everything below it skip. Returns what ran, from the stages' MLflow runs tagged with the
+    retrain's id, checked against dvc.lock (pipelines/retraining/what_ran.py)."""
+    root = Path.cwd()
+    lock_before = read_lock(root)
+
+    def failed() -> str | None:
+        return failed_stage(experiment, retrain_id)
+
     if force_download:
-        ran += dvc_repro(Path.cwd(), ["--force", "--single-item", "download"], env, _log_line)
-    ran += dvc_repro(Path.cwd(), [], env, _log_line)
-    log.info("stages that ran: %s", ", ".join(ran) or "none (everything was up to date)")
+        dvc_repro(root, ["--force", "--single-item", "download"], env, _log_line, failed_stage=failed)
+    dvc_repro(root, [], env, _log_line, failed_stage=failed)
+    ran = what_ran(root, lock_before, experiment, retrain_id)
+    log.info("stages that ran: %s", ", ".join(ran.ran) or "none (everything was up to date)")
     return ran
 
 
@@ -70,9 +78,10 @@ def _log_line(line: str) -> None:
 
 
 @task(cache_policy=NO_CACHE)
-def register_and_promote(candidate: Candidate, ran: list[str], retrain_id: str, experiment: str,
+def register_and_promote(candidate: Candidate, run: tracking.RunRecord | None, retrain_id: str,
                          metrics: Mapping[str, float]) -> dict[str, Any]:
-    """Register the model its stage just trained, then let the promotion gate decide on `champion`."""
+    """Register the model its stage trained in this retrain (`run`, None when the stage did not
+    run), then let the promotion gate decide on `champion`."""
     name = candidate.registered_name
     before = tracking.version_by_alias(name, CHAMPION)
     champion_score = _score(before, candidate)
@@ -82,17 +91,11 @@ def register_and_promote(candidate: Candidate, ran: list[str], retrain_id: str, 
         "champion_score": _finite(champion_score), "new_version": None, "challenger_score": None,
         "promoted": False,
     }
-    if candidate.stage not in ran:
+    if run is None:
         outcome.update(reason=f"{candidate.stage} did not rerun: no new version",
                        champion_version_after=outcome["champion_version_before"])
         log.info("%s: %s; champion stays %s", name, outcome["reason"], outcome["champion_version_before"])
         return outcome
-    runs = tracking.fetch_runs(experiment, candidate.stage, tags={"retrain_id": retrain_id}, max_runs=1)
-    if not runs:
-        raise RuntimeError(f"{candidate.stage} reran but MLflow experiment {experiment!r} has no finished run of it "
-                           f"tagged retrain_id={retrain_id}; check MLFLOW_TRACKING_URI points at the store the "
-                           f"stages write to")
-    run = runs[0]
     challenger = metrics.get(candidate.metric)
     tags = {"stage": candidate.stage, "retrain_id": retrain_id, METRIC_TAG: candidate.metric,
             **{k: run.tags[k] for k in PROVENANCE_TAGS if k in run.tags}}
@@ -153,10 +156,12 @@ def retrain(params_path: str, retrain_id: str, env: Mapping[str, str]) -> dict[s
         try:
             checks = refresh_sources(params)
             report["sources"] = [vars(c) for c in checks]
-            report["ran"] = reproduce(any(c.changed for c in checks), env)
+            ran = reproduce(any(c.changed for c in checks), env, params.tracking.experiment, retrain_id)
+            report.update(ran=ran.ran, changed=ran.changed, runs={s: r.run_id for s, r in ran.runs.items()})
             metrics = _read_metrics(layout.metrics_file("evaluate"))
-            report["models"] = [register_and_promote(c, report["ran"], retrain_id, params.tracking.experiment,
-                                                     metrics) for c in CANDIDATES]
+            trained = ran.to_register(CANDIDATES)
+            report["models"] = [register_and_promote(c, trained.get(c.key), retrain_id, metrics)
+                                for c in CANDIDATES]
         except Exception as err:
             # The report always tells the last run's fate, so a stale success never stands in for it.
             report.update(status="failed", error=str(err), finished=_now())

@@ -153,7 +153,7 @@ def test_first_run_retrains_everything_registers_both_models_and_crowns_them(pre
     assert first_run["state_type"] == "COMPLETED", first_run["state"]
     report = json.loads((work / "reports" / "retrain.json").read_text())
     assert report["status"] == "completed" and report["retrain_id"] == first_run["id"]
-    assert report["ran"] == STAGES
+    assert report["ran"] == report["changed"] == STAGES
     assert all(s["changed"] and s["reason"] == "not downloaded yet" for s in report["sources"])
     client = _registry(work)
     evaluate = json.loads((work / "reports" / "evaluate.json").read_text())
@@ -166,8 +166,9 @@ def test_first_run_retrains_everything_registers_both_models_and_crowns_them(pre
         stage_run = client.get_run(champion.run_id)
         assert stage_run.data.tags["stage"] == candidate.stage
         assert stage_run.data.tags["retrain_id"] == first_run["id"]
-    needles = ["dvc | Running stage 'pretrain'",  # DVC's output is in the run's logs
-               "gptpipe-classifier: registered version 1"]
+        assert champion.run_id == report["runs"][candidate.stage]
+    # The stages' output streams through DVC into the run's logs (pretrain's MLflow run line).
+    needles = [f"MLflow run {report['runs']['pretrain']}", "gptpipe-classifier: registered version 1"]
     # Prefect ships logs from a worker that drains as the flow's process exits, after the final
     # state is set: the run can read COMPLETED a moment before its last lines arrive.
     assert eventually(lambda: _has_lines(prefect_server, first_run["id"], needles)), \
@@ -179,7 +180,7 @@ def test_second_run_without_a_data_change_retrains_nothing_and_keeps_the_champio
     assert second_run["state_type"] == "COMPLETED", second_run["state"]
     report = json.loads((work / "reports" / "retrain.json").read_text())
     assert report["retrain_id"] == second_run["id"]
-    assert report["ran"] == []
+    assert report["ran"] == report["changed"] == [] and report["runs"] == {}
     assert not any(s["changed"] for s in report["sources"])
     client = _registry(work)
     for candidate, outcome in zip(CANDIDATES, report["models"]):
