@@ -3,9 +3,7 @@
     python bench/generate.py [--new-tokens 200] [--emb-dim 256] [--layers 6]
 
 Prints a table, then as its last line one JSON object whose headline is `speedup`
-(cached tokens/s over uncached tokens/s). A third row runs the cached path with the three q/k/v
-projections instead of their stacked copy (`speedup_unstacked`), to show what stacking adds.
-All paths produce the same tokens; the script checks. The machine's load average is printed
+(cached tokens/s over uncached tokens/s). Both paths produce the same tokens; the script checks. The machine's load average is printed
 before and after: on a shared machine, intra-op threads waiting for a busy core hurt the cached
 path's many small ops far more than the uncached path's large ones.
 """
@@ -16,14 +14,12 @@ import argparse
 import json
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 
 from model.config import GPTConfig
 from model.generate import generate
-from model.gpt import GPTModel, MultiHeadAttention, count_parameters
+from model.gpt import GPTModel, count_parameters
 
 
 def timed(model: GPTModel, prompt: torch.Tensor, new_tokens: int, use_cache: bool, repeats: int) -> tuple[float, torch.Tensor]:
@@ -34,16 +30,6 @@ def timed(model: GPTModel, prompt: torch.Tensor, new_tokens: int, use_cache: boo
         out = generate(model, prompt, new_tokens, model.cfg.context_length, use_cache=use_cache)
         best = min(best, time.perf_counter() - start)
     return best, out
-
-
-@contextmanager
-def three_projections() -> Iterator[None]:
-    """Cached generation with W_query, W_key and W_value called one by one, as before stacking."""
-    MultiHeadAttention.stack_qkv = False
-    try:
-        yield
-    finally:
-        MultiHeadAttention.stack_qkv = True
 
 
 def load() -> float:
@@ -71,14 +57,11 @@ def main() -> None:
     load_before = load()
     t_plain, out_plain = timed(model, prompt, args.new_tokens, False, args.repeats)
     t_cache, out_cache = timed(model, prompt, args.new_tokens, True, args.repeats)
-    with three_projections():
-        t_unstacked, out_unstacked = timed(model, prompt, args.new_tokens, True, args.repeats)
     load_after = load()
-    if not torch.equal(out_plain, out_cache) or not torch.equal(out_plain, out_unstacked):
+    if not torch.equal(out_plain, out_cache):
         raise SystemExit("cached and uncached generation disagree: the benchmark is void")
     rate_plain = args.new_tokens / t_plain
     rate_cache = args.new_tokens / t_cache
-    rate_unstacked = args.new_tokens / t_unstacked
 
     print(f"GPT {count_parameters(model) / 1e6:.1f} M parameters, prompt {args.prompt_tokens} tokens, "
           f"{args.new_tokens} new tokens, greedy, {torch.get_num_threads()} threads, best of {args.repeats}, "
@@ -86,11 +69,8 @@ def main() -> None:
     print(f"{'path':<30}{'seconds':>10}{'tokens/s':>12}")
     print(f"{'no cache (baseline)':<30}{t_plain:>10.3f}{rate_plain:>12.1f}")
     print(f"{'KV cache':<30}{t_cache:>10.3f}{rate_cache:>12.1f}")
-    print(f"{'KV cache, q/k/v unstacked':<30}{t_unstacked:>10.3f}{rate_unstacked:>12.1f}")
     print(json.dumps({"speedup": round(rate_cache / rate_plain, 2), "tokens_per_s_cache": round(rate_cache, 1),
                       "tokens_per_s_no_cache": round(rate_plain, 1), "new_tokens": args.new_tokens,
-                      "speedup_unstacked": round(rate_unstacked / rate_plain, 2),
-                      "tokens_per_s_cache_unstacked": round(rate_unstacked, 1),
                       "load_avg_1m": [load_before, load_after]}))
 
 

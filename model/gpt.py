@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,10 +17,6 @@ class KVCache:
     Each layer's keys and values live in one (B, H, max_len, D) buffer, allocated at the layer's
     first write with the dtype and device of what is written, then filled in place: a token costs
     a copy of its own keys and values, not a re-allocation of everything cached (torch.cat).
-
-    The cache also holds each layer's query/key/value weights stacked into one matrix (see
-    PackedQKV), copied where a sequence starts: they live exactly as long as the keys and values
-    computed with them.
     """
 
     def __init__(self, n_layers: int, max_len: int) -> None:
@@ -30,10 +24,9 @@ class KVCache:
         self.keys: list[torch.Tensor | None] = [None] * n_layers
         self.values: list[torch.Tensor | None] = [None] * n_layers
         self.lengths = [0] * n_layers
-        self.packed_qkv: list[PackedQKV | None] = [None] * n_layers
 
     @classmethod
-    def for_model(cls, model: "GPTModel") -> "KVCache":
+    def for_model(cls, model: GPTModel) -> KVCache:
         return cls(model.cfg.n_layers, model.cfg.context_length)
 
     @property
@@ -76,41 +69,8 @@ def _fits(buffer: torch.Tensor, new: torch.Tensor) -> bool:
             and buffer.dtype == new.dtype and buffer.device == new.device)
 
 
-class PackedQKV(NamedTuple):
-    """A layer's query, key and value projections stacked into one matrix, so that cached
-    inference computes q, k and v with one matmul instead of three: a one-token decode step pays
-    per-call overhead more than arithmetic.
-
-    A copy, not a view of the parameters, so it goes stale when they change. It is therefore
-    rebuilt where every cached sequence starts rather than kept and checked: version counters
-    miss writes through .data (peft's merge_and_unload) and fused AdamW's step.
-    """
-
-    weight: torch.Tensor  # (3C, C)
-    bias: torch.Tensor | None  # (3C,)
-
-    @classmethod
-    def stack(cls, linears: tuple[nn.Module, ...]) -> PackedQKV | None:
-        """The three stacked, or None where they can't stand in for the modules: a replaced
-        module (peft's LoRA layer) or a hooked one computes more than F.linear(x, weight, bias)."""
-        if not all(_plain_linear(m) for m in linears) or len({m.bias is None for m in linears}) > 1:
-            return None
-        with torch.no_grad():
-            weight = torch.cat([m.weight for m in linears])  # (3C, C)
-            bias = None if linears[0].bias is None else torch.cat([m.bias for m in linears])  # (3C,)
-        return cls(weight, bias)
-
-
-def _plain_linear(module: nn.Module) -> bool:
-    return type(module) is nn.Linear and not (module._forward_hooks or module._forward_pre_hooks)
-
-
 class MultiHeadAttention(nn.Module):
     """Causal multi-head self-attention computed by PyTorch's fused SDPA kernel."""
-
-    stack_qkv = True
-    """Cached inference projects q, k and v with one matmul over a stacked copy (PackedQKV);
-    False keeps the three module calls there too (bench/generate.py compares the two)."""
 
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
@@ -127,34 +87,12 @@ class MultiHeadAttention(nn.Module):
         b, t, _ = x.shape
         return x.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
 
-    def _cached_pack(self, kv_cache: KVCache | None, layer: int, past: int) -> PackedQKV | None:
-        """The stacked projections, in cached inference only: autograd must see the real
-        parameters, and the uncached forward stays the book's, the reference the cached path is
-        tested against. Stacked anew where a sequence starts (past == 0), from the weights its
-        keys and values are computed with."""
-        if kv_cache is None or not self.stack_qkv:
-            return None
-        grad = torch.is_grad_enabled()
-        if past == 0:
-            projections = (self.W_query, self.W_key, self.W_value)
-            kv_cache.packed_qkv[layer] = None if grad else PackedQKV.stack(projections)
-        return None if grad else kv_cache.packed_qkv[layer]
-
-    def _project_qkv(self, x: torch.Tensor, pack: PackedQKV | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Queries, keys and values, (B, H, T, D) each."""
-        if pack is None:
-            q, k, v = self.W_query(x), self.W_key(x), self.W_value(x)  # (B, T, C) each
-            return self._split_heads(q), self._split_heads(k), self._split_heads(v)
-        b, t, _ = x.shape  # (B, T, C)
-        qkv = F.linear(x, pack.weight, pack.bias)  # (B, T, 3C)
-        qkv = qkv.view(b, t, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, T, D)
-        q, k, v = qkv.unbind(0)
-        return q, k, v
-
     def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         b, t, c = x.shape  # (B, T, C)
         past = 0 if kv_cache is None else kv_cache.layer_length(layer)
-        q, k, v = self._project_qkv(x, self._cached_pack(kv_cache, layer, past))
+        q = self._split_heads(self.W_query(x))  # (B, H, T, D)
+        k = self._split_heads(self.W_key(x))
+        v = self._split_heads(self.W_value(x))
         if kv_cache is not None:
             k, v = kv_cache.extend(layer, k, v)  # (B, H, P+T, D)
         mask = None

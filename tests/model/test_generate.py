@@ -8,8 +8,7 @@ from torch import nn
 
 from model.config import GPTConfig
 from model.generate import generate
-from model.gpt import GPTModel, KVCache, MultiHeadAttention
-from model.lora import apply_lora, merge_lora
+from model.gpt import GPTModel, KVCache
 
 VOCAB = 64
 CONTEXT = 16
@@ -234,7 +233,7 @@ def test_top_p_keeps_the_smallest_set_reaching_p() -> None:
 
     probs = torch.tensor([[0.1, 0.5, 0.15, 0.25]])  # sorted: 0.5, 0.25, 0.15, 0.1
     logits = probs.log()
-    kept = lambda p: torch.isfinite(top_p_filter(logits, p))[0].tolist()  # noqa: E731
+    kept = lambda p: torch.isfinite(top_p_filter(logits, p))[0].tolist()
     assert kept(0.5) == [False, True, False, False]  # 0.5 alone reaches 0.5
     assert kept(0.6) == [False, True, False, True]  # 0.5 + 0.25
     assert kept(0.75) == [False, True, False, True]  # exactly reached: no third token
@@ -293,145 +292,3 @@ def test_the_cache_is_preallocated_and_reused_after_reset() -> None:
     assert cache.keys[0] is buffer and cache.length == 5
     with pytest.raises(ValueError, match="another batch size"):
         model(torch.zeros(3, 1, dtype=torch.long), kv_cache=cache)
-
-
-# --- q, k and v from one stacked matrix (PackedQKV) -------------------------------------------
-
-
-def _cached_logits(model: GPTModel, x: torch.Tensor, cache: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
-    """Logits of `x` fed through a cache as a prefill of 5, a chunk of 3, then single tokens."""
-    cache = cache or KVCache.for_model(model)
-    cut = [0, 5, 8, *range(9, x.size(1) + 1)]
-    chunks = [model(x[:, a:b], kv_cache=cache) for a, b in zip(cut, cut[1:])]
-    return torch.cat(chunks, dim=1), cache
-
-
-def _bias_model() -> GPTModel:
-    torch.manual_seed(4)
-    cfg = GPTConfig(vocab_size=97, context_length=24, emb_dim=32, n_heads=4, n_layers=3, drop_rate=0.0, qkv_bias=True)
-    model = GPTModel(cfg).eval()
-    with torch.no_grad():  # GPT-2's init zeroes the biases: make them count
-        for block in model.trf_blocks:
-            for proj in (block.att.W_query, block.att.W_key, block.att.W_value):
-                proj.bias.normal_(std=0.5)
-    return model
-
-
-@pytest.mark.parametrize("make_model", [_cache_model, _bias_model], ids=["no bias", "qkv bias"])
-def test_stacked_projections_give_the_logits_of_the_three(make_model):
-    model = make_model()
-    x = torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(5))
-    with torch.inference_mode():
-        stacked, cache = _cached_logits(model, x)
-    separate, separate_cache = _cached_logits(model, x)  # grad enabled: the three projections
-    assert all(pack is not None for pack in cache.packed_qkv)
-    assert all(pack is None for pack in separate_cache.packed_qkv)
-    att = model.trf_blocks[1].att
-    assert torch.equal(cache.packed_qkv[1].weight, torch.cat([att.W_query.weight, att.W_key.weight, att.W_value.weight]))
-    torch.testing.assert_close(stacked, separate.detach(), atol=1e-5, rtol=1e-5)
-    assert torch.equal(stacked.argmax(-1), separate.argmax(-1))
-    prompt = torch.randint(0, 97, (3, 6), generator=torch.Generator().manual_seed(6))
-    assert torch.equal(generate(model, prompt, 15, 24, use_cache=True), generate(model, prompt, 15, 24, use_cache=False))
-
-
-def test_the_stack_is_what_computes_q_k_v_in_cached_inference():
-    model = _cache_model()
-    x = torch.randint(0, 97, (1, 7), generator=torch.Generator().manual_seed(7))
-    cache = KVCache.for_model(model)
-    with torch.inference_mode():
-        model(x[:, :6], kv_cache=cache)
-        cache.packed_qkv[1].weight.zero_()
-        corrupted = model(x[:, 6:], kv_cache=cache)
-        expected = model(x)[:, 6:]
-    assert (corrupted - expected).abs().max() > 1e-3
-
-
-def test_cached_forward_with_grad_enabled_trains_the_real_parameters():
-    model = _cache_model()
-    cache = KVCache.for_model(model)
-    model(torch.zeros(1, 4, dtype=torch.long), kv_cache=cache).sum().backward()
-    assert cache.packed_qkv == [None] * 3
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.trf_blocks[0].att.W_key.parameters())
-
-
-def _redraw_in_place(model: GPTModel) -> None:
-    att = model.trf_blocks[0].att
-    with torch.no_grad():
-        for proj in (att.W_query, att.W_value):
-            proj.weight.normal_(std=0.5, generator=torch.Generator().manual_seed(10))
-
-
-def _load_other_weights(model: GPTModel) -> None:
-    torch.manual_seed(11)
-    model.load_state_dict(GPTModel(model.cfg).state_dict())
-
-
-def _merge_a_trained_lora(model: GPTModel) -> None:
-    # peft's merge writes through .data: no version counter notices.
-    wrapped = apply_lora(model, 4, 8, ["W_query", "W_key", "W_value"])
-    with torch.no_grad():
-        for name, p in wrapped.named_parameters():
-            if "lora_B" in name:
-                p.normal_(std=0.5)
-    assert merge_lora(wrapped) is model
-
-
-def _to_float64(model: GPTModel) -> None:
-    model.double()
-
-
-@pytest.mark.parametrize("change", [_redraw_in_place, _load_other_weights, _merge_a_trained_lora, _to_float64])
-def test_a_new_sequence_stacks_the_changed_weights(change):
-    model = _cache_model()
-    x = torch.randint(0, 97, (2, 10), generator=torch.Generator().manual_seed(8))
-    with torch.inference_mode():
-        before, cache = _cached_logits(model, x)
-    change(model)
-    cache.reset()  # the same cache object, holding the old stack until the sequence restarts
-    with torch.inference_mode():
-        after, _ = _cached_logits(model, x, cache)
-        expected = model(x)
-    assert cache.packed_qkv[0].weight.dtype == expected.dtype
-    torch.testing.assert_close(after, expected, atol=1e-5, rtol=1e-5)
-    if change is not _to_float64:  # the only change that leaves the values as they were
-        assert (after.double() - before.double()).abs().max() > 1e-2
-
-
-def test_lora_wrapped_projections_fall_back_to_three_calls():
-    model = _cache_model()
-    prompt = torch.randint(0, 97, (2, 6), generator=torch.Generator().manual_seed(9))
-    with torch.inference_mode():
-        base = model(prompt)
-    wrapped = apply_lora(model, 4, 8, ["W_query", "W_value"])  # wraps `model`'s layers in place
-    with torch.no_grad():
-        for name, p in wrapped.named_parameters():
-            if "lora_B" in name:
-                p.normal_(std=0.5)
-    with torch.inference_mode():
-        adapted, cache = _cached_logits(model, prompt)
-        expected = wrapped(prompt)
-    assert cache.packed_qkv == [None] * 3
-    torch.testing.assert_close(adapted, expected, atol=1e-5, rtol=1e-5)
-    assert (adapted - base).abs().max() > 1e-2  # the adapters are in the computation
-    assert torch.equal(generate(model, prompt, 12, 24, use_cache=True), generate(model, prompt, 12, 24, use_cache=False))
-
-
-def test_a_hooked_projection_is_called_not_stacked():
-    model = _cache_model()
-    calls = []
-    model.trf_blocks[0].att.W_key.register_forward_hook(lambda module, args, out: calls.append(out.shape))
-    with torch.inference_mode():
-        _, cache = _cached_logits(model, torch.zeros(1, 10, dtype=torch.long))
-    assert len(calls) == 4  # prefill, chunk, two single tokens
-    assert cache.packed_qkv[0] is None and cache.packed_qkv[1] is not None
-
-
-def test_stacking_can_be_switched_off(monkeypatch: pytest.MonkeyPatch):
-    model = _cache_model()
-    x = torch.randint(0, 97, (2, 10), generator=torch.Generator().manual_seed(12))
-    with torch.inference_mode():
-        stacked, _ = _cached_logits(model, x)
-        monkeypatch.setattr(MultiHeadAttention, "stack_qkv", False)
-        separate, cache = _cached_logits(model, x)
-    assert cache.packed_qkv == [None] * 3
-    torch.testing.assert_close(separate, stacked, atol=1e-5, rtol=1e-5)
