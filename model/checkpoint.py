@@ -81,11 +81,6 @@ def fill_weights(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> Non
     module.load_state_dict(with_tied_aliases(module, state), strict=True)
 
 
-def load_weights(path: str | Path, module: torch.nn.Module) -> None:
-    """Fill `module` from a safetensors file `save_weights` wrote; every key must match."""
-    fill_weights(module, load_file(str(path), device="cpu"))
-
-
 def read_config(folder: str | Path) -> tuple[GPTConfig, dict[str, Any]]:
     path = Path(folder) / CONFIG
     if not path.is_file():
