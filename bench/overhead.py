@@ -1,40 +1,35 @@
-"""Orchestration overhead of the default pipeline: wall time of `make pipeline`'s command against
-the stages' own computation.
+"""Orchestration overhead of the default pipeline: wall time of `dvc repro` (what `make pipeline`
+runs) against the stages' own computation, and each stage's start-up.
 
-    python bench/overhead.py [--runner warm|cold|off] [--entry gptpipe|dvc] [--quick] [--keep]
+    python bench/overhead.py [--quick] [--keep]
 
-Copies the project's tracked files into a temporary git repository and runs the pipeline there on
-the default params (`--quick`: a few steps per stage, for a fast check of the harness) with
-`--entry`: `gptpipe` (default) runs `python -m pipelines repro`, what `make pipeline` runs (DVC
-inside the warm runner), `dvc` runs a plain `dvc repro` (DVC's own process). Each line
-DVC prints is time-stamped as it arrives, so every stage gets a wall time: from DVC's
-"Running stage" line to the next one (or DVC's exit), i.e. including DVC's own work after it
-(hashing its outputs, writing dvc.lock). From reports/<stage>.json it takes `compute_seconds`
-(the stage body less its MLflow calls), `tracking_seconds` (those calls: per-step metrics, model
-artifacts) and `startup_seconds` (the stage command's start to the body). For each stage:
+Copies the project's tracked files into a temporary git repository and runs plain `dvc repro` there
+on the default params (`--quick`: a few steps per stage, for a fast check of the harness). Each
+stage is an ordinary process (`python -m pipelines <stage>`). Each line DVC prints is time-stamped
+as it arrives, so every stage gets a wall time: from DVC's "Running stage" line to the next one (or
+DVC's exit), i.e. including DVC's own work after it (hashing its outputs, writing dvc.lock). From
+reports/<stage>.json it takes `compute_seconds` (the stage body less its MLflow calls),
+`tracking_seconds` (those calls) and `startup_seconds` (the stage process's start to the first
+line of its work). For each stage:
 
     wall      its share of the pipeline command's wall time
     compute   the body, less its MLflow calls: what the stage is for
-    startup   interpreter, imports, Prefect server and flow run, MLflow run, up to the body
+    startup   interpreter, imports, finding the Prefect server, flow run, MLflow run, up to the body
     tracking  MLflow calls inside the body
     rest      wall - compute - startup - tracking: MLflow's closing records, Prefect's flow
               teardown, exit, DVC's hashing and lock file
 
-plus a `dvc` row (DVC's start-up before the first stage). overhead = wall - sum of compute;
-the last line printed is one JSON object: overhead_share (a fraction), wall_s, compute_s,
-overhead_s, runner, setup_s and per-stage figures.
+plus a `dvc` row (DVC's start-up before the first stage). overhead = wall - sum of compute; the
+overhead share is overhead / wall. The last line printed is one JSON object: overhead_share,
+median_startup_s, wall_s, compute_s, overhead_s and per-stage figures.
 
---runner says how stages run (pipelines/warm.py):
-    warm  (default) a developer's repository after its first run: the warm runner is started,
-          and MLflow's store (mlflow.db) created, before the timed run; that one-time set-up is
-          reported as setup_s, outside the pipeline's wall time
-    cold  a fresh clone's first run: the first stage starts the runner and creates mlflow.db,
-          inside the timed run
-    off   GPTPIPE_WARM=0: every stage a fresh process with Prefect's temporary server (as before)
-
-Prefect's database lives in --prefect-home (default: a folder under the system's temporary
-directory that persists between runs), so only the first run ever pays for creating it. The
-machine's load (`os.getloadavg`) is printed before and after: on a shared machine the figures move.
+As on a developer's machine after the first run, the local Prefect server (pipelines/prefect_server.py)
+is started, and the copy's MLflow store (mlflow.db) created, before the timed run: that one-time
+set-up is reported as setup_s, outside the pipeline's wall time. The server's home is --prefect-home
+(default: a folder under the system's temporary directory that persists between runs, so only the
+first run ever creates its database); the server is left running for the next bench run (`gptpipe
+server stop` with GPTPIPE_PREFECT_HOME set to that folder stops it). The machine's load
+(`os.getloadavg`) is printed before and after: on a shared machine the figures move.
 """
 
 from __future__ import annotations
@@ -43,6 +38,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -87,30 +83,31 @@ def copy_project(work: Path, quick: bool) -> None:
         subprocess.run(cmd, cwd=work, env=env, check=True, capture_output=True)
 
 
-def bench_env(prefect_home: Path, runner: str) -> dict[str, str]:
+def bench_env(prefect_home: Path) -> dict[str, str]:
     # A team's servers or an outer DVC experiment must not leak into the measurement.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_", "DVC_", "GPTPIPE_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["PREFECT_HOME"] = str(prefect_home)
+    env["GPTPIPE_PREFECT_HOME"] = str(prefect_home)
     env["NO_PROXY"] = "127.0.0.1,localhost"
     env["PYTHONUNBUFFERED"] = "1"  # stage lines arrive when printed, so their timestamps are right
-    if runner == "off":
-        env["GPTPIPE_WARM"] = "0"
     return env
 
 
-def warm_cli(action: str, work: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pipelines", "warm", action], cwd=work, env=env,
-                          capture_output=True, text=True, timeout=900)
-
-
-ENTRIES = {"gptpipe": [sys.executable, "-m", "pipelines", "repro"], "dvc": ["dvc", "repro"]}
-
-
-def timed_repro(work: Path, env: dict[str, str], entry: str) -> tuple[float, list[tuple[float, str]], int]:
-    """(wall seconds, [(seconds since start, line)], exit status) of the pipeline command."""
+def set_up(work: Path, env: dict[str, str]) -> float:
+    """Seconds to start (or find) the local Prefect server and create the copy's MLflow store."""
     start = time.perf_counter()
-    proc = subprocess.Popen(ENTRIES[entry], cwd=work, env=env, stdout=subprocess.PIPE,
+    for step in (["-m", "pipelines", "server", "start"], ["-c", CREATE_MLFLOW_STORE]):
+        done = subprocess.run([sys.executable, *step], cwd=work, env=env, capture_output=True, text=True,
+                              timeout=900)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(step)} failed:\n{done.stdout}{done.stderr}")
+    return time.perf_counter() - start
+
+
+def timed_repro(work: Path, env: dict[str, str]) -> tuple[float, list[tuple[float, str]], int]:
+    """(wall seconds, [(seconds since start, line)], exit status) of `dvc repro`."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(["dvc", "repro"], cwd=work, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1)
     assert proc.stdout is not None
     lines = [(time.perf_counter() - start, line.rstrip("\n")) for line in proc.stdout]
@@ -139,9 +136,6 @@ def table(rows: dict[str, dict[str, float]], dvc_start: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runner", choices=["warm", "cold", "off"], default="warm")
-    parser.add_argument("--entry", choices=sorted(ENTRIES), default="gptpipe",
-                        help="gptpipe: `python -m pipelines repro` (make pipeline's); dvc: plain `dvc repro`")
     parser.add_argument("--quick", action="store_true", help="a few steps per stage (a check, not the headline)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary copy (its path is printed)")
     parser.add_argument("--prefect-home", type=Path,
@@ -152,29 +146,16 @@ def main(argv: list[str] | None = None) -> int:
     work = tmp / "repo"
     work.mkdir()
     args.prefect_home.mkdir(parents=True, exist_ok=True)
-    env = bench_env(args.prefect_home, args.runner)
-    print(f"copy: {work}  runner: {args.runner}  entry: {' '.join(ENTRIES[args.entry][-2:])}  quick: {args.quick}  "
-          f"load: {os.getloadavg()}", flush=True)
-    warmup = 0.0
+    env = bench_env(args.prefect_home)
+    print(f"copy: {work}  quick: {args.quick}  load: {os.getloadavg()}", flush=True)
     try:
         copy_project(work, args.quick)
-        if args.runner != "off":
-            warm_cli("stop", work, env)  # a runner left by an earlier bench (older code) must not serve this one
-            time.sleep(0.5)
-        if args.runner == "warm":
-            t = time.perf_counter()
-            for step in (["-m", "pipelines", "warm", "start"], ["-c", CREATE_MLFLOW_STORE]):
-                done = subprocess.run([sys.executable, *step], cwd=work, env=env, capture_output=True, text=True,
-                                      timeout=900)
-                if done.returncode != 0:
-                    print(done.stdout + done.stderr, file=sys.stderr)
-                    return 1
-            warmup = time.perf_counter() - t
-            print(f"set-up (runner start, mlflow.db; outside the timed run): {warmup:.1f} s", flush=True)
-        wall, lines, code = timed_repro(work, env, args.entry)
+        setup = set_up(work, env)
+        print(f"set-up (Prefect server, mlflow.db; outside the timed run): {setup:.1f} s", flush=True)
+        wall, lines, code = timed_repro(work, env)
         if code != 0:
             print("\n".join(line for _, line in lines[-60:]), file=sys.stderr)
-            print(f"{' '.join(ENTRIES[args.entry])} failed ({code})", file=sys.stderr)
+            print(f"dvc repro failed ({code})", file=sys.stderr)
             return 1
         spans, dvc_start = stage_spans(lines, wall)
         rows = {}
@@ -186,20 +167,19 @@ def main(argv: list[str] | None = None) -> int:
             rows[stage] = {"wall_s": round(span, 3), "compute_s": compute, "startup_s": startup,
                            "tracking_s": tracking, "rest_s": round(span - compute - startup - tracking, 3)}
     finally:
-        if args.runner != "off":
-            warm_cli("stop", work, env)
         if args.keep:
             print(f"kept {work}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     compute_total = sum(r["compute_s"] for r in rows.values())
     overhead = wall - compute_total
+    median_startup = statistics.median(r["startup_s"] for r in rows.values())
     print(table(rows, dvc_start))
-    print(f"wall {wall:.1f} s, compute {compute_total:.1f} s, overhead {overhead:.1f} s "
-          f"({overhead / wall:.1%}); load after: {os.getloadavg()}")
-    print(json.dumps({"overhead_share": round(overhead / wall, 4), "wall_s": round(wall, 3),
-                      "compute_s": round(compute_total, 3), "overhead_s": round(overhead, 3),
-                      "runner": args.runner, "entry": args.entry, "setup_s": round(warmup, 3), "quick": args.quick,
+    print(f"wall {wall:.1f} s, compute {compute_total:.1f} s, overhead {overhead:.1f} s ({overhead / wall:.1%}); "
+          f"median stage start-up {median_startup:.2f} s; load after: {os.getloadavg()}")
+    print(json.dumps({"overhead_share": round(overhead / wall, 4), "median_startup_s": round(median_startup, 3),
+                      "wall_s": round(wall, 3), "compute_s": round(compute_total, 3),
+                      "overhead_s": round(overhead, 3), "setup_s": round(setup, 3), "quick": args.quick,
                       "dvc_startup_s": round(dvc_start, 3), "stages": rows}))
     return 0
 

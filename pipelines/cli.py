@@ -43,9 +43,11 @@ def torchrun_relaunch(stage: str, params_path: str, nproc: int) -> list[str] | N
     """The torchrun command that runs `stage` as `nproc` processes, or None to run it here: with one
     process, or when this process is one of torchrun's already (a launch of your own, e.g. on
     several machines, is not launched again)."""
-    from steps.training.distributed import torchrun_command, under_torchrun
+    if stage not in RANK_ENTRIES or nproc <= 1:
+        return None
+    from steps.training.distributed import torchrun_command, under_torchrun  # torch: not for other stages
 
-    if stage not in RANK_ENTRIES or nproc <= 1 or under_torchrun():
+    if under_torchrun():
         return None
     return torchrun_command(nproc, ["pipelines", stage, "--params", params_path])
 

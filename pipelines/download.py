@@ -22,7 +22,6 @@ from steps.data import datasets
 from steps.data.fetch import default_cache_dir, transient_fetch_failure
 from steps.data.sources import Fetched, fetch_url, load_hf, local_files
 from steps.evaluation import plots
-from steps.tasks.classification import read_labels
 
 SECTIONS = ["seed", "download", "tracking"]
 log = logging.getLogger("gptpipe.download")
@@ -107,7 +106,7 @@ def _body(ctx: StageContext) -> dict[str, float]:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     counts = Counter(json.loads(line)["label"] for line in layout.CLASSIFICATION.open(encoding="utf-8"))
-    names = read_labels(layout.LABELS)
+    names = json.loads(layout.LABELS.read_text(encoding="utf-8"))  # as write_datasets wrote them
     plots.grouped_bars(ctx.plots / "labels.png", names, {"records": [counts[n] for n in names]},
                        "Classification set: records per label", "records")
     return metrics

@@ -11,7 +11,6 @@ from model.heads import set_trainable
 from pipelines.stage import StageContext, run_stage, stage_flow, stage_task
 from steps import layout
 from steps.evaluation import plots
-from steps.evaluation.baselines import tfidf_logreg_predictions
 from steps.evaluation.metrics import compute
 from steps.tasks.classification import (
     classification_loss,
@@ -87,6 +86,8 @@ def finetune(ctx: StageContext) -> dict[str, float]:
             plots.write_confusion_csv(ctx.plots / "confusion_test.csv", preds, refs, labels)
 
     # The same split through TF-IDF + logistic regression: what a GPT has to beat to be worth it.
+    from steps.evaluation.baselines import tfidf_logreg_predictions  # scikit-learn, for this alone
+
     baseline = tfidf_logreg_predictions(splits["train"], splits["test"], labels, seed)
     test_refs = [labels.index(e.label) for e in splits["test"]]
     metrics["tfidf_test_accuracy"] = sum(p == r for p, r in zip(baseline, test_refs)) / len(test_refs)

@@ -8,12 +8,22 @@ import math
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
-import matplotlib
+from typing import TYPE_CHECKING
 
-matplotlib.use("Agg")  # no display on servers and in CI
-import matplotlib.pyplot as plt  # noqa: E402
+from model.atomic import atomic_path, write_text
 
-from model.atomic import atomic_path, write_text  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def pyplot():  # -> the matplotlib.pyplot module
+    """matplotlib, imported when a stage plots (not when it starts: ~0.3 s), with no display."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and in CI
+    import matplotlib.pyplot
+
+    return matplotlib.pyplot
 
 
 def write_csv(path: str | Path, rows: Sequence[dict[str, float]], columns: Sequence[str]) -> None:
@@ -42,7 +52,7 @@ def curves(
     baselines: dict[str, float] | None = None,
 ) -> None:
     """One line per series against step, plus dashed horizontal reference lines."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = pyplot().subplots(figsize=(7, 4.2))
     for name in series:
         points = [(r["step"], r[name]) for r in history if name in r]
         if points:
@@ -60,7 +70,7 @@ def curves(
 
 
 def confusion_matrix(path: str | Path, matrix: Sequence[Sequence[int]], labels: Sequence[str], title: str) -> None:
-    fig, ax = plt.subplots(figsize=(4.5, 4))
+    fig, ax = pyplot().subplots(figsize=(4.5, 4))
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(len(labels)), labels)
     ax.set_yticks(range(len(labels)), labels)
@@ -84,7 +94,7 @@ def grouped_bars(
     path: str | Path, groups: Sequence[str], series: dict[str, Sequence[float]], title: str, ylabel: str
 ) -> None:
     """Bars per group (e.g. per metric), one colour per series (e.g. before vs after finetuning)."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = pyplot().subplots(figsize=(7, 4.2))
     width = 0.8 / max(1, len(series))
     for k, (name, values) in enumerate(series.items()):
         xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(groups))]
@@ -110,8 +120,8 @@ def overlaid_curves(
     A run keeps its colour in every subplot (and in every figure given the same `runs` order);
     the `highlight` runs (e.g. the best) are drawn thicker.
     """
-    colours = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20").colors
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    colours = pyplot().get_cmap("tab10" if len(runs) <= 10 else "tab20").colors
+    fig, axes = pyplot().subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
     handles = {}
     for ax, (metric, lines) in zip(axes[0], panels.items()):
         for i, run in enumerate(runs):
@@ -130,8 +140,8 @@ def overlaid_curves(
     _save(fig, path)
 
 
-def _save(fig: plt.Figure, path: str | Path) -> None:
+def _save(fig: Figure, path: str | Path) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    pyplot().close(fig)

@@ -10,12 +10,13 @@ from torch import nn
 
 from model.checkpoint import save_model
 from model.gpt import GPTModel
-from model.lora import apply_lora, merge_lora
 from steps import layout
 from steps.config import LoraConfig
 
 
 def with_lora(model: GPTModel, cfg: LoraConfig, modules_to_save: list[str]) -> nn.Module:
+    from model.lora import apply_lora  # peft (and transformers) only for a LoRA finetune
+
     return apply_lora(model, cfg.rank, cfg.alpha, cfg.target_modules, cfg.dropout, modules_to_save)
 
 
@@ -27,6 +28,8 @@ def save_finetuned(
     model = model.to("cpu")
     if adapter:
         model.save_pretrained(str(folder / layout.ADAPTER))  # peft's own format
+    from model.lora import merge_lora
+
     merged = merge_lora(model)
     assert isinstance(merged, GPTModel)
     save_model(folder, merged, head)
