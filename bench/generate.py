@@ -49,7 +49,8 @@ def main() -> None:
 
     torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=args.vocab, context_length=args.prompt_tokens + args.new_tokens,
-                    emb_dim=args.emb_dim, n_heads=args.heads, n_layers=args.layers, drop_rate=0.0)
+                    emb_dim=args.emb_dim, n_heads=args.heads, n_layers=args.layers, drop_rate=0.0,
+                    qkv_bias=False, tie_embeddings=False, vocab_multiple=1)
     model = GPTModel(cfg).eval()
     prompt = torch.randint(0, args.vocab, (1, args.prompt_tokens))
     generate(model, prompt, 8, cfg.context_length)  # warm-up: allocator, kernels

@@ -70,7 +70,7 @@ def main() -> None:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = GPTConfig(vocab_size=args.vocab, context_length=args.context, emb_dim=args.emb_dim,
-                    n_heads=args.heads, n_layers=args.layers, drop_rate=0.0)
+                    n_heads=args.heads, n_layers=args.layers, drop_rate=0.0, qkv_bias=False, tie_embeddings=False, vocab_multiple=1)
     gen = torch.Generator().manual_seed(1)
     batches = [(torch.randint(0, args.vocab, (args.batch, args.context), generator=gen),
                 torch.randint(0, args.vocab, (args.batch, args.context), generator=gen)) for _ in range(args.steps + 2)]

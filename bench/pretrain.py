@@ -38,9 +38,11 @@ from steps.training.train import TrainSettings, train
 
 PRESETS = {
     # params.yaml's default model with the default BPE vocabulary: a minute on a laptop CPU.
-    "small": dict(vocab_size=2048, context_length=128, emb_dim=128, n_heads=4, n_layers=4, drop_rate=0.0),
+    "small": dict(vocab_size=2048, context_length=128, emb_dim=128, n_heads=4, n_layers=4, drop_rate=0.0,
+                  qkv_bias=False, tie_embeddings=False, vocab_multiple=1),
     # The book's GPT_CONFIG_124M.
-    "124m": dict(vocab_size=50257, context_length=1024, emb_dim=768, n_heads=12, n_layers=12, drop_rate=0.1),
+    "124m": dict(vocab_size=50257, context_length=1024, emb_dim=768, n_heads=12, n_layers=12, drop_rate=0.1,
+                 qkv_bias=False, tie_embeddings=False, vocab_multiple=1),
 }
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 LR, BETAS, WEIGHT_DECAY, CLIP = 3e-4, (0.9, 0.95), 0.1, 1.0

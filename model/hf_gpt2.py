@@ -79,7 +79,10 @@ def gpt_config_from_hf(hf: Mapping[str, Any], drop_rate: float = 0.0, source: st
     if bad:
         raise HFFormatError(f"{source}: a GPT-2 variant our GPTModel does not implement: " + "; ".join(bad))
     return GPTConfig(vocab_size=hf["vocab_size"], context_length=hf["n_positions"], emb_dim=emb,
-                     n_heads=hf["n_head"], n_layers=hf["n_layer"], drop_rate=drop_rate, qkv_bias=True)
+                     n_heads=hf["n_head"], n_layers=hf["n_layer"], drop_rate=drop_rate, qkv_bias=True,
+                     # The checkpoint as stored: its own vocabulary rows, the head a copy of wte
+                     # (steps/training/pretrained.py ties or pads it where params.yaml asks).
+                     tie_embeddings=False, vocab_multiple=1)
 
 
 def hf_config_from_gpt(cfg: GPTConfig, tied: bool) -> dict[str, Any]:

@@ -47,7 +47,9 @@ class Preset:
             raise ValueError(f"preset {self.description!r} fixes no vocabulary: pass the tokenizer's vocab_size")
         if vocab_size is not None and vocab_size != vocab:
             raise ValueError(f"this preset needs a vocabulary of {vocab:,} tokens, got {vocab_size:,}")
-        return GPTConfig(vocab_size=vocab, drop_rate=self.drop_rate, **self.architecture())  # type: ignore[arg-type]
+        # A preset fixes neither tying nor padding: the book's plain model (untied, unpadded).
+        return GPTConfig(vocab_size=vocab, drop_rate=self.drop_rate, tie_embeddings=False, vocab_multiple=1,
+                         **self.architecture())  # type: ignore[arg-type]
 
 
 def _gpt2(description: str, emb_dim: int, n_heads: int, n_layers: int, hf_name: str) -> Preset:

@@ -55,13 +55,6 @@ SECTIONS = ["seed", "model", "pretrain", "tracking"]
 log = logging.getLogger("gptpipe.pretrain")
 
 
-def gpt_config(ctx: StageContext, vocab_size: int) -> GPTConfig:
-    m = ctx.params.model
-    return GPTConfig(vocab_size=vocab_size, context_length=m.context_length, emb_dim=m.emb_dim,
-                     n_heads=m.n_heads, n_layers=m.n_layers, drop_rate=m.drop_rate, qkv_bias=m.qkv_bias,
-                     tie_embeddings=m.tie_embeddings, vocab_multiple=m.vocab_multiple)
-
-
 def run_fingerprint(ctx: StageContext, model_cfg: GPTConfig) -> str:
     """What makes a checkpoint this run's: seed, architecture, pretrain params and the token files.
 
@@ -106,7 +99,7 @@ def train_and_save(ctx: StageContext, dist: Distributed, device: torch.device) -
     # Every rank maps the token files itself and reads only its own windows.
     train_tokens = read_tokens(layout.TRAIN_BIN, vocab)
     val_tokens = read_tokens(layout.VAL_BIN, vocab)
-    model_cfg = gpt_config(ctx, vocab)
+    model_cfg = ctx.params.model.gpt_config(vocab)
     # Ranks other than 0 of a torchrun launch run outside Prefect, where a task would start a
     # server of its own: they locate the files directly (rank 0, inside the flow, downloaded them).
     locate = fetch_init_weights if FlowRunContext.get() is not None else None

@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import hashlib
+import inspect
+import itertools
 import json
 import re
+import textwrap
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
+from model.config import Architecture, GPTConfig
 from model.presets import PRESETS
 
 PARAMS_FILE = "params.yaml"
@@ -97,7 +112,7 @@ Format = Literal["auto", "txt", "jsonl", "json", "csv", "tsv", "parquet"]
 class DatasetSource(Section):
     """Where one dataset comes from and how to read its files."""
 
-    source: Source = BuiltinSource()
+    source: Source
     """`builtin`, `url`, `hf` or `local` (see each kind's fields)."""
     format: Format = "auto"
     """File format; `auto` goes by the extension (.txt .jsonl .json .csv .tsv .parquet)."""
@@ -148,47 +163,47 @@ class InstructionSource(DatasetSource):
 class BuiltinSizes(Section):
     """Sizes of the generated offline world (used by datasets whose source is `builtin`)."""
 
-    corpus_bytes: int = Field(1_200_000, ge=10_000)
+    corpus_bytes: int = Field(ge=10_000)
     """Size of the generated pretraining corpus in bytes."""
-    sms_messages: int = Field(3000, ge=50)
+    sms_messages: int = Field(ge=50)
     """Number of generated SMS messages (spam and ham)."""
-    instructions_train: int = Field(1700, ge=10)
+    instructions_train: int = Field(ge=10)
     """Generated instruction records whose inputs may be seen in training."""
-    instructions_test: int = Field(200, ge=5)
+    instructions_test: int = Field(ge=5)
     """Generated test records, on held-out inputs."""
-    instructions_val: int = Field(100, ge=5)
+    instructions_val: int = Field(ge=5)
     """Generated validation records, on held-out inputs."""
 
 
 class DownloadConfig(Section):
     """The three datasets the pipeline starts from, each from its own source."""
 
-    corpus: CorpusSource = CorpusSource()
+    corpus: CorpusSource
     """Pretraining text."""
-    classification: ClassificationSource = ClassificationSource()
+    classification: ClassificationSource
     """Labelled texts for the classifier."""
-    instructions: InstructionSource = InstructionSource()
+    instructions: InstructionSource
     """Instruction / input / output records."""
-    builtin: BuiltinSizes = BuiltinSizes()
+    builtin: BuiltinSizes
     """Sizes of the generated data."""
 
 
 class TokenizeConfig(Section):
-    kind: Literal["bpe", "gpt2"] = "bpe"
+    kind: Literal["bpe", "gpt2"]
     """`bpe`: train our byte-level BPE on the corpus; `gpt2`: OpenAI's GPT-2 BPE (50,257 tokens)
     through tiktoken."""
-    vocab_size: int = Field(2048, ge=260, le=2**32 - 1)
+    vocab_size: int = Field(ge=260, le=2**32 - 1)
     """bpe: vocabulary size, special tokens included (>= 256 bytes + specials)."""
-    min_frequency: int = Field(2, ge=1)
+    min_frequency: int = Field(ge=1)
     """bpe: a pair must occur this often to be merged."""
-    encoder_json: str | None = None
+    encoder_json: str | None
     """gpt2: local path of GPT-2's encoder.json, to work offline (give vocab_bpe too); unset,
     tiktoken downloads both files once into its cache."""
-    vocab_bpe: str | None = None
+    vocab_bpe: str | None
     """gpt2: local path of GPT-2's vocab.bpe (with encoder_json)."""
-    val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    val_fraction: float = Field(gt=0.0, lt=0.5)
     """Share of the corpus bytes kept for validation: its tail, from the next line boundary."""
-    workers: int = Field(0, ge=0)
+    workers: int = Field(ge=0)
     """Threads encoding the corpus; 0 = all the cores this process may use."""
 
     @model_validator(mode="after")
@@ -202,36 +217,19 @@ class TokenizeConfig(Section):
         return self
 
 
-class ModelConfig(Section):
-    """The GPT's architecture; the vocabulary size comes from the trained tokenizer.
+class _ModelSection(Section):
+    """The GPT's architecture: the fields of model/config.py's `Architecture` (declared and
+    documented there, added below), plus `preset`. The vocabulary size comes from the trained
+    tokenizer.
 
     With a `preset`, the architecture fields left out or null take the preset's values, and one
     that contradicts the preset is an error (a silently ignored `emb_dim: 128` would train another
     model than the file says). `drop_rate` is a training choice: the preset only gives its default.
     """
 
-    preset: Literal[tuple(PRESETS)] | None = None  # type: ignore[valid-type]
+    preset: Literal[tuple(PRESETS)] | None  # type: ignore[valid-type]
     """A named architecture from model/presets.py (tiny, gpt2-small, gpt2-medium, gpt2-large,
-    gpt2-xl); null = the fields below, each written out."""
-    context_length: int = Field(128, ge=8)
-    """Longest sequence the model reads (null with a preset = the preset's)."""
-    emb_dim: int = Field(192, ge=8)
-    """Width of the residual stream (null with a preset = the preset's)."""
-    n_heads: int = Field(6, ge=1)
-    """Attention heads per block, emb_dim must be divisible by it (null with a preset = the preset's)."""
-    n_layers: int = Field(4, ge=1)
-    """Transformer blocks (null with a preset = the preset's)."""
-    drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
-    """Dropout rate in embeddings, attention and residual branches (null with a preset = the
-    preset's default; a value overrides it)."""
-    qkv_bias: bool = False
-    """Bias in the query/key/value projections (null with a preset = the preset's)."""
-    tie_embeddings: bool = False
-    """Share one matrix between the token embedding and the output head (GPT-2 does; the book
-    keeps them separate, at vocab_size * emb_dim more parameters)."""
-    vocab_multiple: int = Field(1, ge=1)
-    """Pad the embedding and head rows to a multiple of this (64 helps GPU matmuls: GPT-2's
-    50,257 becomes 50,304); 1 = no padding. The extra rows never reach the loss or sampling."""
+    gpt2-xl) whose values the fields left null take; null = every field written out."""
 
     @model_validator(mode="before")
     @classmethod
@@ -257,87 +255,115 @@ class ModelConfig(Section):
         return filled
 
     @model_validator(mode="after")
-    def _heads_divide_width(self) -> "ModelConfig":
-        if self.emb_dim % self.n_heads:
-            raise ValueError(f"model.emb_dim ({self.emb_dim}) must be divisible by model.n_heads ({self.n_heads})")
+    def _valid_architecture(self) -> _ModelSection:
+        Architecture(**self._architecture())  # its own checks (positive sizes, heads divide the width, ...)
         return self
+
+    def _architecture(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"preset"})
+
+    def gpt_config(self, vocab_size: int) -> GPTConfig:
+        """The model's config: this architecture with the tokenizer's vocabulary."""
+        return GPTConfig(vocab_size=vocab_size, **self._architecture())
+
+
+def _attribute_docstrings(cls: type) -> dict[str, str]:
+    """The docstring under each attribute of a plain class (what pydantic reads from its own
+    models with `use_attribute_docstrings`), so that a field is documented once, where declared."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body  # type: ignore[attr-defined]
+    return {
+        node.target.id: inspect.cleandoc(doc.value.value)
+        for node, doc in itertools.pairwise(body)
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+        and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str)
+    }
+
+
+def _architecture_fields() -> dict[str, Any]:
+    """Architecture's fields as required pydantic fields, with their docstrings."""
+    hints = typing.get_type_hints(Architecture)
+    docs = _attribute_docstrings(Architecture)
+    return {f.name: (hints[f.name], Field(description=docs[f.name])) for f in dataclasses.fields(Architecture)}
+
+
+ModelConfig = create_model("ModelConfig", __base__=_ModelSection, __module__=__name__, **_architecture_fields())
 
 
 class OptimConfig(Section):
     """What every training stage shares: AdamW, linear warmup + cosine decay, clipping."""
 
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(ge=1)
     """Sequences per optimizer step."""
-    lr: float = Field(1.0e-3, gt=0.0)
+    lr: float = Field(gt=0.0)
     """Peak learning rate, reached after warmup."""
-    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    min_lr_ratio: float = Field(ge=0.0, le=1.0)
     """Cosine decay ends at lr * min_lr_ratio."""
-    warmup_steps: int = Field(20, ge=0)
+    warmup_steps: int = Field(ge=0)
     """Steps of linear warmup from 0 to lr."""
-    weight_decay: float = Field(0.1, ge=0.0)
+    weight_decay: float = Field(ge=0.0)
     """AdamW weight decay, applied to matrices only (not to biases, norms)."""
-    grad_clip: float = Field(1.0, ge=0.0)
+    grad_clip: float = Field(ge=0.0)
     """Clip the global gradient norm to this value; 0 turns clipping off."""
-    eval_interval: int = Field(50, ge=1)
+    eval_interval: int = Field(ge=1)
     """Evaluate (and log validation metrics) every this many steps, and at the end."""
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "mps"]
     """Where to train; `auto` takes cuda, then mps, then cpu."""
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"]
     """`auto`: bf16 autocast on CUDA GPUs that support it (fp16 + gradient scaler on older ones)
     and on CPUs with AMX, fp32 elsewhere. `fp16` (with a gradient scaler) needs cuda or mps."""
 
 
 class PretrainConfig(OptimConfig):
-    max_steps: int = Field(600, ge=0)
+    max_steps: int = Field(ge=0)
     """Optimizer steps of pretraining (0 with `init_from`: import, evaluate and save the weights)."""
-    init_from: str | None = None
+    init_from: str | None
     """Start from GPT-2 weights in Hugging Face's format instead of random ones: a local folder
     holding `config.json` and `model.safetensors` (or `pytorch_model.bin`), or a hub name (`gpt2`,
     `gpt2-medium`, `gpt2-large`, `gpt2-xl`, `owner/name`) downloaded once into the download cache;
     an existing folder wins over a hub name. Needs tokenize.kind gpt2 and the checkpoint's
     architecture (e.g. model.preset gpt2-small). null = random initialisation."""
-    init_url: str = "https://huggingface.co/{repo}/resolve/{revision}/{file}"
+    init_url: str
     """Address of one file of a hub name in `init_from`, with `{repo}`, `{revision}` and `{file}`
     filled in; point it at a mirror to download from elsewhere."""
-    init_revision: str = "main"
+    init_revision: str
     """Branch, tag or commit of the hub repository; a commit hash pins what `main` may change."""
-    init_sha256: str | None = None
+    init_sha256: str | None
     """sha256 of the downloaded weights file; null = not pinned: the hash got is logged and kept
     in models/pretrain/init_from.json (provenance)."""
-    init_timeout_s: float = Field(60.0, gt=0.0)
+    init_timeout_s: float = Field(gt=0.0)
     """Seconds without data before a weights download request fails (then retried)."""
     seq_len: int | None = Field(None, ge=2)
     """Tokens per training window; null = model.context_length. The book trains GPT_CONFIG_124M
     (context 1,024) on 256-token windows, since the-verdict.txt's validation split is ~500 tokens."""
-    eval_batches: int = Field(10, ge=1)
+    eval_batches: int = Field(ge=1)
     """Validation batches averaged per evaluation."""
-    sample_prompt: str = "The market"
+    sample_prompt: str
     """Prompt of the text sample generated at each evaluation."""
-    sample_tokens: int = Field(40, ge=1)
+    sample_tokens: int = Field(ge=1)
     """Tokens generated for that sample."""
-    temperature: float = Field(0.8, ge=0.0)
+    temperature: float = Field(ge=0.0)
     """Sampling temperature of the sample (0 = greedy)."""
-    top_k: int = Field(40, ge=0)
+    top_k: int = Field(ge=0)
     """Sample among the k most likely tokens (0 = all)."""
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_p: float = Field(gt=0.0, le=1.0)
     """Nucleus sampling: sample among the fewest most likely tokens whose probabilities add up to
     at least top_p (1.0 = off)."""
-    checkpoint_interval: int = Field(100, ge=0)
+    checkpoint_interval: int = Field(ge=0)
     """Save a crash-recovery checkpoint (weights, optimizer, schedule, RNG states, step) to
     models/pretrain-checkpoints/ every this many steps and at the end; 0 = none, so a crash
     restarts from step 0. They are deleted once the stage has finished."""
-    keep_checkpoints: int = Field(2, ge=1)
+    keep_checkpoints: int = Field(ge=1)
     """Newest checkpoints kept; older ones are deleted once a newer one is complete. Two survive
     a corrupt latest one."""
-    resume: bool = True
+    resume: bool
     """Rerunning after a crash continues from the newest valid checkpoint of the same run (same
     seed, model, pretrain params and tokens); false always starts from step 0."""
-    nproc: int = Field(1, ge=1)
+    nproc: int = Field(ge=1)
     """Training processes `gptpipe pretrain` (and so the DVC stage) starts on this machine through
     torchrun, one per GPU (or CPU processes talking over gloo); 1 = one plain process. batch_size
     stays the global batch: each process trains on batch_size / nproc sequences of every step.
     Under a torchrun launch of your own (several machines) torchrun's world size counts instead."""
-    distributed: Literal["ddp", "fsdp"] = "ddp"
+    distributed: Literal["ddp", "fsdp"]
     """How several processes share the model: ddp keeps a full copy per process and averages the
     gradients; fsdp (FSDP2 `fully_shard`, one unit per transformer block) shards weights, gradients
     and optimizer state across processes, for a model too large for one device. Unused with one
@@ -350,17 +376,17 @@ class PretrainConfig(OptimConfig):
                              f"({self.nproc}): it is the global batch, split evenly across the processes")
         return self
 
-    global_batch_tokens: int | None = Field(None, ge=1)
+    global_batch_tokens: int | None = Field(ge=1)
     """Tokens per optimizer step; null = batch_size * seq_len (no accumulation). Otherwise a
     multiple of batch_size * seq_len: the gradients of that many micro-batches are summed per step
     (gradient accumulation), e.g. the 0.5 M tokens of GPT-2 on a GPU that fits 16 x 1,024."""
-    compile: bool = False
+    compile: bool
     """Train through torch.compile: faster steps on GPUs after a compile of a minute or more; an
     error names what is missing where it cannot work (no C++ compiler, no Triton, MPS)."""
-    activation_checkpointing: bool = False
+    activation_checkpointing: bool
     """Recompute each block's activations in the backward pass instead of storing them: fits a
     larger batch or model for about 30% more compute."""
-    peak_flops: float | None = Field(None, gt=0.0)
+    peak_flops: float | None = Field(gt=0.0)
     """One device's peak FLOP/s for the MFU figure (with nproc processes MFU is against nproc
     times it); null = the bf16 dense peak of known GPUs
     (H100, H200, A100, L4, ...; steps/training/throughput.py), and no MFU on CPU or an unknown GPU."""
@@ -389,41 +415,41 @@ class PretrainConfig(OptimConfig):
 
 
 class LoraConfig(Section):
-    rank: int = Field(8, ge=1)
+    rank: int = Field(ge=1)
     """Rank r of the adapter matrices."""
-    alpha: float = Field(16.0, gt=0.0)
+    alpha: float = Field(gt=0.0)
     """Scaling numerator: the update is scaled by alpha / rank."""
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    dropout: float = Field(ge=0.0, lt=1.0)
     """Dropout on the adapter's input."""
-    target_modules: list[str] = ["W_query", "W_key", "W_value", "out_proj"]
+    target_modules: list[str]
     """Names of the Linear layers that get adapters."""
 
 
 class ClassifierConfig(OptimConfig):
-    init: Literal["pretrained", "random"] = "pretrained"
+    init: Literal["pretrained", "random"]
     """Start from the pretrained model, or from random weights (to measure what pretraining buys)."""
-    trainable: Literal["head", "last_block", "last_two_blocks", "all", "lora"] = "last_block"
+    trainable: Literal["head", "last_block", "last_two_blocks", "all", "lora"]
     """What trains: the head; the last block (or two) + final norm + head (the book's is one);
     everything; LoRA adapters + head."""
-    pooling: Literal["last", "last_non_pad", "mean"] = "last_non_pad"
+    pooling: Literal["last", "last_non_pad", "mean"]
     """Which positions classify a message: the final one (the book), the last real token, or
     the mean over real tokens."""
-    class_balanced: bool = False
+    class_balanced: bool
     """Draw training batches with every label equally likely (sampling with replacement)."""
-    epochs: int = Field(3, ge=1)
+    epochs: int = Field(ge=1)
     """Passes over the training split."""
-    max_length: int = Field(64, ge=4)
+    max_length: int = Field(ge=4)
     """Messages are truncated to this many tokens (at most the model's context)."""
     long_records: Literal["truncate", "error"] = "truncate"
     """Messages longer than max_length: truncate them (the count is reported) or stop with an
     error naming the first one."""
-    balance: bool = False
+    balance: bool
     """Downsample the majority class to the minority's size before splitting (the book does)."""
-    train_fraction: float = Field(0.7, gt=0.0, lt=1.0)
+    train_fraction: float = Field(gt=0.0, lt=1.0)
     """Share of messages for training."""
-    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    val_fraction: float = Field(gt=0.0, lt=1.0)
     """Share for validation; the rest is the test split."""
-    lora: LoraConfig = LoraConfig()
+    lora: LoraConfig
     """Adapter settings when trainable is `lora`."""
 
     @model_validator(mode="after")
@@ -434,23 +460,23 @@ class ClassifierConfig(OptimConfig):
 
 
 class InstructConfig(OptimConfig):
-    method: Literal["full", "lora"] = "full"
+    method: Literal["full", "lora"]
     """Finetune every weight, or LoRA adapters only."""
-    epochs: int = Field(3, ge=1)
+    epochs: int = Field(ge=1)
     """Passes over the training split."""
-    prompt_style: Literal["alpaca", "phi3"] = "alpaca"
+    prompt_style: Literal["alpaca", "phi3"]
     """Prompt layout: the book's Alpaca prompt, or the shorter Phi-3 chat layout."""
-    mask_prompt: bool = False
+    mask_prompt: bool
     """Leave the instruction and input out of the loss, so only response tokens are learned
     (the book trains on the whole text; with a tiny model the mask helps)."""
-    allowed_max_length: int = Field(128, ge=8)
+    allowed_max_length: int = Field(ge=8)
     """Prompt + response are truncated to this many tokens (at most the model's context)."""
     long_records: Literal["truncate", "error"] = "truncate"
     """Records longer than allowed_max_length: truncate them (the count is reported) or stop with
     an error naming the first one."""
-    max_new_tokens: int = Field(16, ge=1)
+    max_new_tokens: int = Field(ge=1)
     """Tokens generated per test response."""
-    lora: LoraConfig = LoraConfig()
+    lora: LoraConfig
     """Adapter settings when method is `lora`."""
 
 
@@ -458,19 +484,19 @@ class JudgeConfig(Section):
     """An LLM that scores the instruction test responses 0-100 (the book's chapter 7), reached
     through an OpenAI-compatible chat endpoint: Ollama's, OpenAI's or any server speaking it."""
 
-    enabled: bool = False
+    enabled: bool
     """Score the responses; off by default, since it needs a running model server."""
-    endpoint: str = "http://localhost:11434/v1"
+    endpoint: str
     """Base URL of the API; `/chat/completions` is appended (Ollama: http://localhost:11434/v1,
     OpenAI: https://api.openai.com/v1)."""
-    model: str = "llama3"
+    model: str
     """Model the endpoint serves, e.g. `llama3` (pull it first: `ollama pull llama3`)."""
-    api_key_env: str | None = None
+    api_key_env: str | None
     """NAME of the environment variable holding the API key, sent as `Authorization: Bearer`;
     null sends none (Ollama needs none). Never put the key itself in params.yaml."""
-    timeout_s: float = Field(60.0, gt=0.0)
+    timeout_s: float = Field(gt=0.0)
     """Seconds to wait for one reply (a model loading on first use can take a while)."""
-    max_records: int | None = Field(None, ge=1)
+    max_records: int | None = Field(ge=1)
     """Judge only the first N test records, to bound time and cost; null = all of them."""
 
     @field_validator("endpoint")
@@ -490,34 +516,34 @@ class JudgeConfig(Section):
 
 
 class EvaluateConfig(Section):
-    val_batches: int = Field(50, ge=1)
+    val_batches: int = Field(ge=1)
     """Validation batches used for the pretrained model's perplexity."""
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(ge=1)
     """Sequences per evaluation batch."""
-    judge: JudgeConfig = JudgeConfig()
+    judge: JudgeConfig
     """Optional LLM-as-judge scoring of the instruction responses."""
 
 
 class TrackingConfig(Section):
-    experiment: str = "gptpipe"
+    experiment: str
     """MLflow experiment the stage runs are recorded in."""
-    log_models: bool = True
+    log_models: bool
     """Upload each stage's model folder as an MLflow artifact."""
 
 
 class Params(Section):
     """Everything params.yaml holds, one group per stage plus shared groups."""
 
-    seed: int = 123
+    seed: int
     """Seed of data generation, splits, initialisation and sampling."""
-    download: DownloadConfig = DownloadConfig()
-    tokenize: TokenizeConfig = TokenizeConfig()
-    model: ModelConfig = ModelConfig()
-    pretrain: PretrainConfig = PretrainConfig()
-    finetune_classifier: ClassifierConfig = ClassifierConfig()
-    finetune_instruct: InstructConfig = InstructConfig()
-    evaluate: EvaluateConfig = EvaluateConfig()
-    tracking: TrackingConfig = TrackingConfig()
+    download: DownloadConfig
+    tokenize: TokenizeConfig
+    model: ModelConfig
+    pretrain: PretrainConfig
+    finetune_classifier: ClassifierConfig
+    finetune_instruct: InstructConfig
+    evaluate: EvaluateConfig
+    tracking: TrackingConfig
 
 
     @model_validator(mode="after")
@@ -563,6 +589,9 @@ def parse_params(data: Any, source: str = PARAMS_FILE) -> Params:
             key = ".".join(str(p) for p in e["loc"])
             if e["type"] == "extra_forbidden":
                 problems.append(f"  {key}: unknown key (check its spelling against params.yaml's documented keys)")
+            elif e["type"] == "missing":
+                problems.append(f"  {key}: missing: add it to {source} (the project's params.yaml writes out "
+                                f"every key with its value; steps/config.py documents each)")
             elif key.endswith(SECRET_KEYS):
                 problems.append(f"  {key}: {e['msg']}")  # the value may be a secret: not echoed
             else:

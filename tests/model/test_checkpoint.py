@@ -19,11 +19,11 @@ from model.checkpoint import (
     save_model,
     save_training_state,
 )
-from model.config import GPTConfig
 from model.gpt import GPTModel
 from model.heads import attach_classifier_head
+from tests.params import gpt_config
 
-CFG = GPTConfig(vocab_size=64, context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0, qkv_bias=True)
+CFG = gpt_config(vocab_size=64, context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0, qkv_bias=True)
 
 
 def make_model(seed: int = 0) -> GPTModel:
@@ -195,7 +195,7 @@ def test_tied_padded_model_round_trip_stores_the_matrix_once(tmp_path: Path) -> 
     from safetensors.torch import load_file
 
     torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=50, context_length=16, emb_dim=32, n_heads=4, n_layers=2,
+    cfg = gpt_config(vocab_size=50, context_length=16, emb_dim=32, n_heads=4, n_layers=2,
                     tie_embeddings=True, vocab_multiple=64)
     model = GPTModel(cfg).eval()
     save_model(tmp_path, model)

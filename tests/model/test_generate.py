@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from model.config import GPTConfig
 from model.generate import generate
 from model.gpt import GPTModel, KVCache
+from tests.params import gpt_config
 
 VOCAB = 64
 CONTEXT = 16
@@ -17,7 +17,7 @@ CONTEXT = 16
 @pytest.fixture(scope="module")
 def model() -> GPTModel:
     torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=VOCAB, context_length=CONTEXT, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)
+    cfg = gpt_config(vocab_size=VOCAB, context_length=CONTEXT, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)
     m = GPTModel(cfg)
     # Sharpen the output so greedy choices are well separated (no near-ties between runs).
     with torch.no_grad():
@@ -69,7 +69,7 @@ def test_generation_past_context_length_crops_the_input(model: GPTModel) -> None
 
 def test_sampling_reproducible_for_a_seed(prompt: torch.Tensor) -> None:
     torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=VOCAB, context_length=32, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)
+    cfg = gpt_config(vocab_size=VOCAB, context_length=32, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)
     flat = GPTModel(cfg).eval()  # fresh init: near-uniform next-token distribution
 
     def sample(seed: int) -> torch.Tensor:
@@ -181,7 +181,7 @@ def test_top_k_renormalises_over_the_kept_tokens() -> None:
 
 def _cache_model() -> GPTModel:
     torch.manual_seed(3)
-    cfg = GPTConfig(vocab_size=97, context_length=24, emb_dim=32, n_heads=4, n_layers=3, drop_rate=0.0)
+    cfg = gpt_config(vocab_size=97, context_length=24, emb_dim=32, n_heads=4, n_layers=3, drop_rate=0.0)
     return GPTModel(cfg).eval()
 
 

@@ -10,12 +10,12 @@ import torch.nn.functional as F
 
 from model.config import GPTConfig
 from model.gpt import GPTModel, count_parameters
+from tests.params import gpt_config
 
 
 def tiny_cfg(**overrides) -> GPTConfig:
-    base = dict(vocab_size=64, context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)
-    base.update(overrides)
-    return GPTConfig(**base)
+    return gpt_config(**{**dict(vocab_size=64, context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0),
+                         **overrides})
 
 
 @pytest.fixture
@@ -202,6 +202,12 @@ def test_padding_changes_nothing_but_the_shapes() -> None:
 def test_vocab_multiple_must_be_positive() -> None:
     with pytest.raises(ValueError, match="vocab_multiple"):
         tiny_cfg(vocab_multiple=0)
+
+
+def test_an_architecture_field_has_no_default() -> None:
+    # params.yaml's model section gives each one (steps/config.py validates it into these fields).
+    with pytest.raises(TypeError, match="drop_rate"):
+        GPTConfig(vocab_size=64, context_length=16, emb_dim=32, n_heads=4, n_layers=2)  # type: ignore[call-arg]
 
 
 def test_config_json_without_new_fields_still_loads() -> None:

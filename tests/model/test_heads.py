@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.config import GPTConfig
 from model.gpt import GPTModel
 from model.heads import attach_classifier_head, last_real_token, pool, set_trainable
+from tests.params import gpt_config
 
-CFG = GPTConfig(vocab_size=64, context_length=16, emb_dim=32, n_heads=4, n_layers=3, drop_rate=0.0)
+CFG = gpt_config(vocab_size=64, context_length=16, emb_dim=32, n_heads=4, n_layers=3, drop_rate=0.0)
 
 
 @pytest.fixture
@@ -115,7 +115,7 @@ def test_classifier_output_is_pad_invariant(model: GPTModel) -> None:
 
 def test_last_two_blocks_trains_the_two_last_blocks_norm_and_head() -> None:
     torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=50, context_length=8, emb_dim=16, n_heads=2, n_layers=3, drop_rate=0.0)
+    cfg = gpt_config(vocab_size=50, context_length=8, emb_dim=16, n_heads=2, n_layers=3, drop_rate=0.0)
     model = attach_classifier_head(GPTModel(cfg), 2)
     set_trainable(model, "last_two_blocks")
     trainable = {n.split(".")[0] + ("." + n.split(".")[1] if n.startswith("trf_blocks") else "")
@@ -137,7 +137,7 @@ def test_pooling_modes_on_hand_made_scores() -> None:
 @pytest.mark.parametrize("pooling", ["last_non_pad", "mean"])
 def test_padding_does_not_change_non_pad_poolings(pooling) -> None:
     torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=50, context_length=12, emb_dim=16, n_heads=2, n_layers=2, drop_rate=0.0)
+    cfg = gpt_config(vocab_size=50, context_length=12, emb_dim=16, n_heads=2, n_layers=2, drop_rate=0.0)
     model = attach_classifier_head(GPTModel(cfg), 2).eval()
     ids = torch.randint(0, 50, (1, 5))
     padded = torch.cat([ids, torch.full((1, 4), 7)], dim=1)

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.config import GPTConfig
 from model.gpt import GPTModel
 from model.hf_gpt2 import (
     HFFormatError,
@@ -20,6 +19,7 @@ from model.hf_gpt2 import (
     load_hf_state_dict,
     to_hf_state_dict,
 )
+from tests.params import gpt_config
 
 transformers = pytest.importorskip("transformers")
 
@@ -66,7 +66,7 @@ def our_logits(model: GPTModel, idx: torch.Tensor) -> torch.Tensor:
 def test_our_logits_equal_transformers_logits_for_a_saved_tied_model(hf_folder: Path) -> None:
     reference = transformers.GPT2LMHeadModel.from_pretrained(hf_folder).eval()
     ours = load_gpt2(hf_folder)
-    assert ours.cfg == GPTConfig(vocab_size=101, context_length=32, emb_dim=48, n_heads=4, n_layers=2,
+    assert ours.cfg == gpt_config(vocab_size=101, context_length=32, emb_dim=48, n_heads=4, n_layers=2,
                                  drop_rate=0.0, qkv_bias=True)
     torch.testing.assert_close(our_logits(ours, tokens()), hf_logits(reference, tokens()), atol=1e-5, rtol=1e-5)
     # The head got the token embedding (GPT-2 ties them; the saved file has no lm_head.weight).
@@ -99,7 +99,7 @@ def test_openai_key_names_without_the_transformer_prefix_and_mask_buffers_are_ac
 @pytest.mark.parametrize("tie", [True, False])
 def test_export_loads_in_transformers_with_the_same_logits(tmp_path: Path, tie: bool) -> None:
     torch.manual_seed(3)
-    ours = GPTModel(GPTConfig(vocab_size=101, context_length=32, emb_dim=48, n_heads=4, n_layers=2,
+    ours = GPTModel(gpt_config(vocab_size=101, context_length=32, emb_dim=48, n_heads=4, n_layers=2,
                               drop_rate=0.0, qkv_bias=True))
     if tie:
         ours.out_head.weight = ours.tok_emb.weight  # share one matrix, as GPT-2 does
@@ -112,7 +112,7 @@ def test_export_loads_in_transformers_with_the_same_logits(tmp_path: Path, tie: 
 
 def test_export_without_qkv_bias_writes_zero_biases(tmp_path: Path) -> None:
     torch.manual_seed(4)
-    ours = GPTModel(GPTConfig(vocab_size=101, context_length=32, emb_dim=48, n_heads=4, n_layers=2, drop_rate=0.0))
+    ours = GPTModel(gpt_config(vocab_size=101, context_length=32, emb_dim=48, n_heads=4, n_layers=2, drop_rate=0.0))
     export_hf(ours, tmp_path)
     reference = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
     assert not reference.transformer.h[0].attn.c_attn.bias.any()
@@ -121,7 +121,7 @@ def test_export_without_qkv_bias_writes_zero_biases(tmp_path: Path) -> None:
 
 def test_round_trip_ours_to_hf_to_ours_is_bit_identical(tmp_path: Path) -> None:
     torch.manual_seed(5)
-    ours = GPTModel(GPTConfig(vocab_size=101, context_length=32, emb_dim=48, n_heads=4, n_layers=3,
+    ours = GPTModel(gpt_config(vocab_size=101, context_length=32, emb_dim=48, n_heads=4, n_layers=3,
                               drop_rate=0.1, qkv_bias=True))
     state = ours.state_dict()
     back = from_hf_state_dict(to_hf_state_dict(state, ours.cfg, tied=False), ours.cfg)
@@ -173,7 +173,7 @@ def test_unsupported_variants_and_broken_files_are_refused_with_the_reason(tmp_p
     with pytest.raises(HFFormatError, match="'wpe.weight' has shape"):
         from_hf_state_dict({**state, "transformer.wpe.weight": torch.zeros(16, 48)}, cfg)
     with pytest.raises(HFFormatError, match="qkv_bias=True"):
-        load_hf_state_dict(GPTModel(GPTConfig(101, 32, 48, 4, 2)), state)
+        load_hf_state_dict(GPTModel(gpt_config(vocab_size=101, context_length=32, emb_dim=48, n_heads=4, n_layers=2)), state)
     with pytest.raises(FileNotFoundError, match="neither model.safetensors nor pytorch_model.bin"):
         tmp_path.joinpath("config.json").write_text(json.dumps(base))
         load_gpt2(tmp_path)
@@ -182,7 +182,7 @@ def test_unsupported_variants_and_broken_files_are_refused_with_the_reason(tmp_p
 def test_a_classifier_cannot_be_exported(tmp_path: Path) -> None:
     from model.heads import attach_classifier_head
 
-    model = GPTModel(GPTConfig(101, 32, 48, 4, 2))
+    model = GPTModel(gpt_config(vocab_size=101, context_length=32, emb_dim=48, n_heads=4, n_layers=2))
     attach_classifier_head(model, 2)
     with pytest.raises(ValueError, match="task head"):
         export_hf(model, tmp_path)
@@ -193,7 +193,7 @@ def test_a_model_folder_exports_with_its_tokenizer(tmp_path: Path) -> None:
     from model.hf_gpt2 import export_model_folder
 
     torch.manual_seed(8)
-    ours = GPTModel(GPTConfig(vocab_size=101, context_length=32, emb_dim=48, n_heads=4, n_layers=2, drop_rate=0.0))
+    ours = GPTModel(gpt_config(vocab_size=101, context_length=32, emb_dim=48, n_heads=4, n_layers=2, drop_rate=0.0))
     save_model(tmp_path / "pretrain", ours)
     (tmp_path / "pretrain" / "tokenizer.json").write_text("{}")
     export_model_folder(tmp_path / "pretrain", tmp_path / "hf")

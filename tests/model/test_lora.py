@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 from peft import PeftModel
 
-from model.config import GPTConfig
 from model.gpt import GPTModel, count_parameters
 from model.heads import attach_classifier_head, last_real_token, set_trainable
 from model.lora import apply_lora, merge_lora
+from tests.params import gpt_config
 
-CFG = GPTConfig(vocab_size=64, context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)
+CFG = gpt_config(vocab_size=64, context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)
 RANK = 4
 TARGETS = ("W_query", "W_value", "out_proj")
 

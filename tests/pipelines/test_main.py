@@ -3,10 +3,12 @@
 import importlib
 
 import pytest
+import yaml
 
 from pipelines import STAGES
 from pipelines.__main__ import main
 from pipelines.cli import RANK_ENTRIES, run_flow, torchrun_relaunch
+from tests.params import gpt_config, merged
 
 
 def test_every_stage_name_points_at_a_prefect_flow():
@@ -36,7 +38,7 @@ def test_pretrain_with_several_processes_relaunches_itself_under_torchrun(tmp_pa
         monkeypatch.delenv(var, raising=False)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # a team's server: none is started
-    (tmp_path / "p.yaml").write_text("pretrain:\n  nproc: 2\n")
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(merged({"pretrain": {"nproc": 2}})))
     calls = []
     monkeypatch.setattr("subprocess.call", lambda cmd: calls.append(cmd) or 7)
     assert main(["pretrain", "--params", "p.yaml"]) == 7  # torchrun's exit status is the command's
@@ -138,7 +140,7 @@ def test_compare_bad_tag_is_a_clear_error(mlflow_store, tmp_path, capsys):
 
 def test_compare_default_experiment_comes_from_params_yaml(mlflow_store, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "params.yaml").write_text("tracking:\n  experiment: cmp\n")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(merged({"tracking": {"experiment": "cmp"}})))
     assert main(["compare", "--stage", "finetune_instruct"]) == 0
     assert (tmp_path / "reports" / "compare" / "compare.md").is_file()
     (tmp_path / "params.yaml").write_text("tracking:\n  experimen: cmp\n")  # unreadable: fall back
@@ -154,10 +156,9 @@ def test_compare_last_must_be_positive(capsys):
 
 def test_export_hf_writes_a_transformers_folder_or_explains(tmp_path, capsys):
     from model.checkpoint import save_model
-    from model.config import GPTConfig
     from model.gpt import GPTModel
 
-    save_model(tmp_path / "pretrain", GPTModel(GPTConfig(vocab_size=50, context_length=16, emb_dim=16,
+    save_model(tmp_path / "pretrain", GPTModel(gpt_config(vocab_size=50, context_length=16, emb_dim=16,
                                                          n_heads=2, n_layers=1)))
     assert main(["export-hf", str(tmp_path / "pretrain"), str(tmp_path / "hf")]) == 0
     assert "GPT2LMHeadModel.from_pretrained" in capsys.readouterr().out

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.pretrain import checkpoint_settings, gpt_config
+from pipelines.pretrain import checkpoint_settings
 from pipelines.stage import StageContext
 from steps import layout
-from steps.config import parse_params
+from tests.params import shipped_params
 
 
 @pytest.fixture
@@ -24,9 +24,9 @@ def tokens_here(tmp_path: Path, monkeypatch) -> Path:
 
 
 def settings(pretrain: dict | None = None, seed: int = 123):
-    params = parse_params({"seed": seed, "pretrain": pretrain or {}})
+    params = shipped_params({"seed": seed, "pretrain": pretrain or {}})
     ctx = StageContext("pretrain", params, run=None)  # type: ignore[arg-type]  # no MLflow run needed
-    return checkpoint_settings(ctx, gpt_config(ctx, vocab_size=512))
+    return checkpoint_settings(ctx, ctx.params.model.gpt_config(vocab_size=512))
 
 
 def test_checkpoints_follow_the_params(tokens_here: Path) -> None:
@@ -56,17 +56,17 @@ def test_training_settings_from_the_params() -> None:
     from pipelines.pretrain import training_settings
     from steps.training.throughput import flops_per_token
 
-    params = parse_params({"model": {"context_length": 64, "tie_embeddings": True, "vocab_multiple": 64},
+    params = shipped_params({"model": {"context_length": 64, "tie_embeddings": True, "vocab_multiple": 64},
                            "pretrain": {"batch_size": 4, "seq_len": 32, "global_batch_tokens": 512,
                                         "compile": True, "activation_checkpointing": True}})
     ctx = StageContext("pretrain", params, run=None)  # type: ignore[arg-type]
-    model_cfg = gpt_config(ctx, vocab_size=500)
+    model_cfg = ctx.params.model.gpt_config(vocab_size=500)
     assert (model_cfg.tie_embeddings, model_cfg.padded_vocab_size) == (True, 512)
     s = training_settings(ctx, model_cfg, torch.device("cpu"))
     assert s.accum_steps == 4  # 512 tokens per step / (4 x 32) per micro-batch
     assert s.compile and s.activation_checkpointing
     assert s.flops_per_token == flops_per_token(model_cfg, 32)
     assert s.peak_flops is None  # no MFU on a CPU unless peak_flops is given
-    given = parse_params({"pretrain": {"peak_flops": 2.0e12}})
+    given = shipped_params({"pretrain": {"peak_flops": 2.0e12}})
     ctx = StageContext("pretrain", given, run=None)  # type: ignore[arg-type]
-    assert training_settings(ctx, gpt_config(ctx, 500), torch.device("cpu")).peak_flops == 2.0e12
+    assert training_settings(ctx, ctx.params.model.gpt_config(500), torch.device("cpu")).peak_flops == 2.0e12

@@ -12,9 +12,9 @@ from tokenizers import Tokenizer
 from pipelines.stage import StageContext
 from pipelines.tokenize import train_and_encode
 from steps import layout
-from steps.config import parse_params
 from steps.tokenization.corpus import EOT
 from steps.tokenization.tokenizer import read_tokens
+from tests.params import shipped_params
 
 GPT2 = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "gpt2"
 DOCS = [f"Document {i}: the cat sat on the mat.\n\nA second paragraph, number {i * 7}." + " More." * (i % 5)
@@ -25,7 +25,7 @@ def run_body(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tokenize: dict) ->
     monkeypatch.chdir(tmp_path)
     layout.CORPUS.parent.mkdir(parents=True)
     layout.CORPUS.write_text(f"\n{EOT}\n".join(DOCS) + "\n", encoding="utf-8")
-    ctx = StageContext("tokenize", parse_params({"tokenize": tokenize}), run=None)  # type: ignore[arg-type]
+    ctx = StageContext("tokenize", shipped_params({"tokenize": tokenize}), run=None)  # type: ignore[arg-type]
     return train_and_encode.fn(ctx)
 
 

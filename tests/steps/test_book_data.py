@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from steps.config import Params
+from tests.params import shipped_params
 from steps.data.datasets import (
     DOC_SEPARATOR,
     classification_records,
@@ -36,7 +36,7 @@ def book(shared_data: Path, serve_folder, tmp_path: Path):
              "instructions": "instruction-data.json"}
     for dataset, name in names.items():
         profile[dataset]["source"]["url"] = f"{server.url}/{name}"
-    cfg = Params.model_validate({"download": profile}).download
+    cfg = shipped_params({"download": profile}).download
     return cfg, tmp_path / "cache", tmp_path
 
 

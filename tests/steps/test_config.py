@@ -5,6 +5,7 @@ import yaml
 from pydantic import BaseModel
 
 from steps.config import ConfigError, Params, load_params, params_hash, parse_params
+from tests.params import ARCHITECTURE_NULLS, merged, shipped, shipped_params
 
 
 def test_shipped_params_file_is_valid_and_complete(repo_root):
@@ -56,14 +57,14 @@ def test_every_leaf_field_is_documented():
         ({"pretrain": {"nproc": 0}}, "pretrain.nproc", "greater than or equal"),
         ({"pretrain": {"distributed": "fsdp1"}}, "pretrain.distributed", "'ddp' or 'fsdp'"),
         ({"pretrain": {"batch_size": 6, "nproc": 4}}, "pretrain", "multiple of pretrain.nproc"),
-        ({"model": {"vocab_multiple": 0}}, "model.vocab_multiple", "greater than or equal"),
+        ({"model": {"vocab_multiple": 0}}, "model", "vocab_multiple must be >= 1"),
         ({"pretrain": {"precision": "fp8"}}, "pretrain.precision", "'fp16'"),
         ({"pretrain": {"peak_flops": 0.0}}, "pretrain.peak_flops", "greater than"),
     ],
 )
 def test_invalid_params_name_the_key(data, key, why):
     with pytest.raises(ConfigError) as err:
-        parse_params(data, "params.yaml")
+        parse_params(merged(data), "params.yaml")
     message = str(err.value)
     assert "params.yaml" in message
     assert f"  {key}:" in message
@@ -72,14 +73,14 @@ def test_invalid_params_name_the_key(data, key, why):
 
 def test_a_key_pasted_as_api_key_env_is_not_echoed():
     with pytest.raises(ConfigError) as err:
-        parse_params({"evaluate": {"judge": {"api_key_env": "sk-proj-SECRET"}}})
+        shipped_params({"evaluate": {"judge": {"api_key_env": "sk-proj-SECRET"}}})
     assert "SECRET" not in str(err.value)
-    assert parse_params({"evaluate": {"judge": {"api_key_env": "OPENAI_API_KEY"}}}).evaluate.judge.api_key_env == (
+    assert shipped_params({"evaluate": {"judge": {"api_key_env": "OPENAI_API_KEY"}}}).evaluate.judge.api_key_env == (
         "OPENAI_API_KEY")
 
 
 def test_int_is_accepted_where_a_float_is_expected():
-    assert parse_params({"pretrain": {"lr": 1}}).pretrain.lr == 1.0
+    assert shipped_params({"pretrain": {"lr": 1}}).pretrain.lr == 1.0
 
 
 def test_load_params_reports_missing_and_malformed_files(tmp_path):
@@ -95,24 +96,24 @@ def test_load_params_reports_missing_and_malformed_files(tmp_path):
 
 
 def test_config_is_immutable():
-    params = parse_params({})
+    cfg = shipped_params()
     with pytest.raises(Exception):
-        params.pretrain.lr = 1.0  # type: ignore[misc]
+        cfg.pretrain.lr = 1.0  # type: ignore[misc]
 
 
 def test_params_hash_tracks_only_the_named_sections():
-    a = parse_params({})
-    b = parse_params({"finetune_instruct": {"epochs": 9}})
+    a = shipped_params()
+    b = shipped_params({"finetune_instruct": {"epochs": 9}})
     assert params_hash(a, ["pretrain", "model"]) == params_hash(b, ["pretrain", "model"])
     assert params_hash(a, ["finetune_instruct"]) != params_hash(b, ["finetune_instruct"])
 
 
 def test_global_batch_tokens_sets_the_accumulation_steps():
-    params = parse_params({"model": {"context_length": 128}, "pretrain": {"batch_size": 4, "seq_len": 64,
-                                                                          "global_batch_tokens": 1024}})
-    assert params.pretrain_seq_len == 64
-    assert params.pretrain.accumulation_steps(params.pretrain_seq_len) == 4  # 1024 / (4 * 64)
-    plain = parse_params({"model": {"context_length": 128}, "pretrain": {"batch_size": 4}})
+    cfg = shipped_params({"model": {"context_length": 128}, "pretrain": {"batch_size": 4, "seq_len": 64,
+                                                                "global_batch_tokens": 1024}})
+    assert cfg.pretrain_seq_len == 64
+    assert cfg.pretrain.accumulation_steps(cfg.pretrain_seq_len) == 4  # 1024 / (4 * 64)
+    plain = shipped_params({"model": {"context_length": 128}, "pretrain": {"batch_size": 4}})
     assert plain.pretrain_seq_len == 128 and plain.pretrain.accumulation_steps(128) == 1
 
 
@@ -120,13 +121,13 @@ def test_global_batch_tokens_not_a_multiple_names_the_key_and_a_fix():
     # 16 x 128 = 2,048 tokens per micro-batch (seq_len null: the model's context): 3,000 is no multiple.
     with pytest.raises(ConfigError, match=r"pretrain.global_batch_tokens \(3000\) must be a multiple of "
                                           r"batch_size \* seq_len = 16 \* 128 = 2048 .* e.g. 2048"):
-        parse_params({"model": {"context_length": 128}, "pretrain": {"batch_size": 16, "global_batch_tokens": 3000}})
+        shipped_params({"model": {"context_length": 128}, "pretrain": {"batch_size": 16, "global_batch_tokens": 3000}})
 
 
-def test_scaling_switches_default_off():
-    params = parse_params({})
-    assert params.model.tie_embeddings is False and params.model.vocab_multiple == 1
-    p = params.pretrain
+def test_scaling_switches_are_off_in_the_shipped_params():
+    cfg = shipped_params()
+    assert cfg.model.tie_embeddings is False and cfg.model.vocab_multiple == 1
+    p = cfg.pretrain
     assert (p.compile, p.activation_checkpointing, p.global_batch_tokens, p.peak_flops) == (False, False, None, None)
 
 
@@ -136,22 +137,22 @@ GPT2_TOKENS = {"tokenize": {"kind": "gpt2"}}
 
 
 def test_a_preset_fills_the_architecture_fields_left_out_or_null():
-    p = parse_params({**GPT2_TOKENS, "model": {"preset": "gpt2-small", "emb_dim": None, "n_layers": None}})
+    p = shipped_params({**GPT2_TOKENS, "model": {**ARCHITECTURE_NULLS, "preset": "gpt2-small"}})
     m = p.model
     assert (m.context_length, m.emb_dim, m.n_heads, m.n_layers, m.qkv_bias, m.drop_rate) == (1024, 768, 12, 12, True, 0.1)
-    tiny = parse_params({"model": {"preset": "tiny"}}).model
+    tiny = shipped_params({"model": {**ARCHITECTURE_NULLS, "preset": "tiny"}}).model
     assert (tiny.emb_dim, tiny.n_layers, tiny.context_length) == (64, 2, 64)
 
 
 def test_a_field_equal_to_the_preset_is_fine_and_drop_rate_overrides_it():
-    m = parse_params({**GPT2_TOKENS, "model": {"preset": "gpt2-medium", "emb_dim": 1024, "drop_rate": 0.0}}).model
+    m = shipped_params({**GPT2_TOKENS, "model": {**ARCHITECTURE_NULLS, "preset": "gpt2-medium", "emb_dim": 1024, "drop_rate": 0.0}}).model
     assert (m.emb_dim, m.n_layers, m.drop_rate) == (1024, 24, 0.0)
 
 
 @pytest.mark.parametrize(("field", "value"), [("emb_dim", 128), ("qkv_bias", False), ("context_length", 256)])
 def test_a_field_contradicting_the_preset_is_an_error_naming_both(field, value):
     with pytest.raises(ConfigError) as err:
-        parse_params({**GPT2_TOKENS, "model": {"preset": "gpt2-small", field: value}})
+        shipped_params({**GPT2_TOKENS, "model": {**ARCHITECTURE_NULLS, "preset": "gpt2-small", field: value}})
     message = str(err.value)
     assert f"model.{field} is {value!r} but preset gpt2-small has" in message
     assert "set it to null" in message or f"set model.{field} to null" in message
@@ -161,7 +162,7 @@ def test_a_field_contradicting_the_preset_is_an_error_naming_both(field, value):
     ("data", "key", "why"),
     [
         ({"model": {"preset": "gpt5"}}, "model.preset", "'tiny'"),
-        ({"model": {"preset": "gpt2-small"}}, "", "set tokenize.kind to gpt2 (it is bpe)"),
+        ({"model": {**ARCHITECTURE_NULLS, "preset": "gpt2-small"}}, "", "set tokenize.kind to gpt2 (it is bpe)"),
         ({"pretrain": {"init_from": "gpt2"}}, "", "GPT-2's token ids: set tokenize.kind to gpt2"),
         ({"pretrain": {"max_steps": 0}}, "", "max_steps is 0 without pretrain.init_from"),
         ({"pretrain": {"top_p": 0.0}}, "pretrain.top_p", "greater than 0"),
@@ -173,14 +174,58 @@ def test_a_field_contradicting_the_preset_is_an_error_naming_both(field, value):
 )
 def test_invalid_preset_and_init_params_are_explained(data, key, why):
     with pytest.raises(ConfigError) as err:
-        parse_params(data, "params.yaml")
+        parse_params(merged(data), "params.yaml")
     message = str(err.value)
     assert f"  {key}:" in message or (key == "" and "  :" in message)
     assert why in message
 
 
 def test_gpt2_weights_with_the_gpt2_tokenizer_are_valid():
-    p = parse_params({**GPT2_TOKENS, "model": {"preset": "gpt2-small"},
+    p = shipped_params({**GPT2_TOKENS, "model": {**ARCHITECTURE_NULLS, "preset": "gpt2-small"},
                       "pretrain": {"init_from": "gpt2", "max_steps": 0, "top_p": 0.9}})
     assert (p.pretrain.init_from, p.pretrain.max_steps, p.pretrain.top_p) == ("gpt2", 0, 0.9)
     assert p.pretrain.init_url == "https://huggingface.co/{repo}/resolve/{revision}/{file}"
+
+
+# --- one set of defaults: params.yaml's ------------------------------------------------------
+
+
+def _given(data: dict, model_cls: type[BaseModel], prefix: str = ""):
+    """(dotted key, pydantic field) of every key the shipped params.yaml writes out."""
+    for name, value in data.items():
+        field = model_cls.model_fields[name]
+        yield f"{prefix}{name}", field
+        ann = field.annotation
+        if isinstance(value, dict) and isinstance(ann, type) and issubclass(ann, BaseModel):
+            yield from _given(value, ann, f"{prefix}{name}.")
+
+
+def test_what_params_yaml_gives_has_no_default_in_code():
+    # A code default beside params.yaml's value is a second source that can drift from it
+    # (it once said emb_dim 192 and lr 1e-3 where params.yaml said 128 and 2e-3).
+    defaulted = [key for key, field in _given(shipped(), Params) if not field.is_required()]
+    assert defaulted == []
+
+
+def test_a_missing_key_is_named_with_the_fix():
+    data = shipped()
+    del data["pretrain"]["lr"]
+    del data["model"]["emb_dim"]
+    with pytest.raises(ConfigError) as err:
+        parse_params(data, "params.yaml")
+    message = str(err.value)
+    assert "  pretrain.lr: missing: add it to params.yaml" in message
+    assert "  model.emb_dim: missing: add it to params.yaml" in message
+
+
+def test_the_model_section_is_the_models_own_architecture():
+    from dataclasses import fields
+
+    from model.config import Architecture, GPTConfig
+
+    cfg = shipped_params()
+    gpt = cfg.model.gpt_config(vocab_size=2048)
+    assert isinstance(gpt, GPTConfig) and gpt.vocab_size == 2048
+    assert {f.name: getattr(gpt, f.name) for f in fields(Architecture)} == cfg.model.model_dump(exclude={"preset"})
+    # Each architecture field is declared (and documented) once, in model/config.py.
+    assert set(type(cfg.model).model_fields) == {"preset"} | {f.name for f in fields(Architecture)}

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from steps.config import BuiltinSizes, ClassificationSource, CorpusSource, InstructionSource
+from steps.config import (
+    BuiltinSizes,
+    BuiltinSource,
+    ClassificationSource,
+    CorpusSource,
+    InstructionSource,
+)
 from steps.data.datasets import (
     DOC_SEPARATOR,
     builtin_classification,
@@ -23,6 +29,7 @@ from steps.data.datasets import (
 from steps.data.readers import DataError
 from steps.data.sources import Fetched
 
+BUILTIN = BuiltinSource()  # the reading options under test apply to any source
 SIZES = BuiltinSizes(corpus_bytes=20_000, sms_messages=60, instructions_train=20, instructions_test=5,
                      instructions_val=5)
 
@@ -45,7 +52,7 @@ def test_a_folder_of_text_files_gives_one_document_per_file(tmp_path: Path) -> N
     blank = tmp_path / "c.txt"
     blank.write_text("\n  \n")
     out = tmp_path / "raw" / "corpus.txt"
-    stats = write_corpus(corpus_documents(files(a, blank, b), CorpusSource()), out, "test")
+    stats = write_corpus(corpus_documents(files(a, blank, b), CorpusSource(source=BUILTIN)), out, "test")
     assert documents_of(out) == ["First paragraph.\n\nSecond paragraph of a.", "Only b, no final newline"]
     assert stats == {"corpus_documents": 2, "corpus_blank_documents_dropped": 1,
                      "corpus_bytes": out.stat().st_size}
@@ -55,10 +62,10 @@ def test_corpus_from_records_uses_the_text_field(tmp_path: Path) -> None:
     src = tmp_path / "docs.jsonl"
     src.write_text('{"body": "doc one"}\n{"body": "doc two"}\n')
     out = tmp_path / "corpus.txt"
-    write_corpus(corpus_documents(files(src), CorpusSource(text_field="body")), out, "test")
+    write_corpus(corpus_documents(files(src), CorpusSource(source=BUILTIN, text_field="body")), out, "test")
     assert documents_of(out) == ["doc one", "doc two"]
     with pytest.raises(DataError, match=r"docs.jsonl:1: missing field 'text'.*download.corpus.text_field"):
-        write_corpus(corpus_documents(files(src), CorpusSource()), tmp_path / "other.txt", "test")
+        write_corpus(corpus_documents(files(src), CorpusSource(source=BUILTIN)), tmp_path / "other.txt", "test")
     assert not (tmp_path / "other.txt").exists()
 
 
@@ -67,7 +74,7 @@ def test_an_empty_corpus_is_an_error_and_leaves_nothing(tmp_path: Path) -> None:
     blank.write_text("   \n\n")
     out = tmp_path / "raw" / "corpus.txt"
     with pytest.raises(DataError, match="the corpus is empty"):
-        write_corpus(corpus_documents(files(blank), CorpusSource()), out, "data/local/blank.txt")
+        write_corpus(corpus_documents(files(blank), CorpusSource(source=BUILTIN)), out, "data/local/blank.txt")
     assert list(out.parent.iterdir()) == []
 
 
@@ -76,14 +83,14 @@ def test_non_utf8_text_file_is_named(tmp_path: Path) -> None:
     bad.write_bytes("ok\n".encode() + "café\n".encode("latin-1"))
     out = tmp_path / "raw" / "corpus.txt"
     with pytest.raises(DataError, match=rf"{bad}:2: bytes that are not UTF-8"):
-        write_corpus(corpus_documents(files(bad), CorpusSource()), out, "test")
+        write_corpus(corpus_documents(files(bad), CorpusSource(source=BUILTIN)), out, "test")
     assert list(out.parent.iterdir()) == []
 
 
 def test_classification_from_csv_with_label_names(tmp_path: Path) -> None:
     src = tmp_path / "reviews.csv"
     src.write_text("review,sentiment\ngreat film,pos\n\"bad, awful\",neg\nfine,neu\n")
-    cfg = ClassificationSource(text_field="review", label_field="sentiment", labels=["neg", "neu", "pos"])
+    cfg = ClassificationSource(source=BUILTIN, text_field="review", label_field="sentiment", labels=["neg", "neu", "pos"])
     out, labels_out = tmp_path / "c.jsonl", tmp_path / "labels.json"
     stats = write_classification(classification_records(files(src), cfg), cfg.labels, out, labels_out, "test")
     assert [json.loads(line) for line in out.read_text().splitlines()] == [
@@ -96,7 +103,7 @@ def test_classification_from_csv_with_label_names(tmp_path: Path) -> None:
 def test_a_label_outside_the_label_set_is_named_and_nothing_is_written(tmp_path: Path) -> None:
     src = tmp_path / "sms.csv"
     src.write_text("text,label\nhi,ham\nwin,spam\nhm,maybe\n")
-    cfg = ClassificationSource(labels=["ham", "spam"])
+    cfg = ClassificationSource(source=BUILTIN, labels=["ham", "spam"])
     out = tmp_path / "c.jsonl"
     with pytest.raises(DataError, match=r"sms.csv:4: label 'maybe' is not one of \['ham', 'spam'\]"):
         write_classification(classification_records(files(src), cfg), cfg.labels, out, tmp_path / "l.json", "test")
@@ -107,7 +114,7 @@ def test_a_row_missing_its_label_is_named(tmp_path: Path) -> None:
     src = tmp_path / "sms.csv"
     src.write_text("text,label\nhi,ham\nno label\n")
     with pytest.raises(DataError, match=r"sms.csv:3: missing field 'label'"):
-        write_classification(classification_records(files(src), ClassificationSource()), None,
+        write_classification(classification_records(files(src), ClassificationSource(source=BUILTIN)), None,
                              tmp_path / "c.jsonl", tmp_path / "l.json", "test")
 
 
@@ -116,7 +123,7 @@ def test_one_label_is_not_a_classification_task(tmp_path: Path) -> None:
     src.write_text('{"text": "a", "label": "x"}\n')
     out = tmp_path / "c.jsonl"
     with pytest.raises(DataError, match="needs at least two"):
-        write_classification(classification_records(files(src), ClassificationSource()), None, out,
+        write_classification(classification_records(files(src), ClassificationSource(source=BUILTIN)), None, out,
                              tmp_path / "l.json", "test")
     assert not out.exists()
 
@@ -126,7 +133,7 @@ def test_instructions_through_a_field_mapping(tmp_path: Path) -> None:
     src.write_text('{"prompt": "Say hi", "context": "to Bob", "response": "Hi Bob"}\n'
                    '{"prompt": "Count", "response": "1 2 3"}\n')
     cfg = InstructionSource.model_validate(
-        {"fields": {"instruction": "prompt", "input": "context", "output": "response"}})
+        {"source": {"kind": "builtin"}, "fields": {"instruction": "prompt", "input": "context", "output": "response"}})
     out = tmp_path / "instructions.json"
     stats = write_instructions(instruction_records(files(src), cfg), out, "test")
     assert json.loads(out.read_text()) == [
@@ -134,7 +141,7 @@ def test_instructions_through_a_field_mapping(tmp_path: Path) -> None:
         {"instruction": "Count", "input": "", "output": "1 2 3"}]
     assert stats == {"instruction_records": 2, "instruction_records_with_input": 1}
     no_input = InstructionSource.model_validate(
-        {"fields": {"instruction": "prompt", "input": None, "output": "response"}})
+        {"source": {"kind": "builtin"}, "fields": {"instruction": "prompt", "input": None, "output": "response"}})
     assert all(r["input"] == "" for r in instruction_records(files(src), no_input))
 
 
@@ -142,7 +149,7 @@ def test_instruction_missing_its_output_is_named(tmp_path: Path) -> None:
     src = tmp_path / "bad.json"
     src.write_text('[{"instruction": "a", "output": "b"}, {"instruction": "c"}]')
     with pytest.raises(DataError, match=r"bad.json: record 1: missing field 'output'.*fields.output"):
-        write_instructions(instruction_records(files(src), InstructionSource()), tmp_path / "i.json", "test")
+        write_instructions(instruction_records(files(src), InstructionSource(source=BUILTIN)), tmp_path / "i.json", "test")
     assert not (tmp_path / "i.json").exists()
 
 

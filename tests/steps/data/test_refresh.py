@@ -10,10 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from steps.config import DatasetSource, DownloadConfig, HfSource, LocalSource, UrlSource
+from steps.config import DatasetSource, HfSource, LocalSource, UrlSource
 from steps.data.fetch import SIDECAR, cache_entry
-from steps.data.refresh import PinnedSourceChanged, check_source, check_sources, read_recorded
+from steps.data.refresh import (
+    PinnedSourceChanged,
+    check_source,
+    check_sources,
+    read_recorded,
+)
 from steps.data.sources import fetch_url, load_hf, local_files
+from tests.params import shipped_params
 
 
 def sha(data: bytes) -> str:
@@ -21,14 +27,14 @@ def sha(data: bytes) -> str:
 
 
 def test_before_the_first_download_everything_counts_as_changed(tmp_path: Path) -> None:
-    checks = check_sources(DownloadConfig(), read_recorded(tmp_path / "sources.json"), tmp_path)
+    checks = check_sources(shipped_params().download, read_recorded(tmp_path / "sources.json"), tmp_path)
     assert [(c.dataset, c.kind, c.changed) for c in checks] == [
         ("corpus", "builtin", True), ("classification", "builtin", True), ("instructions", "builtin", True)]
 
 
 def test_builtin_sources_never_change_and_a_new_kind_does(tmp_path: Path) -> None:
     recorded = {name: {"kind": "builtin", "seed": 1} for name in ("corpus", "classification", "instructions")}
-    assert not any(c.changed for c in check_sources(DownloadConfig(), recorded, tmp_path))
+    assert not any(c.changed for c in check_sources(shipped_params().download, recorded, tmp_path))
     local = DatasetSource(source=LocalSource(path="data/local/x.txt"))
     check = check_source("corpus", local, {"kind": "builtin"}, tmp_path)
     assert check.changed and "builtin to local" in check.reason

@@ -24,6 +24,7 @@ from steps.evaluation.judge import (
     score_responses,
 )
 from tests.conftest import QuietHandler, free_port
+from tests.params import merged
 
 WITH_INPUT = {
     "instruction": "Rewrite the sentence using a simile.",
@@ -44,6 +45,11 @@ PREAMBLE = ("Below is an instruction that describes a task. "
 # ---------------------------------------------------------------------------
 # A fake OpenAI-compatible chat server on loopback
 # ---------------------------------------------------------------------------
+
+
+def judge_config(**fields: Any) -> JudgeConfig:
+    """The shipped params.yaml's evaluate.judge with `fields` changed."""
+    return JudgeConfig.model_validate(merged(fields, "evaluate.judge"))
 
 
 @dataclass
@@ -67,7 +73,7 @@ class FakeChat:
         self.endpoint = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
     def config(self, **kwargs: Any) -> JudgeConfig:
-        return JudgeConfig(enabled=True, endpoint=self.endpoint, model="judge-model", **kwargs)
+        return judge_config(enabled=True, endpoint=self.endpoint, model="judge-model", **kwargs)
 
     def bodies(self) -> list[dict]:
         return [r["body"] for r in self.requests]
@@ -143,7 +149,7 @@ def test_request_is_a_greedy_seeded_chat_completion(chat: FakeChat) -> None:
 
 
 def test_trailing_slash_in_the_endpoint(chat: FakeChat) -> None:
-    cfg = JudgeConfig(endpoint=chat.endpoint + "/", model="m")
+    cfg = judge_config(endpoint=chat.endpoint + "/", model="m")
     assert score([WITH_INPUT], cfg).scores == [50]
     assert chat.requests[0]["path"] == "/v1/chat/completions"
 
@@ -229,7 +235,7 @@ def _says_where_and_how(err: pytest.ExceptionInfo[JudgeUnavailable], endpoint: s
 def test_connection_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     endpoint = f"http://127.0.0.1:{free_port()}/v1"
-    cfg = JudgeConfig(enabled=True, endpoint=endpoint, model="judge-model")
+    cfg = judge_config(enabled=True, endpoint=endpoint, model="judge-model")
     with pytest.raises(JudgeUnavailable) as err:
         score([WITH_INPUT, WITHOUT_INPUT], cfg)
     message = _says_where_and_how(err, endpoint)
@@ -266,7 +272,7 @@ def test_unknown_model_404_shows_the_servers_reason(chat: FakeChat) -> None:
 
 def test_wrong_endpoint_path_404(chat: FakeChat) -> None:
     endpoint = chat.endpoint.removesuffix("/v1")  # Ollama's native root, not its OpenAI API
-    cfg = JudgeConfig(enabled=True, endpoint=endpoint, model="judge-model")
+    cfg = judge_config(enabled=True, endpoint=endpoint, model="judge-model")
     with pytest.raises(JudgeUnavailable) as err:
         score([WITH_INPUT], cfg)
     assert "evaluate.judge.endpoint" in _says_where_and_how(err, endpoint)
@@ -310,7 +316,7 @@ def test_judge_instruct_scores_finetuned_and_pretrained_only(chat: FakeChat) -> 
 
 def test_an_unreachable_judge_becomes_a_warning_and_a_metric(caplog: pytest.LogCaptureFixture) -> None:
     endpoint = f"http://127.0.0.1:{free_port()}/v1"
-    cfg = JudgeConfig(enabled=True, endpoint=endpoint, model="judge-model")
+    cfg = judge_config(enabled=True, endpoint=endpoint, model="judge-model")
     with caplog.at_level(logging.WARNING, logger="gptpipe.judge"):
         outcome = judge_instruct([WITH_INPUT], _baseline(), cfg, seed=123, retry_delay_s=0.0)
     assert outcome.metrics == {"instruct_judge_available": 0}

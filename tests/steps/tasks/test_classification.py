@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 
 from model.checkpoint import save_model
-from model.config import GPTConfig
 from model.gpt import GPTModel
 from model.heads import attach_classifier_head
 from steps.tasks.classification import (
@@ -30,9 +29,10 @@ from steps.tasks.classification import (
     write_labeled,
 )
 from steps.tokenization.tokenizer import train_bpe
+from tests.params import gpt_config
 
 CPU = torch.device("cpu")
-CFG = GPTConfig(vocab_size=64, context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)
+CFG = gpt_config(vocab_size=64, context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)
 
 
 def write(tmp_path: Path, text: str, name: str = "sms.tsv") -> Path:
@@ -290,7 +290,7 @@ def test_class_balanced_loader_draws_labels_equally_often() -> None:
 
 def test_pooling_reaches_the_loss() -> None:
     torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=50, context_length=12, emb_dim=16, n_heads=2, n_layers=1, drop_rate=0.0)
+    cfg = gpt_config(vocab_size=50, context_length=12, emb_dim=16, n_heads=2, n_layers=1, drop_rate=0.0)
     model = attach_classifier_head(GPTModel(cfg), 2).eval()
     batch = collate([([1, 2, 3], 0), ([4, 5, 6, 7, 8], 1)], pad_id=9)
     losses = {p: classification_loss(model, batch, pooling=p)[0].item() for p in ("last", "last_non_pad", "mean")}

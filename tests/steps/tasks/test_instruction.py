@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import nn
 
-from model.config import GPTConfig
 from model.generate import generate as real_generate
 from model.gpt import GPTModel
 from steps.tasks import instruction
@@ -28,6 +27,7 @@ from steps.tasks.instruction import (
     split_in_order,
 )
 from steps.tokenization.tokenizer import eot_id, train_bpe
+from tests.params import gpt_config
 
 CPU = torch.device("cpu")
 
@@ -86,7 +86,7 @@ def test_collate_custom_ignore_index() -> None:
 
 def test_instruction_loss_ignores_padding() -> None:
     torch.manual_seed(0)
-    model = GPTModel(GPTConfig(vocab_size=16, context_length=8, emb_dim=16, n_heads=2, n_layers=1, drop_rate=0.0))
+    model = GPTModel(gpt_config(vocab_size=16, context_length=8, emb_dim=16, n_heads=2, n_layers=1, drop_rate=0.0))
     model.eval()
     batch = collate([[1, 2, 3, 4], [5, 6]], pad_id=15, allowed_max_length=8)
     loss, n = instruction_loss(model, batch)
@@ -288,7 +288,7 @@ def test_generate_responses_without_eot_uses_all_new_tokens(tok: Tokenizer) -> N
 
 def test_batched_responses_equal_one_at_a_time(tok: Tokenizer) -> None:
     torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=tok.get_vocab_size(), context_length=64, emb_dim=32, n_heads=4, n_layers=2,
+    cfg = gpt_config(vocab_size=tok.get_vocab_size(), context_length=64, emb_dim=32, n_heads=4, n_layers=2,
                     drop_rate=0.0)
     model = GPTModel(cfg)
     with torch.no_grad():

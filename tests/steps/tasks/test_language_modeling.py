@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.config import GPTConfig
 from model.gpt import GPTModel
 from steps.tasks.language_modeling import (
     fixed_windows,
@@ -20,6 +19,7 @@ from steps.tasks.language_modeling import (
     random_windows,
     unigram_cross_entropy,
 )
+from tests.params import gpt_config
 
 CPU = torch.device("cpu")
 
@@ -169,7 +169,7 @@ def test_perplexity() -> None:
 
 def test_lm_loss_and_token_weighted_mean_loss() -> None:
     torch.manual_seed(0)
-    model = GPTModel(GPTConfig(vocab_size=32, context_length=8, emb_dim=16, n_heads=2, n_layers=1, drop_rate=0.0))
+    model = GPTModel(gpt_config(vocab_size=32, context_length=8, emb_dim=16, n_heads=2, n_layers=1, drop_rate=0.0))
     model.eval()
     gen = torch.Generator().manual_seed(1)
     b1 = (torch.randint(0, 32, (3, 8), generator=gen), torch.randint(0, 32, (3, 8), generator=gen))

@@ -21,7 +21,6 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from model.checkpoint import WEIGHTS
-from model.config import GPTConfig
 from model.gpt import GPTModel
 from steps.tasks.language_modeling import lm_loss, random_windows
 from steps.training.checkpoints import (
@@ -38,11 +37,19 @@ from steps.training.checkpoints import (
     save_checkpoint,
     verify,
 )
-from steps.training.train import Batch, TrainResult, TrainSettings, cycle, make_optimizer, train
+from steps.training.train import (
+    Batch,
+    TrainResult,
+    TrainSettings,
+    cycle,
+    make_optimizer,
+    train,
+)
+from tests.params import gpt_config
 
 ROOT = Path(__file__).resolve().parents[3]
 CPU = torch.device("cpu")
-CFG = GPTConfig(vocab_size=64, context_length=16, emb_dim=16, n_heads=2, n_layers=1, drop_rate=0.1)
+CFG = gpt_config(vocab_size=64, context_length=16, emb_dim=16, n_heads=2, n_layers=1, drop_rate=0.1)
 TOKENS = np.random.default_rng(0).integers(0, 64, size=2000).astype(np.uint16)
 
 
@@ -323,7 +330,8 @@ def slow_loss(m, batch):
 def main(folder, out):
     torch.set_num_threads(1)  # as in the test process, so that both runs do the same arithmetic
     torch.manual_seed(0)
-    model = GPTModel(GPTConfig(vocab_size=64, context_length=16, emb_dim=16, n_heads=2, n_layers=1, drop_rate=0.1))
+    model = GPTModel(GPTConfig(vocab_size=64, context_length=16, emb_dim=16, n_heads=2, n_layers=1, drop_rate=0.1,
+                               qkv_bias=False, tie_embeddings=False, vocab_multiple=1))
     tokens = np.random.default_rng(0).integers(0, 64, size=2000).astype(np.uint16)
     train(model, functools.partial(random_windows, tokens, 4, 16, 3), slow_loss,
           TrainSettings(max_steps=40, lr=1e-2, warmup_steps=4, eval_interval=10), torch.device("cpu"),

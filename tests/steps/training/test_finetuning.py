@@ -2,27 +2,26 @@
 
 import json
 
-import pytest
 import torch
 
 from model.checkpoint import load_model
-from model.config import GPTConfig
 from model.gpt import GPTModel
 from model.heads import attach_classifier_head, set_trainable
 from steps.config import LoraConfig
 from steps.training.finetuning import save_finetuned, with_lora
+from tests.params import gpt_config
 
 
 def _classifier() -> GPTModel:
     torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=100, context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)
+    cfg = gpt_config(vocab_size=100, context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)
     model = attach_classifier_head(GPTModel(cfg), 2)
     set_trainable(model, "lora")
     return model
 
 
 def test_lora_run_saves_adapter_and_a_merged_model_that_computes_the_same(tmp_path):
-    net = with_lora(_classifier(), LoraConfig(rank=4, alpha=8.0, target_modules=["W_query", "W_value"]), ["out_head"])
+    net = with_lora(_classifier(), LoraConfig(rank=4, alpha=8.0, dropout=0.0, target_modules=["W_query", "W_value"]), ["out_head"])
     with torch.no_grad():  # stand-in for training: move every trainable weight
         for p in net.parameters():
             if p.requires_grad:

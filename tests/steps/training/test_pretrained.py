@@ -11,7 +11,6 @@ import torch
 
 from model.config import GPTConfig
 from model.presets import get_preset
-from steps.config import parse_params
 from steps.data.fetch import FetchError
 from steps.hashing import sha256_file
 from steps.training.pretrained import (
@@ -21,11 +20,12 @@ from steps.training.pretrained import (
     preset_of,
     pretrained_model,
 )
+from tests.params import gpt_config, shipped_params
 
 transformers = pytest.importorskip("transformers")
 
 HF = dict(vocab_size=101, n_positions=32, n_embd=48, n_layer=2, n_head=4)
-OURS = GPTConfig(vocab_size=101, context_length=32, emb_dim=48, n_heads=4, n_layers=2, drop_rate=0.0, qkv_bias=True)
+OURS = gpt_config(vocab_size=101, context_length=32, emb_dim=48, n_heads=4, n_layers=2, drop_rate=0.0, qkv_bias=True)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def hub(tmp_path: Path, hf_folder: Path, serve_folder):
 
 
 def pretrain_cfg(**pretrain):
-    return parse_params({"tokenize": {"kind": "gpt2"}, "pretrain": pretrain}).pretrain
+    return shipped_params({"tokenize": {"kind": "gpt2"}, "pretrain": pretrain}).pretrain
 
 
 def logits_match(model, reference) -> None:
@@ -104,7 +104,7 @@ def test_a_missing_repository_or_path_is_explained(hub, tmp_path: Path) -> None:
 
 
 def test_an_architecture_other_than_params_is_an_error_naming_both() -> None:
-    wanted = GPTConfig(vocab_size=101, context_length=32, emb_dim=64, n_heads=4, n_layers=3)
+    wanted = gpt_config(vocab_size=101, context_length=32, emb_dim=64, n_heads=4, n_layers=3)
     with pytest.raises(ValueError) as err:
         check_architecture(OURS, wanted, "'tiny-gpt2'")
     message = str(err.value)

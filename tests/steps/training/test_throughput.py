@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.config import GPTConfig
 from model.gpt import GPTModel
 from steps.training import throughput
+from tests.params import gpt_config
 
-GPT2_124M = GPTConfig(vocab_size=50257, context_length=1024, emb_dim=768, n_heads=12, n_layers=12)
+GPT2_124M = gpt_config(vocab_size=50257, context_length=1024, emb_dim=768, n_heads=12, n_layers=12)
 
 
 def test_flops_per_token_by_hand_for_a_small_config():
-    cfg = GPTConfig(vocab_size=100, context_length=32, emb_dim=8, n_heads=2, n_layers=2)
+    cfg = gpt_config(vocab_size=100, context_length=32, emb_dim=8, n_heads=2, n_layers=2)
     # Per block: q, k, v 3*64 (no bias) + out_proj 64 + 8 = 264, feed-forward 8*32 + 32 + 32*8 + 8
     # = 552, two norms 2*16 = 32; blocks 2*848 = 1696, final norm 16, head 100*8 = 800.
     assert throughput.non_embedding_params(cfg) == 1696 + 16 + 800
@@ -22,8 +22,8 @@ def test_flops_per_token_by_hand_for_a_small_config():
 
 
 def test_non_embedding_params_match_the_model():
-    for cfg in (GPTConfig(vocab_size=100, context_length=32, emb_dim=16, n_heads=2, n_layers=3, qkv_bias=True),
-                GPTConfig(vocab_size=100, context_length=32, emb_dim=16, n_heads=2, n_layers=1,
+    for cfg in (gpt_config(vocab_size=100, context_length=32, emb_dim=16, n_heads=2, n_layers=3, qkv_bias=True),
+                gpt_config(vocab_size=100, context_length=32, emb_dim=16, n_heads=2, n_layers=1,
                           vocab_multiple=64, tie_embeddings=True)):
         model = GPTModel(cfg)
         lookups = model.pos_emb.weight.numel() + (0 if cfg.tie_embeddings else model.tok_emb.weight.numel())

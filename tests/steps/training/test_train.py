@@ -10,13 +10,20 @@ import pytest
 import torch
 from torch import nn
 
-from model.config import GPTConfig
 from model.gpt import GPTModel
 from steps.tasks.language_modeling import lm_loss, mean_loss
-from steps.training.train import TrainResult, TrainSettings, cycle, lr_factor, make_optimizer, train
+from steps.training.train import (
+    TrainResult,
+    TrainSettings,
+    cycle,
+    lr_factor,
+    make_optimizer,
+    train,
+)
+from tests.params import gpt_config, shipped_params
 
 CPU = torch.device("cpu")
-CFG = GPTConfig(vocab_size=64, context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)
+CFG = gpt_config(vocab_size=64, context_length=16, emb_dim=32, n_heads=4, n_layers=2, drop_rate=0.0)
 
 
 def fixed_batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,9 +64,8 @@ def test_lr_factor_warmup_as_long_as_training() -> None:
 
 
 def test_settings_from_config() -> None:
-    from steps.config import OptimConfig
-
-    cfg = OptimConfig(lr=0.01, min_lr_ratio=0.2, warmup_steps=3, weight_decay=0.05, grad_clip=0.5, eval_interval=7)
+    cfg = shipped_params({"pretrain": {"lr": 0.01, "min_lr_ratio": 0.2, "warmup_steps": 3, "weight_decay": 0.05,
+                                       "grad_clip": 0.5, "eval_interval": 7}}).pretrain
     s = TrainSettings.from_config(cfg, max_steps=42)
     assert s == TrainSettings(max_steps=42, lr=0.01, min_lr_ratio=0.2, warmup_steps=3, weight_decay=0.05,
                               grad_clip=0.5, eval_interval=7)
@@ -272,7 +278,7 @@ def test_gradients_do_not_accumulate_across_steps() -> None:
 
 def test_result_reports_cost_figures() -> None:
     torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=32, context_length=8, emb_dim=16, n_heads=2, n_layers=1, drop_rate=0.0)
+    cfg = gpt_config(vocab_size=32, context_length=8, emb_dim=16, n_heads=2, n_layers=1, drop_rate=0.0)
     model = GPTModel(cfg)
     batch = (torch.randint(0, 32, (2, 8)), torch.randint(0, 32, (2, 8)))
     result = train(model, itertools.repeat(batch), lm_loss, TrainSettings(max_steps=3, lr=1e-3, eval_interval=10),
