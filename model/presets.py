@@ -69,14 +69,6 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def get_preset(name: str) -> Preset:
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)} "
-                         "(or add one to model/presets.py)") from None
-
-
 def parameter_count(cfg: GPTConfig, tied: bool = False) -> int:
     """Parameters of `GPTModel(cfg)`, counted from the config (building gpt2-xl would take 6 GB).
 

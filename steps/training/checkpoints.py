@@ -36,7 +36,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from model.checkpoint import WEIGHTS, fill_weights, save_state_dict
+from model.checkpoint import WEIGHTS, save_state_dict
 from steps.hashing import sha256_file
 
 STATE = "state.pt"
@@ -217,13 +217,6 @@ def latest_valid(folder: str | Path) -> Path | None:
     for checkpoint, problem in broken:
         log.warning("checkpoint %s is unusable: %s; %s", checkpoint, problem, instead)
     return found
-
-
-def load_checkpoint(checkpoint: str | Path, model: nn.Module) -> dict[str, Any]:
-    """Fill `model` with the checkpoint's weights; return its training state (optimizer, rng, ...)."""
-    weights, state = read_checkpoint(checkpoint)
-    fill_weights(model, weights)
-    return state
 
 
 def read_checkpoint(checkpoint: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

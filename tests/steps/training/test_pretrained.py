@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from model.config import GPTConfig
-from model.presets import get_preset
+from model.presets import PRESETS
 from steps.data.fetch import FetchError
 from steps.hashing import sha256_file
 from steps.training.pretrained import (
@@ -111,16 +111,16 @@ def test_an_architecture_other_than_params_is_an_error_naming_both() -> None:
     assert "the checkpoint has emb_dim=48, n_layers=2, qkv_bias=True" in message
     assert "params.yaml's model has emb_dim=64, n_layers=3, qkv_bias=False" in message
 
-    small = get_preset("gpt2-small").gpt_config()
+    small = PRESETS["gpt2-small"].gpt_config()
     with pytest.raises(ValueError, match="set model.preset to gpt2-small"):
-        check_architecture(small, get_preset("tiny").gpt_config(vocab_size=50257), "'gpt2'")
+        check_architecture(small, PRESETS["tiny"].gpt_config(vocab_size=50257), "'gpt2'")
     with pytest.raises(ValueError, match="the tokenizer's has vocab_size=2048.*tokenize.kind gpt2"):
         check_architecture(small, GPTConfig(**{**small.to_dict(), "vocab_size": 2048}), "'gpt2'")
     check_architecture(small, GPTConfig(**{**small.to_dict(), "drop_rate": 0.0}), "'gpt2'")  # dropout may differ
 
 
 def test_preset_of_names_the_matching_preset() -> None:
-    assert preset_of(get_preset("gpt2-medium").gpt_config()) == "gpt2-medium"
+    assert preset_of(PRESETS["gpt2-medium"].gpt_config()) == "gpt2-medium"
     assert preset_of(OURS) is None
 
 
