@@ -5,7 +5,7 @@
 Generates about 10 MB of corpus (steps/builtin_data.generate_corpus, deterministic), one document
 per paragraph, written in the corpus.txt format to a temporary folder. For each backend (our BPE,
 vocabulary 2048 trained on that text, through `tokenizers`; GPT-2 through tiktoken, when its files
-are in ../shared/data/gpt2 or tiktoken's cache) it times, best of `--repeats`:
+are in ../shared/data/gpt2) it times, best of `--repeats`:
 
     raw    the library's batch call on the documents already in memory, one core, ids as lists:
            `Tokenizer.encode_batch` with TOKENIZERS_PARALLELISM=false; `encode_ordinary_batch(num_threads=1)`
@@ -27,7 +27,6 @@ import sys
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 import argparse
-import hashlib
 import json
 import tempfile
 import time
@@ -42,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from steps.data.builtin_data import generate_corpus
 from steps.tokenization.corpus import EOT, iter_pieces
-from steps.tokenization.gpt2_bpe import ENCODER_JSON, VOCAB_BPE, gpt2_encoding
+from steps.tokenization.gpt2_bpe import gpt2_encoding
 from steps.tokenization.tokenizer import (
     HFEncoder,
     TiktokenEncoder,
@@ -82,14 +81,11 @@ def write_corpus(folder: Path, seed: int, target_bytes: int) -> tuple[Path, list
 
 
 def gpt2_encoder() -> tuple[TiktokenEncoder | None, str]:
-    """GPT-2 from ../shared, else from tiktoken's cache; never from the network."""
+    """GPT-2 from its two files in ../shared/data/gpt2; never from the network (a benchmark must
+    not wait on a download), so without them the GPT-2 rows are skipped."""
     if (SHARED_GPT2 / "encoder.json").is_file() and (SHARED_GPT2 / "vocab.bpe").is_file():
         return TiktokenEncoder(gpt2_encoding(SHARED_GPT2 / "encoder.json", SHARED_GPT2 / "vocab.bpe")), "shared"
-    cache = Path(os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")
-                 or Path(tempfile.gettempdir()) / "data-gym-cache")
-    if all((cache / hashlib.sha1(f.url.encode()).hexdigest()).is_file() for f in (ENCODER_JSON, VOCAB_BPE)):
-        return TiktokenEncoder(gpt2_encoding(None, None)), "tiktoken cache"
-    return None, f"no GPT-2 files in {SHARED_GPT2} or tiktoken's cache {cache}"
+    return None, f"no GPT-2 files (encoder.json, vocab.bpe) in {SHARED_GPT2}"
 
 
 def bench_backend(
