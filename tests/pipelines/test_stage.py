@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import random
 
+import yaml
+
 from pipelines.stage import NoTracking, StageContext, run_stage_rank
+from tests.params import merged
 
 
 def test_a_rank_other_than_0_runs_the_body_seeded_without_mlflow_or_reports(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "p.yaml").write_text("seed: 7\n")
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(merged({"seed": 7})))
     seen: list[tuple[StageContext, float]] = []
 
     def body(ctx: StageContext) -> dict[str, float]:
@@ -37,7 +40,7 @@ def test_the_bodys_mlflow_time_is_reported_as_tracking_not_computation(tmp_path,
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    (tmp_path / "p.yaml").write_text("seed: 7\n")
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(merged({"seed": 7})))
     model = tmp_path / "model"
     model.mkdir()
     (model / "weights.bin").write_bytes(b"0" * 1000)
