@@ -69,7 +69,8 @@ def scenario(out, me, drop, checkpoint_dir=None, crash_after=None, init_seed=0, 
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(init_seed)
-    model = GPTModel(GPTConfig(vocab_size=64, context_length=16, emb_dim=16, n_heads=2, n_layers=2, drop_rate=drop))
+    model = GPTModel(GPTConfig(vocab_size=64, context_length=16, emb_dim=16, n_heads=2, n_layers=2, drop_rate=drop,
+                               qkv_bias=False, tie_embeddings=False, vocab_multiple=1))
     me.seed_rank(0)
 
     def stream(start):
@@ -98,7 +99,8 @@ def accumulate(out, me):
     """Two micro-batches per rank, the first inside no_sync: rank 0 saves each rank's gradients after
     the first backward and the synchronised gradients, with those of one backward over both."""
     torch.manual_seed(0)
-    model = GPTModel(GPTConfig(vocab_size=64, context_length=16, emb_dim=16, n_heads=2, n_layers=2, drop_rate=0.0))
+    model = GPTModel(GPTConfig(vocab_size=64, context_length=16, emb_dim=16, n_heads=2, n_layers=2, drop_rate=0.0,
+                               qkv_bias=False, tie_embeddings=False, vocab_multiple=1))
     net = me.wrap(model, torch.device("cpu"))
     first, second = [next(random_windows(TOKENS, GLOBAL_BATCH, 16, 9, i, rows=me.shard(GLOBAL_BATCH))) for i in (0, 1)]
 
