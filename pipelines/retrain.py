@@ -242,9 +242,11 @@ def serve(cron: str, name: str = DEFAULT_DEPLOYMENT, timezone_name: str | None =
 
     schedule = cron_schedule(cron, timezone_name)
     if not PREFECT_API_URL.value():
+        # `gptpipe schedule` points itself at the local server first; a caller of serve() from
+        # Python must do the same (or name a team's server).
         raise ScheduleError("PREFECT_API_URL is not set: a schedule needs a Prefect server that outlives this "
-                            "process. Start one (`prefect server start`), then "
-                            "`export PREFECT_API_URL=http://127.0.0.1:4200/api` and run this again")
+                            "process. Run `gptpipe schedule ...` (it uses the local server, starting it if "
+                            "needed: `gptpipe server status` shows it), or export PREFECT_API_URL=<server>/api")
     root = Path(repo).expanduser().resolve()
     if not (root / "dvc.yaml").is_file():
         raise ScheduleError(f"{root}: no dvc.yaml here; run from the project's root or pass --repo")

@@ -141,6 +141,17 @@ def test_schedule_refuses_what_it_cannot_serve(args, message, monkeypatch, capsy
     assert message in capsys.readouterr().err
 
 
+def test_serving_a_schedule_from_python_without_a_server_says_how_to_get_one(tmp_path):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from pipelines.retrain import ScheduleError, serve
+
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        with pytest.raises(ScheduleError, match=r"PREFECT_API_URL is not set.*gptpipe schedule.*gptpipe server status"):
+            serve("0 3 * * 1", repo=str(tmp_path))
+
+
 def test_retrain_command_prints_each_decision(monkeypatch, capsys):
     from pipelines import retrain
 
