@@ -136,6 +136,18 @@ def alive(proc: psutil.Process | None) -> bool:
         return False
 
 
+def live_process(pid: int, create_time: float) -> psutil.Process | None:
+    """The running process a record (pid and start time) names; None if it exited or its pid now
+    belongs to another process (a start time more than 1 s off)."""
+    try:
+        proc = psutil.Process(pid)
+        if abs(proc.create_time() - create_time) > 1:
+            return None
+    except psutil.Error:
+        return None
+    return proc if alive(proc) else None
+
+
 def terminate(*procs: psutil.Process) -> None:
     """SIGTERM each server's process group (all at once: shutting down takes seconds each), SIGKILL
     the groups that outlive STOP_TIMEOUT_S, then any worker a leader left behind."""
@@ -189,7 +201,7 @@ def recorded(home: Path | None = None) -> LocalServer | None:
     except (ValueError, TypeError) as err:
         raise ServerError(f"{path} is unreadable ({err}): stop the server by hand if one runs, then delete "
                           "the file") from None
-    return server if alive(_process(server)) else None
+    return server if live_process(server.pid, server.create_time) else None
 
 
 def running(home: Path | None = None) -> LocalServer | None:
@@ -231,8 +243,9 @@ def stop(home: Path | None = None) -> LocalServer | None:
         return None
     with _locked(home):
         server = recorded(home)
-        if server is not None:
-            terminate(_process(server))
+        proc = server and live_process(server.pid, server.create_time)
+        if proc is not None:
+            terminate(proc)
         (home / STATE_FILE).unlink(missing_ok=True)
     return server
 
@@ -251,20 +264,10 @@ def use_for_this_process() -> str:
     return server.api_url
 
 
-def _process(server: LocalServer) -> psutil.Process | None:
-    try:
-        proc = psutil.Process(server.pid)
-        if abs(proc.create_time() - server.create_time) > 1:
-            return None  # the pid now belongs to another process
-    except psutil.Error:
-        return None
-    return proc
-
-
 def _await_healthy(server: LocalServer) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while not healthy(f"{server.api_url}/health", timeout=2):
-        if not alive(_process(server)):
+        if live_process(server.pid, server.create_time) is None:
             raise ServerError(f"the Prefect server exited while starting; the end of {server.log}:\n"
                               f"{log_tail(server.log)}")
         if time.monotonic() > deadline:

@@ -19,7 +19,7 @@ import psutil
 
 from model.atomic import write_json, write_text
 from pipelines import prefect_server
-from pipelines.prefect_server import alive, healthy, terminate
+from pipelines.prefect_server import healthy, live_process, terminate
 from pipelines.team.postgres import Cluster, PostgresError, import_driver
 
 DEFAULT_DIR = Path(".services")
@@ -290,15 +290,10 @@ def _cluster_or_none(services: Services) -> Cluster | None:
 
 def _process(record: dict[str, float] | None) -> psutil.Process | None:
     """The live process a record names; None if it exited or its pid now belongs to another process."""
-    if not record:
-        return None
     try:
-        proc = psutil.Process(int(record["pid"]))
-        if abs(proc.create_time() - record["create_time"]) > 1:
-            return None
-    except (psutil.Error, KeyError, ValueError):
+        return live_process(int(record["pid"]), record["create_time"]) if record else None
+    except (KeyError, ValueError):
         return None
-    return proc if alive(proc) else None
 
 
 def _require_free_port(port: int, name: str, option: str) -> None:

@@ -93,25 +93,6 @@ def test_a_process_record_is_live_only_for_the_same_process():
     assert services._process(None) is None
 
 
-def test_terminate_stops_the_whole_process_group():
-    # A shell and its two children, like a server CLI and its workers.
-    shell = subprocess.Popen(["sh", "-c", "sleep 60 & sleep 60 & wait"], start_new_session=True)
-    proc = psutil.Process(shell.pid)
-    deadline = time.monotonic() + 10
-    while len(proc.children()) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    children = proc.children()
-    assert len(children) == 2
-    prefect_server.terminate(proc)
-    assert shell.poll() is not None
-    gone, alive = psutil.wait_procs(children, timeout=5)
-    assert not alive
-
-
-def test_health_of_a_closed_port_is_false():
-    assert not prefect_server.healthy(f"http://127.0.0.1:{free_port()}/health")
-
-
 def test_cli_status_and_stop_of_a_folder_never_started(tmp_path, capsys):
     assert main(["services", "status", "--dir", str(tmp_path)]) == 3
     assert "make services" in capsys.readouterr().out
