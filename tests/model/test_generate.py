@@ -292,3 +292,34 @@ def test_the_cache_is_preallocated_and_reused_after_reset() -> None:
     assert cache.keys[0] is buffer and cache.length == 5
     with pytest.raises(ValueError, match="another batch size"):
         model(torch.zeros(3, 1, dtype=torch.long), kv_cache=cache)
+
+
+# --- streaming --------------------------------------------------------------------------------
+
+
+def test_iter_tokens_yields_each_step_as_generate_appends_it(model: GPTModel, prompt: torch.Tensor) -> None:
+    from model.generate import iter_tokens
+
+    steps = list(iter_tokens(model, prompt, 6, CONTEXT))
+    assert len(steps) == 6 and all(s.shape == (3,) for s in steps)
+    assert torch.equal(torch.stack(steps, dim=1), generate(model, prompt, 6, CONTEXT)[:, 5:])
+
+
+def test_iter_tokens_stops_at_eos_and_restores_training_when_closed_early() -> None:
+    from model.generate import iter_tokens
+
+    counter = Counter(vocab=10)
+    assert [int(t) for t in iter_tokens(counter, torch.tensor([[6]]), 20, 8, eos_id=9)] == [7, 8, 9]
+    counter.train(True)
+    steps = iter_tokens(counter, torch.tensor([[1]]), 20, 8)
+    next(steps)
+    assert not counter.training  # eval while generating
+    steps.close()  # a client that hangs up mid-stream
+    assert counter.training
+
+
+def test_iter_tokens_refuses_bad_top_p_when_called(model: GPTModel, prompt: torch.Tensor) -> None:
+    from model.generate import iter_tokens
+
+    with pytest.raises(ValueError, match="top_p must be in"):
+        iter_tokens(model, prompt, 3, CONTEXT, temperature=1.0, top_p=2.0)
