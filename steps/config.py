@@ -332,7 +332,7 @@ class PretrainConfig(OptimConfig):
     in models/pretrain/init_from.json (provenance)."""
     init_timeout_s: float = Field(gt=0.0)
     """Seconds without data before a weights download request fails (then retried)."""
-    seq_len: int | None = Field(None, ge=2)
+    seq_len: int | None = Field(ge=2)
     """Tokens per training window; null = model.context_length. The book trains GPT_CONFIG_124M
     (context 1,024) on 256-token windows, since the-verdict.txt's validation split is ~500 tokens."""
     eval_batches: int = Field(ge=1)

@@ -91,3 +91,39 @@ def test_cli_lists_and_applies(params: Path, capsys, monkeypatch) -> None:
     out = capsys.readouterr().out
     assert "model.emb_dim: 128 -> 256" in out and "profile 'book-small' applied" in out
     assert main(["profile", "nope", "--params", str(params)]) == 2
+
+
+@pytest.mark.parametrize("first", ["book", "book-small", "builtin"])
+@pytest.mark.parametrize("second", ["book", "book-small", "builtin"])
+def test_switching_there_and_back_leaves_params_byte_identical(params: Path, first: str, second: str) -> None:
+    # Any stray byte (a profile's comment left behind, a key it added, `null` written as nothing)
+    # changes params.yaml's hash, and DVC reruns every stage that reads it.
+    apply_profile(first, params, PROFILES)
+    before = params.read_bytes()
+    apply_profile(second, params, PROFILES)
+    apply_profile(first, params, PROFILES)
+    assert params.read_bytes() == before
+
+
+def test_the_builtin_profile_leaves_the_shipped_params_byte_identical(params: Path) -> None:
+    apply_profile("builtin", params, PROFILES)
+    assert params.read_bytes() == (ROOT / "params.yaml").read_bytes()
+
+
+def test_a_profile_keeps_the_comments_of_the_lines_it_changes(params: Path) -> None:
+    apply_profile("book", params, PROFILES)
+    text = params.read_text()
+    # A one-line value changes in place: params.yaml's comment on it stays.
+    assert "  preset: gpt2-small" in text and "# tiny | gpt2-small | gpt2-medium" in text
+    # A block the profile writes comes with the profile's own comments.
+    assert "format: tsv              # read without quote handling" in text
+    assert text.count("UCI's zip is rebuilt") == 1
+
+
+def test_a_value_with_a_hash_inside_quotes_is_kept_whole(params: Path, tmp_path: Path) -> None:
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "prompt.yaml").write_text('pretrain:\n  sample_prompt: "Item #1 is"   # the prompt\n')
+    apply_profile("prompt", params, profiles)
+    assert load_params(params).pretrain.sample_prompt == "Item #1 is"
+    assert '  sample_prompt: "Item #1 is"' in params.read_text()
