@@ -140,8 +140,18 @@ class ClassificationSource(DatasetSource):
     label_field: str = "label"
     """Field or column holding the label name."""
     labels: list[str] | None = None
-    """Label names in id order (a record with any other label is an error); unset = the sorted
-    names found in the data (ham = 0, spam = 1)."""
+    """Label names in id order (a record with any other label is an error, or dropped: see
+    unlisted_labels); unset = the sorted names found in the data (ham = 0, spam = 1)."""
+    unlisted_labels: Literal["error", "drop"] = "error"
+    """A record whose label is not in `labels`, or that has no label (empty, NaN, null): stop
+    with an error naming it, or `drop` it (the count is logged and reported as
+    classification_records_dropped). `drop` needs `labels`."""
+
+    @model_validator(mode="after")
+    def _drop_needs_labels(self) -> "ClassificationSource":
+        if self.unlisted_labels == "drop" and self.labels is None:
+            raise ValueError("unlisted_labels: drop needs `labels` (the label names to keep, in id order)")
+        return self
 
 
 class InstructionFields(Section):
