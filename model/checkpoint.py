@@ -1,12 +1,14 @@
-"""Save and load a model folder: `model.safetensors` + `config.json` (+ `training_state.pt`)."""
+"""Save and load a model folder: `model.safetensors` + `config.json` (+ `training_state.safetensors`)."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from model.atomic import atomic_path, write_json
@@ -16,7 +18,8 @@ from model.heads import attach_classifier_head
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
-TRAINING_STATE = "training_state.pt"
+TRAINING_STATE = "training_state.safetensors"
+_STRUCTURE = "training_state"  # the metadata key holding the JSON
 
 
 def save_model(folder: str | Path, model: GPTModel, head: dict[str, Any] | None = None) -> None:
@@ -112,11 +115,74 @@ def load_model(folder: str | Path, map_location: str = "cpu") -> tuple[GPTModel,
 
 
 def save_training_state(folder: str | Path, state: dict[str, Any]) -> None:
-    """Optimizer, schedule and step, kept beside the weights so training can resume."""
+    """Optimizer, schedule and step, kept beside the weights so training can resume.
+
+    One safetensors file: the tensors (optimizer moments, RNG states) under their path in `state`
+    (`optimizer/state/0/exp_avg`), everything else as JSON in the header's metadata. The bytes are
+    a function of `state` alone (no file names, ids or dates), so a rerun that trains the same
+    weights writes the same file, and loading runs no code.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    structure = json.dumps(_encode(state, "", tensors), sort_keys=True, allow_nan=False, separators=(",", ":"))
     with atomic_path(Path(folder) / TRAINING_STATE) as tmp:
-        torch.save(state, tmp)
+        # One metadata key: safetensors writes several in a random order.
+        save_file(tensors, str(tmp), metadata={_STRUCTURE: structure})
 
 
 def load_training_state(folder: str | Path) -> dict[str, Any]:
-    # weights_only=True: a checkpoint from elsewhere cannot run code when it is loaded.
-    return torch.load(Path(folder) / TRAINING_STATE, map_location="cpu", weights_only=True)
+    """The state `save_training_state` wrote, tensors on the CPU."""
+    path = Path(folder) / TRAINING_STATE
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        metadata = f.metadata() or {}
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+    if _STRUCTURE not in metadata:
+        raise ValueError(f"{path}: no {_STRUCTURE!r} metadata: not a training state written by gptpipe")
+    try:
+        return _decode(json.loads(metadata[_STRUCTURE]), tensors)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: invalid training state ({err!r})") from err
+
+
+# The JSON of a training state is plain JSON, except for objects with one of these keys:
+# {"$tensor": name}, {"$tuple": [...]}, {"$int_keys": [[key, value], ...]} (an optimizer's state is
+# keyed by parameter number) and {"$float": "inf" | "-inf" | "nan"} (JSON has no such numbers).
+_TAGS = ("$tensor", "$tuple", "$int_keys", "$float")
+
+
+def _encode(value: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(value, torch.Tensor):
+        tensors[path] = value.detach().cpu().contiguous()
+        return {"$tensor": path}
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {"$float": repr(value)}
+    if isinstance(value, (list, tuple)):
+        items = [_encode(v, f"{path}/{i}", tensors) for i, v in enumerate(value)]
+        return {"$tuple": items} if isinstance(value, tuple) else items
+    if isinstance(value, dict):
+        if all(isinstance(k, str) for k in value):
+            if any(k in _TAGS for k in value):
+                raise TypeError(f"training state {path or '/'}: the keys {_TAGS} are reserved")
+            return {k: _encode(v, f"{path}/{k}", tensors) for k, v in value.items()}
+        if all(isinstance(k, int) and not isinstance(k, bool) for k in value):
+            return {"$int_keys": [[k, _encode(v, f"{path}/{k}", tensors)] for k, v in value.items()]}
+        raise TypeError(f"training state {path or '/'}: dict keys must be all strings or all integers")
+    raise TypeError(f"training state {path or '/'}: cannot store a {type(value).__name__} "
+                    "(tensors, numbers, strings, None, lists, tuples and dicts only)")
+
+
+def _decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(value, list):
+        return [_decode(v, tensors) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "$tensor" in value:
+        return tensors[value["$tensor"]]
+    if "$tuple" in value:
+        return tuple(_decode(v, tensors) for v in value["$tuple"])
+    if "$int_keys" in value:
+        return {int(k): _decode(v, tensors) for k, v in value["$int_keys"]}
+    if "$float" in value:
+        return float(value["$float"])
+    return {k: _decode(v, tensors) for k, v in value.items()}

@@ -3,8 +3,9 @@
 A checkpoint is a folder `<checkpoint dir>/step-000120/` holding
 
 - `model.safetensors`: the trained module's weights;
-- `state.pt`: optimizer, LR schedule, step, tokens seen, metric history and the RNG states
-  (Python, NumPy, torch CPU, CUDA when present), read back with `torch.load(weights_only=True)`;
+- `training_state.safetensors`: optimizer, LR schedule, step, tokens seen, metric history and the
+  RNG states (Python, NumPy, torch CPU, CUDA when present), in the format of a model folder's
+  training state (`model.checkpoint.save_training_state`: tensors plus JSON, loading runs no code);
   a distributed run keeps one RNG state set per rank (`rng_ranks`), gathered to rank 0, which
   alone writes the folder;
 - `manifest.json`, written last: the step, the run's fingerprint and the sha256 of every other file,
@@ -36,10 +37,10 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from model.checkpoint import WEIGHTS, save_state_dict
+from model.checkpoint import TRAINING_STATE, WEIGHTS, load_training_state, save_state_dict, save_training_state
 from steps.hashing import sha256_file
 
-STATE = "state.pt"
+STATE = TRAINING_STATE
 MANIFEST = "manifest.json"
 _NAME = re.compile(r"step-(\d{6,})")
 _TEMP_SUFFIX = ".tmp"
@@ -72,7 +73,7 @@ class CheckpointSettings:
 
 
 def capture_rng() -> dict[str, Any]:
-    """Every global RNG state, as tensors and plain values so that weights_only loading accepts it."""
+    """Every global RNG state, as tensors and plain values (what a training state file can hold)."""
     version, mt, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
@@ -116,7 +117,7 @@ def save_checkpoint(folder: str | Path, step: int, model: nn.Module | dict[str, 
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=_TEMP_SUFFIX, dir=folder))
     try:
         save_state_dict(tmp / WEIGHTS, model.state_dict() if isinstance(model, nn.Module) else model)
-        torch.save({**state, "step": step}, tmp / STATE)
+        save_training_state(tmp, {**state, "step": step})
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         manifest = {"step": step, "fingerprint": fingerprint, "files": files}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -223,8 +224,7 @@ def read_checkpoint(checkpoint: str | Path) -> tuple[dict[str, torch.Tensor], di
     """The checkpoint's weights (on CPU) and its training state, without a module to load them into."""
     checkpoint = Path(checkpoint)
     weights = load_file(str(checkpoint / WEIGHTS), device="cpu")
-    # weights_only=True: a checkpoint folder from elsewhere cannot run code when it is loaded.
-    return weights, torch.load(checkpoint / STATE, map_location="cpu", weights_only=True)
+    return weights, load_training_state(checkpoint)
 
 
 def checkpoint_to_resume(settings: CheckpointSettings) -> Path | None:

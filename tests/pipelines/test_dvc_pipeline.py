@@ -44,7 +44,7 @@ def test_every_stage_runs_and_writes_its_outputs(project, first_repro):
     for folder in (layout.PRETRAIN_MODEL, layout.CLASSIFIER_MODEL, layout.INSTRUCT_MODEL):
         for name in ("model.safetensors", "config.json", layout.MODEL_TOKENIZER):
             assert (work / folder / name).is_file(), folder / name
-    assert (work / layout.PRETRAIN_MODEL / "training_state.pt").is_file()
+    assert (work / layout.PRETRAIN_MODEL / "training_state.safetensors").is_file()
     responses = json.loads((work / layout.INSTRUCT_MODEL / layout.RESPONSES).read_text())
     assert len(responses) == TINY["download"]["builtin"]["instructions_test"]
     assert all({"instruction", "input", "output", "model_response"} <= set(r) for r in responses)

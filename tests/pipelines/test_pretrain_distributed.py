@@ -32,7 +32,7 @@ def test_the_stage_runs_as_two_processes_and_rank_0_writes_the_outputs(repro):
     work, proc = repro
     assert ran_stages(proc.stdout) == ["download", "tokenize", "pretrain"]
     assert "2 processes (ddp)" in proc.stderr
-    for name in ("model.safetensors", "config.json", "training_state.pt", layout.MODEL_TOKENIZER):
+    for name in ("model.safetensors", "config.json", "training_state.safetensors", layout.MODEL_TOKENIZER):
         assert (work / layout.PRETRAIN_MODEL / name).is_file(), name
     assert not (work / layout.PRETRAIN_CHECKPOINTS).exists()  # deleted once the stage succeeded
     metrics = json.loads((work / layout.metrics_file("pretrain")).read_text())

@@ -100,7 +100,7 @@ def test_round_trip_restores_weights_optimizer_schedule_and_rng(tmp_path: Path) 
     expected = (random.random(), np.random.rand(), torch.rand(3))
 
     fresh = make_model(seed=9)
-    weights, loaded = read_checkpoint(folder)  # torch.load(weights_only=True) inside
+    weights, loaded = read_checkpoint(folder)  # safetensors + JSON: loading runs no code
     fill_weights(fresh, weights)
     for (name, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
         assert torch.equal(a, b), name

@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from steps.training.checkpoints import STATE, list_checkpoints
+from steps.training.checkpoints import list_checkpoints, read_checkpoint
 from steps.training.distributed import (
     SINGLE_PROCESS,
     Distributed,
@@ -245,7 +245,7 @@ def test_two_rank_resume_ends_bit_identical(two_ranks: Path, strategy: str) -> N
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_checkpoints_hold_every_ranks_rng_state(two_ranks: Path, strategy: str) -> None:
     latest = list_checkpoints(two_ranks / "runs" / f"{strategy}-ckpt")[-1]
-    state = torch.load(latest / STATE, weights_only=True)
+    _, state = read_checkpoint(latest)
     ranks = state["rng_ranks"]
     assert len(ranks) == 2
     assert torch.equal(state["rng"]["torch"], ranks[0]["torch"])
