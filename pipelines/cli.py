@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipelines import STAGES
+from pipelines import STAGES, inference
+from pipelines.scaling import add_scaling_parser, scaling_command
 
 if TYPE_CHECKING:
     from steps.evaluation.compare import Filters
@@ -76,6 +77,8 @@ def cli(argv: list[str] | None = None) -> int:
     exp.add_argument("out", type=Path, help="folder to write config.json + model.safetensors into")
     add_compare_parser(sub)
     add_retrain_parsers(sub)
+    inference.add_parsers(sub)
+    add_scaling_parser(sub)
     args = parser.parse_args(argv)
 
     if args.command == "stages":
@@ -93,6 +96,10 @@ def cli(argv: list[str] | None = None) -> int:
         return retrain_command(args)
     if args.command == "profile":
         return _profile(args.name, args.params)
+    if args.command in inference.COMMANDS:
+        return inference.run(args)
+    if args.command == "scaling":
+        return scaling_command(args)
     return stage_command(args.command, args.params)
 
 

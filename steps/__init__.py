@@ -9,6 +9,7 @@
 - `training/`: the one training loop, checkpoints, devices and precision, torchrun, LoRA glue.
 - `evaluation/`: metrics, the LLM judge, baselines, plots, the summary report, run comparison.
 - `tracking/`: MLflow, and only there: stage runs and the model registry.
+- `scaling/`: the published scaling laws, and a pretraining run planned by them.
 
 Nothing here imports Prefect (a test checks): each job is a plain function a notebook can call.
 """
