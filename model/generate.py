@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections import Counter, deque
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from model.gpt import GPTModel, KVCache
+from model.gpt import BatchKVCache, GPTModel, KVCache
 
 
 @torch.inference_mode()
@@ -152,3 +154,161 @@ def _next_logits(model: nn.Module, idx: torch.Tensor, context_length: int, cache
         cache.reset()
         return model(idx[:, -context_length:], kv_cache=cache)[:, -1, :]
     return model(idx[:, -1:], kv_cache=cache)[:, -1, :]  # only the newest token
+
+
+# --- batched generation -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How one sequence picks its tokens (see `sample_next`); `seed` makes its draws reproducible."""
+
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Token:
+    """One token made for sequence `seq`; `finish` is set on its last one: "stop" (it is the
+    end-of-text token) or "length" (max_new_tokens reached, or the context is full)."""
+
+    seq: int
+    token: int
+    finish: str | None = None
+
+
+@dataclass
+class _Sequence:
+    id: int
+    tokens: list[int]  # prompt, then the tokens made so far
+    max_new_tokens: int
+    sampling: Sampling
+    eos_id: int | None
+    generator: torch.Generator | None
+    made: int = 0
+    finish: str | None = None
+
+
+class BatchGenerator:
+    """Continuous batching: many sequences share each forward pass, joining between decode steps
+    and leaving when they finish, each with its own prompt length, sampling and stopping.
+
+    Each `step()` makes one token for every live sequence: one decode pass over all of them (one
+    new token per row, in a BatchKVCache where each row has its own positions and mask), then one
+    prefill pass over the sequences that join (prompts right-padded to the longest), which gives
+    their first token. Greedy tokens are the ones `generate` makes for each prompt alone.
+
+    Without `use_cache`, every pass re-reads each sequence from its first token (the same tokens,
+    more compute). Not thread-safe: one thread drives it (the server's generation worker).
+    """
+
+    def __init__(self, model: GPTModel, max_batch: int, use_cache: bool = True) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        self.model = model.eval()
+        self.context_length = model.cfg.context_length
+        self.max_batch = max_batch
+        self.use_cache = use_cache
+        self.cache = BatchKVCache.for_model(model, max_batch)
+        self.device = next(model.parameters()).device
+        self.waiting: deque[_Sequence] = deque()
+        self.live: list[_Sequence] = []  # live[i] is in row i of the cache: rows stay packed
+        self.decode_batch_sizes: Counter[int] = Counter()
+        """How many decode passes ran with how many sequences: shows requests sharing passes."""
+        self._next_id = 0
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.live or self.waiting)
+
+    def add(self, prompt: list[int], max_new_tokens: int, sampling: Sampling = Sampling(),
+            eos_id: int | None = None) -> int:
+        """Queue a sequence; it joins at the next step. Returns its id (the `seq` of its tokens)."""
+        if not 1 <= len(prompt) <= self.context_length:
+            raise ValueError(f"a prompt must have 1 to {self.context_length} tokens, got {len(prompt)}")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        check_sampling(sampling.top_p)
+        generator = None
+        if sampling.seed is not None:
+            generator = torch.Generator(self.device).manual_seed(sampling.seed)
+        seq = _Sequence(self._next_id, list(prompt), max_new_tokens, sampling, eos_id, generator)
+        self._next_id += 1
+        self.waiting.append(seq)
+        return seq.id
+
+    def cancel(self, seq_id: int) -> None:
+        """Drop a sequence (its client went away); it makes no more tokens. Its row is freed at
+        the start of the next step."""
+        self.waiting = deque(s for s in self.waiting if s.id != seq_id)
+        for seq in self.live:
+            if seq.id == seq_id:
+                seq.finish = "cancelled"
+
+    @torch.inference_mode()
+    def step(self) -> list[Token]:
+        """One token for every live sequence, then the first token of each sequence that joins."""
+        made: list[Token] = []
+        self._retire()  # the cancelled
+        if self.live:
+            self.decode_batch_sizes[len(self.live)] += 1
+            made += self._advance(0, self.live, prefill=not self.use_cache)
+            self._retire()
+        joining = [self.waiting.popleft() for _ in range(min(len(self.waiting), self.max_batch - len(self.live)))]
+        if joining:
+            first = len(self.live)
+            self.live += joining
+            made += self._advance(first, joining, prefill=True)
+            self._retire()
+        return made
+
+    def _advance(self, first: int, seqs: list[_Sequence], prefill: bool) -> list[Token]:
+        """Run rows first.. (holding `seqs`) through the model and append a token to each: from
+        their whole token lists (prefill, their rows forgotten first) or their newest token."""
+        if prefill:
+            self.cache.reset(first, len(seqs))
+        chunks = [s.tokens if prefill else s.tokens[-1:] for s in seqs]
+        counts = torch.tensor([len(c) for c in chunks], device=self.device)  # (B,)
+        ids = torch.zeros(len(chunks), int(counts.max()), dtype=torch.long)  # (B, T), right-padded
+        for row, chunk in enumerate(chunks):
+            ids[row, : len(chunk)] = torch.tensor(chunk)
+        self.cache.feed(first, counts)
+        logits = self.model(ids.to(self.device), kv_cache=self.cache)  # (B, T, V)
+        last = logits[torch.arange(len(seqs), device=self.device), counts - 1]  # (B, V): each row's last real token
+        return [self._append(seq, token) for seq, token in zip(seqs, self._sample(seqs, last))]
+
+    def _sample(self, seqs: list[_Sequence], logits: torch.Tensor) -> list[int]:
+        """A token per row of (B, V) logits, with each sequence's own sampling."""
+        greedy = logits.argmax(dim=-1).tolist()  # one batched argmax covers every greedy row
+        return [
+            greedy[row] if s.sampling.temperature <= 0.0 else int(sample_next(
+                logits[row : row + 1], s.sampling.temperature, s.sampling.top_k, s.sampling.top_p, s.generator,
+            ))
+            for row, s in enumerate(seqs)
+        ]
+
+    def _append(self, seq: _Sequence, token: int) -> Token:
+        seq.tokens.append(token)
+        seq.made += 1
+        if seq.eos_id is not None and token == seq.eos_id:
+            seq.finish = "stop"
+        elif seq.made >= seq.max_new_tokens or len(seq.tokens) > self.context_length:
+            # More than context_length tokens: the newest one has no position left to be read at.
+            seq.finish = "length"
+        return Token(seq.id, token, seq.finish)
+
+    def _retire(self) -> None:
+        """Remove finished sequences, moving the last live row into each hole to keep rows packed."""
+        row = 0
+        while row < len(self.live):
+            if self.live[row].finish is None:
+                row += 1
+                continue
+            last = len(self.live) - 1
+            if row != last and self.use_cache:
+                self.cache.move(last, row)
+            self.live[row] = self.live[last]
+            self.live.pop()
+            self.cache.reset(last, 1)

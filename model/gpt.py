@@ -37,6 +37,24 @@ class KVCache:
     def layer_length(self, layer: int) -> int:
         return self.lengths[layer]
 
+    def positions(self, t: int, device: torch.device) -> torch.Tensor:
+        """Positions of `t` new tokens, (T,): right after the cached ones, the same for every row."""
+        past = self.length
+        if past + t > self.max_len:
+            raise ValueError(f"sequence of {past + t} tokens is longer than context_length={self.max_len}")
+        return torch.arange(past, past + t, device=device)
+
+    def attention_mask(self, layer: int, t: int, device: torch.device) -> tuple[torch.Tensor | None, bool]:
+        """(mask, is_causal) for SDPA when `t` new queries meet this layer's cached keys and their own."""
+        past = self.lengths[layer]
+        if past == 0:
+            return None, t > 1  # a plain causal prefill: the kernel builds the mask itself
+        if t == 1:
+            return None, False  # one new token after the cache may see everything
+        # New queries sit at positions past..past+T-1: each sees every cached key and the new keys
+        # up to itself.
+        return torch.ones(t, past + t, dtype=torch.bool, device=device).tril(diagonal=past), False
+
     def reset(self) -> None:
         """Forget the tokens; the buffers stay allocated for the next sequence."""
         self.lengths = [0] * len(self.lengths)
@@ -64,9 +82,106 @@ class KVCache:
         return buf_k.narrow(2, 0, end), buf_v.narrow(2, 0, end)
 
 
+class BatchKVCache:
+    """A KV cache whose rows are independent sequences of different lengths: what batched serving
+    needs, where prompts differ in length and requests join and leave between decode steps.
+
+    Before each forward pass the caller says which rows it feeds and how many real tokens each
+    row gets (`feed`); the (B, T) input is right-padded to the longest. Each row then has its own
+    positions (its cached length onwards) and its own causal mask over its own keys, so a row's
+    tokens are exactly those it would get alone. Padding is never written to the cache; stale
+    keys past a row's length are hidden by the mask.
+
+    Rows are a contiguous range of a (rows, H, max_len, D) buffer per layer, read as views: the
+    caller keeps live sequences packed at the front (`move` fills a hole left by one that ended).
+    """
+
+    def __init__(self, n_layers: int, max_len: int, rows: int, device: torch.device | str = "cpu") -> None:
+        self.n_layers = n_layers
+        self.max_len = max_len
+        self.rows = rows
+        self.keys: list[torch.Tensor | None] = [None] * n_layers
+        self.values: list[torch.Tensor | None] = [None] * n_layers
+        self.lengths = torch.zeros(rows, dtype=torch.long, device=device)  # (rows,) tokens cached per row
+        self._first = 0
+        self._counts = self.lengths[:0]
+
+    @classmethod
+    def for_model(cls, model: GPTModel, rows: int) -> BatchKVCache:
+        return cls(model.cfg.n_layers, model.cfg.context_length, rows, next(model.parameters()).device)
+
+    def reset(self, first: int = 0, count: int | None = None) -> None:
+        """Forget the tokens of rows first..first+count-1 (default: all); the buffers stay allocated."""
+        self.lengths[first : None if count is None else first + count] = 0
+
+    def feed(self, first: int, counts: torch.Tensor) -> None:
+        """Declare the next forward pass: rows first..first+B-1 get counts[b] real tokens each, (B,)."""
+        b = counts.size(0)
+        if first < 0 or first + b > self.rows:
+            raise ValueError(f"rows {first}..{first + b - 1} are outside this cache's {self.rows} rows")
+        ends = self.lengths[first : first + b] + counts  # (B,)
+        if b and int(ends.max()) > self.max_len:
+            raise ValueError(f"sequence of {int(ends.max())} tokens is longer than context_length={self.max_len}")
+        self._first, self._counts = first, counts
+
+    def _starts(self) -> torch.Tensor:
+        return self.lengths[self._first : self._first + self._counts.size(0)]  # (B,)
+
+    def positions(self, t: int, device: torch.device) -> torch.Tensor:
+        """Each row's positions for its `t` new tokens, (B, T), from its own cached length on.
+        Padding past a row's real tokens gets a valid but meaningless position (the last one)."""
+        pos = self._starts().unsqueeze(1) + torch.arange(t, device=device)  # (B, T)
+        return pos.clamp(max=self.max_len - 1)
+
+    def attention_mask(self, layer: int, t: int, device: torch.device) -> tuple[torch.Tensor, bool]:
+        """(B, 1, T, W) mask: query j of row b sees the keys at positions up to its own, start_b + j.
+        W is the longest row after this pass; the mask is the same in every layer."""
+        pos = self._starts().unsqueeze(1) + torch.arange(t, device=device)  # (B, T)
+        width = int((self._starts() + self._counts).max())
+        keys = torch.arange(width, device=device)  # (W,)
+        return (keys <= pos.unsqueeze(-1)).unsqueeze(1), False  # (B, 1, T, W)
+
+    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the real ones of this pass's (B, H, T, D) keys/values after each row's cached ones;
+        return views of the rows' keys/values up to the longest, (B, H, W, D)."""
+        b, h, t, d = k.shape
+        if self.keys[layer] is None:
+            # Zeros, not new_empty: masked keys get weight 0, but 0 * NaN from uninitialised memory
+            # would still be NaN. Later the columns past a row's length hold finite stale values.
+            self.keys[layer] = k.new_zeros(self.rows, h, self.max_len, d)  # (rows, H, max_len, D)
+            self.values[layer] = v.new_zeros(self.rows, h, self.max_len, d)
+        buf_k, buf_v = self.keys[layer], self.values[layer]
+        starts = self._starts()
+        real = torch.arange(t, device=k.device) < self._counts.unsqueeze(1)  # (B, T): not padding
+        row, step = real.nonzero(as_tuple=True)  # (N,) each: one entry per real token
+        # Two advanced indices around a slice put their dimension first: both sides are (N, H, D).
+        buf_k[self._first + row, :, starts[row] + step] = k[row, :, step]
+        buf_v[self._first + row, :, starts[row] + step] = v[row, :, step]
+        width = int((starts + self._counts).max())
+        if layer == self.n_layers - 1:
+            # The last layer writes last: only now do the rows' lengths move on, so every layer of
+            # this pass read the same starts.
+            self.lengths[self._first : self._first + b] += self._counts
+        rows = slice(self._first, self._first + b)
+        return buf_k[rows, :, :width], buf_v[rows, :, :width]
+
+    def move(self, src: int, dst: int) -> None:
+        """Copy row `src`'s keys, values and length into row `dst` (to keep live rows packed)."""
+        n = int(self.lengths[src])
+        for buf in (*self.keys, *self.values):
+            if buf is not None:
+                buf[dst, :, :n] = buf[src, :, :n]
+        self.lengths[dst] = n
+
+
 def _fits(buffer: torch.Tensor, new: torch.Tensor) -> bool:
     return (buffer.shape[:2] == new.shape[:2] and buffer.size(3) == new.size(3)
             and buffer.dtype == new.dtype and buffer.device == new.device)
+
+
+Cache = KVCache | BatchKVCache
+"""Either cache: the model asks it for the new tokens' positions and attention mask, and hands it
+each layer's keys and values."""
 
 
 class MultiHeadAttention(nn.Module):
@@ -87,23 +202,19 @@ class MultiHeadAttention(nn.Module):
         b, t, _ = x.shape
         return x.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
 
-    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache: Cache | None = None, layer: int = 0) -> torch.Tensor:
         b, t, c = x.shape  # (B, T, C)
-        past = 0 if kv_cache is None else kv_cache.layer_length(layer)
         q = self._split_heads(self.W_query(x))  # (B, H, T, D)
         k = self._split_heads(self.W_key(x))
         v = self._split_heads(self.W_value(x))
-        if kv_cache is not None:
-            k, v = kv_cache.extend(layer, k, v)  # (B, H, P+T, D)
-        mask = None
-        if past and t > 1:
-            # New queries sit at positions past..past+T-1: each sees every cached key and the new
-            # keys up to itself.
-            mask = torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(diagonal=past)
         # is_causal builds the mask inside the kernel: no (T, T) buffer, and flash attention on GPUs.
-        # One new token after a cache (past > 0, T == 1) may see everything: no mask at all.
+        mask, causal = None, t > 1
+        if kv_cache is not None:
+            # The cache knows what the new queries may see (before this layer's keys are added).
+            mask, causal = kv_cache.attention_mask(layer, t, x.device)
+            k, v = kv_cache.extend(layer, k, v)  # (B, H, P+T, D)
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=past == 0 and t > 1,
+            q, k, v, attn_mask=mask, is_causal=causal,
             dropout_p=self.drop_rate if self.training else 0.0,
         )  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(b, t, c)  # (B, T, C); copies only if T > 1
@@ -136,7 +247,7 @@ class TransformerBlock(nn.Module):
         self.ff = FeedForward(cfg)
         self.drop_shortcut = nn.Dropout(cfg.drop_rate)
 
-    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache: Cache | None = None, layer: int = 0) -> torch.Tensor:
         x = x + _dropout(self.drop_shortcut, self.att(self.norm1(x), kv_cache, layer))
         x = x + _dropout(self.drop_shortcut, self.ff(self.norm2(x)))
         return x
@@ -170,15 +281,15 @@ class GPTModel(nn.Module):
         """Recompute each block's activations in the backward pass instead of keeping them: less
         memory for about a third more compute. A training switch, not architecture: not saved."""
 
-    def forward(self, in_idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, in_idx: torch.Tensor, kv_cache: Cache | None = None) -> torch.Tensor:
         """With `kv_cache`, `in_idx` holds only the tokens after those already cached."""
         _, t = in_idx.shape  # (B, T)
-        past = kv_cache.length if kv_cache is not None else 0
-        if past + t > self.cfg.context_length:
-            raise ValueError(
-                f"sequence of {past + t} tokens is longer than context_length={self.cfg.context_length}"
-            )
-        pos = torch.arange(past, past + t, device=in_idx.device)
+        if kv_cache is None:
+            if t > self.cfg.context_length:
+                raise ValueError(f"sequence of {t} tokens is longer than context_length={self.cfg.context_length}")
+            pos = torch.arange(t, device=in_idx.device)  # (T,)
+        else:
+            pos = kv_cache.positions(t, in_idx.device)  # (T,), or (B, T) when rows have their own lengths
         x = self.tok_emb(in_idx) + self.pos_emb(pos)  # (B, T, C)
         x = _dropout(self.drop_emb, x)
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled() and kv_cache is None
