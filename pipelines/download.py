@@ -6,7 +6,6 @@ import json
 import logging
 import shutil
 import tempfile
-from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from prefect.tasks import exponential_backoff
 from pipelines.stage import StageContext, run_stage, stage_flow, stage_task
 from steps import layout
 from steps.config import BuiltinSizes, DatasetSource, HfSource, LocalSource, UrlSource
-from steps.data import datasets
+from steps.data import datasets, sizes
 from steps.data.fetch import default_cache_dir, transient_fetch_failure
 from steps.data.sources import Fetched, fetch_url, load_hf, local_files
 from steps.evaluation import plots
@@ -71,22 +70,35 @@ def write_datasets(ctx: StageContext, staging: Path) -> dict[str, float]:
         docs, where, provenance["corpus"] = dataset_input(
             "corpus", cfg.corpus, ctx, work, datasets.builtin_documents, datasets.corpus_documents)
         metrics.update(datasets.write_corpus(docs, staging / layout.CORPUS.name, where))
+        metrics.update(sizes.check_corpus(staging / layout.CORPUS.name, ctx.params.tokenize.val_fraction,
+                                          ctx.params.pretrain_seq_len, where))
 
         examples, where, provenance["classification"] = dataset_input(
             "classification", cfg.classification, ctx, work, datasets.builtin_classification,
             datasets.classification_records)
         metrics.update(datasets.write_classification(examples, cfg.classification.labels,
                                                      staging / layout.CLASSIFICATION.name,
-                                                     staging / layout.LABELS.name, where))
+                                                     staging / layout.LABELS.name, where,
+                                                     unlisted_labels=cfg.classification.unlisted_labels))
+        check_classification_sizes(ctx, staging, where)
 
         records, where, provenance["instructions"] = dataset_input(
             "instructions", cfg.instructions, ctx, work, datasets.builtin_instructions,
             datasets.instruction_records)
         metrics.update(datasets.write_instructions(records, staging / layout.INSTRUCTIONS.name, where))
+        sizes.check_instructions(int(metrics["instruction_records"]), where)
         datasets.write_provenance(staging / layout.SOURCES.name, provenance)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return metrics
+
+
+def check_classification_sizes(ctx: StageContext, staging: Path, where: str) -> None:
+    """The classification set as written fills every split finetune_classifier makes."""
+    clf = ctx.params.finetune_classifier
+    labels = json.loads((staging / layout.LABELS.name).read_text(encoding="utf-8"))
+    counts = datasets.label_counts(staging / layout.CLASSIFICATION.name)
+    sizes.check_classification(counts, labels, clf.train_fraction, clf.val_fraction, clf.balance, where)
 
 
 def publish(staging: Path, target: Path) -> None:
@@ -105,7 +117,7 @@ def _body(ctx: StageContext) -> dict[str, float]:
         publish(staging, layout.RAW)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    counts = Counter(json.loads(line)["label"] for line in layout.CLASSIFICATION.open(encoding="utf-8"))
+    counts = datasets.label_counts(layout.CLASSIFICATION)
     names = json.loads(layout.LABELS.read_text(encoding="utf-8"))  # as write_datasets wrote them
     plots.grouped_bars(ctx.plots / "labels.png", names, {"records": [counts[n] for n in names]},
                        "Classification set: records per label", "records")

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -17,10 +18,22 @@ from typing import Any
 from model.atomic import atomic_path, write_json, write_text
 from steps.config import BuiltinSizes, ClassificationSource, CorpusSource, InstructionSource
 from steps.data import builtin_data
-from steps.data.readers import DataError, Record, detect_format, iter_lines, read_records, records_of_rows, text_field
+from steps.data.readers import (
+    DataError,
+    Record,
+    detect_format,
+    iter_lines,
+    label_field,
+    read_records,
+    records_of_rows,
+    text_field,
+)
 from steps.data.sources import Fetched
 
 DOC_SEPARATOR = "<|endoftext|>"
+MISSING = "(no label)"
+"""How dropped records without a label are counted."""
+log = logging.getLogger("gptpipe.datasets")
 
 
 # --- corpus -------------------------------------------------------------------------------------
@@ -76,14 +89,15 @@ def write_corpus(documents: Iterable[Iterable[str]], out: Path, where: str) -> d
 
 # --- classification -----------------------------------------------------------------------------
 
-def classification_records(fetched: Fetched, cfg: ClassificationSource) -> Iterator[tuple[str, str, str]]:
-    """(where, label, text) of every labelled record."""
+def classification_records(fetched: Fetched, cfg: ClassificationSource) -> Iterator[tuple[str, str | None, str]]:
+    """(where, label, text) of every record; the label is None where the record has none (an
+    empty, NaN or null value)."""
     if fetched.rows is not None:
         records: Iterable[Record] = records_of_rows(fetched.rows, fetched.where)
     else:
         records = (r for path in fetched.files for r in read_records(path, cfg.format, cfg.header, cfg.columns))
     for record in records:
-        label = text_field(record, cfg.label_field, "download.classification.label_field").strip()
+        label = label_field(record, cfg.label_field, "download.classification.label_field")
         text = text_field(record, cfg.text_field, "download.classification.text_field")
         yield record.where, label, text
 
@@ -94,29 +108,59 @@ def builtin_classification(seed: int, sizes: BuiltinSizes) -> Iterator[tuple[str
 
 
 def write_classification(
-    examples: Iterable[tuple[str, str, str]], labels: list[str] | None, out: Path, labels_out: Path, where: str
+    examples: Iterable[tuple[str, str | None, str]], labels: list[str] | None, out: Path, labels_out: Path,
+    where: str, unlisted_labels: str = "error",
 ) -> dict[str, float]:
-    """JSON lines of {label, text}; label names in id order go to `labels_out`."""
+    """JSON lines of {label, text}; label names in id order go to `labels_out`.
+
+    A record without a label, or (when `labels` lists them) with a label not listed, is an error,
+    or with `unlisted_labels: drop` is left out and counted (per label in the log, in total in
+    the metrics).
+    """
     allowed = set(labels) if labels is not None else None
     counts: Counter[str] = Counter()
+    dropped: Counter[str] = Counter()
     with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for rec_where, label, text in examples:
-            if allowed is not None and label not in allowed:
-                raise DataError(f"{rec_where}: label {label!r} is not one of {labels} "
-                                f"(download.classification.labels); fix the record or add the label")
+            if label is None or (allowed is not None and label not in allowed):
+                if unlisted_labels != "drop":
+                    raise DataError(_unlisted_message(rec_where, label, labels))
+                dropped[MISSING if label is None else label] += 1
+                continue
             f.write(json.dumps({"label": label, "text": text}, ensure_ascii=False) + "\n")
             counts[label] += 1
+    if dropped:
+        log.warning("%s: dropped %d record(s) whose label is not in download.classification.labels %s: %s",
+                    where, sum(dropped.values()), labels,
+                    ", ".join(f"{name} {n}" for name, n in dropped.most_common()))
     names = list(labels) if labels is not None else sorted(counts)
     if sum(counts.values()) == 0:
         out.unlink()
-        raise DataError(f"{where}: no labelled records")
+        raise DataError(f"{where}: no labelled records" + (f" ({sum(dropped.values())} dropped: their labels are "
+                                                           f"not in {labels})" if dropped else ""))
     if len(names) < 2:
         out.unlink()
         raise DataError(f"{where}: found only the label(s) {names}; a classifier needs at least two")
     write_json(labels_out, names)
-    metrics: dict[str, float] = {"classification_records": sum(counts.values()), "classification_labels": len(names)}
+    metrics: dict[str, float] = {"classification_records": sum(counts.values()), "classification_labels": len(names),
+                                 "classification_records_dropped": sum(dropped.values())}
     metrics["classification_minority_share"] = min(counts[n] for n in names) / sum(counts.values())
     return metrics
+
+
+def _unlisted_message(where: str, label: str | None, labels: list[str] | None) -> str:
+    drop = "set download.classification.unlisted_labels: drop to leave such records out (they are counted)"
+    if label is None:
+        return (f"{where}: the record has no label (an empty, NaN or null value); give it one or remove it, "
+                f"or list the labels to keep in download.classification.labels and {drop}")
+    return (f"{where}: label {label!r} is not one of {labels} (download.classification.labels); fix the record, "
+            f"add the label, or {drop}")
+
+
+def label_counts(path: Path) -> Counter[str]:
+    """Records per label of a written classification file."""
+    with open(path, encoding="utf-8") as f:
+        return Counter(json.loads(line)["label"] for line in f)
 
 
 # --- instructions -------------------------------------------------------------------------------

@@ -34,6 +34,9 @@ CHUNK = 1 << 20
 LISTED_MEMBERS = 20
 SIDECAR = "source.json"
 PIN_FIX = "update the pinned sha256 in params.yaml if the source legitimately changed"
+REFETCH = "delete it (from the download cache, if it is there) and fetch it again"
+# A zip starts with a local file header (PK 3 4), or the end record when it is empty (PK 5 6).
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 
 # Failures of the network itself, raised by requests before the body starts and by urllib3
 # while it streams the raw body (we read the body raw, see _download).
@@ -285,10 +288,21 @@ def archive_kind(path: str | Path) -> str | None:
         return "tar"
     if zipfile.is_zipfile(path):
         return "zip"
-    with open(path, "rb") as f:
-        if f.read(2) == b"\x1f\x8b":
-            return "gz"
+    head = _head(path)
+    if head.startswith(b"\x1f\x8b"):
+        return "gz"
+    # Starts like an archive but the checks above found none whole: cut short or damaged.
+    started = "zip" if head.startswith(_ZIP_MAGIC) else "tar" if head[257:262] == b"ustar" else None
+    if started is not None:
+        raise FetchError(f"{path}: truncated or corrupt {started} archive (it starts like one but is not whole); "
+                         f"{REFETCH}")
     return None
+
+
+def _head(path: str | Path) -> bytes:
+    """The first 512 bytes: room for every magic number, the tar header's `ustar` included."""
+    with open(path, "rb") as f:
+        return f.read(512)
 
 
 def unsafe_member_reason(name: str) -> str | None:
@@ -336,7 +350,7 @@ def extract_member(
                         f"{PIN_FIX} (or forget the cached archive if it is corrupt)"
                     )
     except (tarfile.TarError, zipfile.BadZipFile, gzip.BadGzipFile, zlib.error, EOFError) as exc:
-        raise FetchError(f"{archive}: corrupt archive ({exc}); delete it from the cache and fetch again") from exc
+        raise FetchError(f"{archive}: truncated or corrupt {kind} archive ({exc}); {REFETCH}") from exc
     return dest
 
 
@@ -483,7 +497,7 @@ def _unzip_all(archive: Path, root: Path) -> None:
                 with zf.open(info) as src:
                     _write_chunks(_file_chunks(src), target)
     except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
-        raise FetchError(f"{archive}: corrupt zip ({exc}); delete it from the cache and fetch again") from exc
+        raise FetchError(f"{archive}: truncated or corrupt zip archive ({exc}); {REFETCH}") from exc
 
 
 def _untar_all(archive: Path, root: Path) -> None:
@@ -500,7 +514,7 @@ def _untar_all(archive: Path, root: Path) -> None:
     except tarfile.FilterError as exc:
         raise FetchError(f"{archive}: refusing member: {exc}") from exc
     except (tarfile.TarError, zlib.error, EOFError) as exc:
-        raise FetchError(f"{archive}: corrupt tar ({exc}); delete it from the cache and fetch again") from exc
+        raise FetchError(f"{archive}: truncated or corrupt tar archive ({exc}); {REFETCH}") from exc
 
 
 def _tar_entry_problem(member: tarfile.TarInfo) -> str | None:

@@ -18,7 +18,7 @@ from steps.data.fetch import (
     extract_member,
     forget,
 )
-from steps.data.readers import FORMAT_BY_SUFFIX, DataError
+from steps.data.readers import FORMAT_BY_SUFFIX, DataError, data_suffix
 from steps.hashing import sha256_file
 
 log = logging.getLogger("gptpipe.sources")
@@ -43,8 +43,14 @@ class Fetched:
 def fetch_url(src: UrlSource, cache_dir: Path, work_dir: Path) -> Fetched:
     """Download once into the cache (checksum-verified), then pick the archive member if any."""
     archive = cached_fetch(src.url, cache_dir, sha256=src.sha256, timeout_s=src.timeout_s)
+    try:
+        kind = archive_kind(archive)
+    except FetchError:  # a truncated archive: an unpinned cached copy may be an interrupted one
+        if src.sha256 is not None:
+            raise
+        archive = _fetch_afresh(src, cache_dir)
+        kind = archive_kind(archive)
     provenance: dict[str, Any] = {"kind": "url", "url": src.url, "sha256": sha256_file(archive)}
-    kind = archive_kind(archive)
     if src.member is None and kind in ("zip", "tar"):
         files = extract_all(archive, work_dir / "extracted")
         provenance["members"] = [str(p.relative_to(work_dir / "extracted")) for p in files][:MAX_LISTED_FILES]
@@ -60,12 +66,17 @@ def fetch_url(src: UrlSource, cache_dir: Path, work_dir: Path) -> Fetched:
             raise
         # Without a pinned archive checksum the cached copy may predate an upstream change:
         # fetch it afresh once before calling the member's checksum wrong.
-        forget(src.url, cache_dir)
-        archive = cached_fetch(src.url, cache_dir, sha256=None, timeout_s=src.timeout_s)
+        archive = _fetch_afresh(src, cache_dir)
         provenance["sha256"] = sha256_file(archive)
         extract_member(archive, src.member, out, member_sha256=src.member_sha256)
     provenance.update(member=src.member, member_sha256=sha256_file(out))
     return Fetched(where=f"{src.url} ({src.member or 'gz'})", files=[out], provenance=provenance)
+
+
+def _fetch_afresh(src: UrlSource, cache_dir: Path) -> Path:
+    """Drop the cached copy of an unpinned archive and download it again, once."""
+    forget(src.url, cache_dir)
+    return cached_fetch(src.url, cache_dir, sha256=None, timeout_s=src.timeout_s)
 
 
 def local_files(src: LocalSource, fmt: str) -> Fetched:
@@ -141,7 +152,7 @@ def _fixed_prefix(pattern: Path) -> Path:
 def _wanted(relative: Path, fmt: str) -> bool:
     if any(part.startswith(".") for part in relative.parts):
         return False
-    return fmt != "auto" or relative.suffix.lower() in FORMAT_BY_SUFFIX
+    return fmt != "auto" or data_suffix(relative) in FORMAT_BY_SUFFIX
 
 
 def _watched(path: Path) -> bool:

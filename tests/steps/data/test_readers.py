@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from steps.data.readers import DataError, Record, detect_format, iter_lines, read_records, text_field
+from steps.data.readers import DataError, Record, detect_format, iter_lines, label_field, read_records, text_field
 
 
 def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
@@ -105,7 +105,7 @@ def test_parquet_rows(tmp_path: Path) -> None:
     records = list(read_records(path, "auto"))
     assert [dict(r.fields) for r in records] == [{"text": "a", "label": 0}, {"text": "b", "label": 1}]
     assert records[1].where == f"{path}: row 1"
-    assert text_field(records[1], "label", "x") == "1"  # numeric labels become names
+    assert label_field(records[1], "label", "x") == "1"  # class ids become names
 
 
 def test_damaged_parquet(tmp_path: Path) -> None:
@@ -128,7 +128,9 @@ def test_txt_holds_no_records(tmp_path: Path) -> None:
         list(read_records(path, "auto"))
 
 
-@pytest.mark.parametrize("value, message", [(None, "is None, expected text"), (True, "is True"),
+@pytest.mark.parametrize("value, message", [(None, r"is None \(a missing value\), expected text"),
+                                            (float("nan"), r"is nan \(a missing value\)"), (True, "is True"),
+                                            (42, r"is 42, not text; quote it"), (1.5, "is 1.5, not text"),
                                             (["a"], "is a list, expected text"), ("  ", "is empty")])
 def test_text_field_rejects_what_is_not_text(value, message: str) -> None:
     with pytest.raises(DataError, match=rf"f.jsonl:7: field 'text' {message}"):
