@@ -558,9 +558,15 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _windows_fit(self) -> "Params":
-        if self.pretrain.seq_len is not None and self.pretrain.seq_len > self.model.context_length:
-            raise ValueError(f"pretrain.seq_len ({self.pretrain.seq_len}) exceeds model.context_length "
-                             f"({self.model.context_length})")
+        # A length past the model's context cannot be trained on: refused here rather than
+        # silently clamped to the context by the stage.
+        context = self.model.context_length
+        for key, length in (("pretrain.seq_len", self.pretrain.seq_len),
+                            ("finetune_classifier.max_length", self.finetune_classifier.max_length),
+                            ("finetune_instruct.allowed_max_length", self.finetune_instruct.allowed_max_length)):
+            if length is not None and length > context:
+                raise ValueError(f"{key} ({length}) exceeds model.context_length ({context}), the most tokens the "
+                                 f"model reads: set {key} to at most {context}, or raise model.context_length")
         self.pretrain.accumulation_steps(self.pretrain_seq_len)
         return self
 
@@ -602,8 +608,9 @@ def parse_params(data: Any, source: str = PARAMS_FILE) -> Params:
             elif e["type"] == "missing":
                 problems.append(f"  {key}: missing: add it to {source} (the project's params.yaml writes out "
                                 f"every key with its value; steps/config.py documents each)")
-            elif key.endswith(SECRET_KEYS):
-                problems.append(f"  {key}: {e['msg']}")  # the value may be a secret: not echoed
+            elif key.endswith(SECRET_KEYS) or not key:
+                # A secret is not echoed; nor is the whole file when a check spans sections (no key).
+                problems.append(f"  {key}: {e['msg']}")
             else:
                 problems.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
         raise ConfigError(f"{source}: invalid parameters\n" + "\n".join(problems)) from None

@@ -124,6 +124,23 @@ def test_global_batch_tokens_not_a_multiple_names_the_key_and_a_fix():
         shipped_params({"model": {"context_length": 128}, "pretrain": {"batch_size": 16, "global_batch_tokens": 3000}})
 
 
+@pytest.mark.parametrize(("key", "section", "length"), [
+    ("finetune_instruct.allowed_max_length", {"finetune_instruct": {"allowed_max_length": 256}}, 256),
+    ("finetune_classifier.max_length", {"finetune_classifier": {"max_length": 100}}, 100),
+    ("pretrain.seq_len", {"pretrain": {"seq_len": 64}}, 64),
+])
+def test_a_length_past_the_models_context_is_an_error_naming_both_keys(key, section, length):
+    # Clamped to the context without a word before (issue 19: context 32, allowed_max_length 256).
+    small = {"model": {"context_length": 32}, "finetune_instruct": {"allowed_max_length": 32},
+             "finetune_classifier": {"max_length": 32}}
+    with pytest.raises(ConfigError) as err:
+        shipped_params({**small, **{k: {**small.get(k, {}), **v} for k, v in section.items()}})
+    message = str(err.value)
+    assert f"{key} ({length}) exceeds model.context_length (32)" in message
+    assert f"set {key} to at most 32, or raise model.context_length" in message
+    assert "'seed'" not in message  # the whole file is not echoed back
+
+
 def test_scaling_switches_are_off_in_the_shipped_params():
     cfg = shipped_params()
     assert cfg.model.tie_embeddings is False and cfg.model.vocab_multiple == 1
@@ -140,7 +157,8 @@ def test_a_preset_fills_the_architecture_fields_left_out_or_null():
     p = shipped_params({**GPT2_TOKENS, "model": {**ARCHITECTURE_NULLS, "preset": "gpt2-small"}})
     m = p.model
     assert (m.context_length, m.emb_dim, m.n_heads, m.n_layers, m.qkv_bias, m.drop_rate) == (1024, 768, 12, 12, True, 0.1)
-    tiny = shipped_params({"model": {**ARCHITECTURE_NULLS, "preset": "tiny"}}).model
+    tiny = shipped_params({"model": {**ARCHITECTURE_NULLS, "preset": "tiny"},
+                           "finetune_instruct": {"allowed_max_length": 64}}).model
     assert (tiny.emb_dim, tiny.n_layers, tiny.context_length) == (64, 2, 64)
 
 
