@@ -142,9 +142,15 @@ class StageRun:
             mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
 
     def log_model_folder(self, folder: str | Path) -> None:
-        """The stage's model folder (weights, config, tokenizer), unless tracking.log_models is off."""
+        """The stage's model folder (weights, config, tokenizer) as the run's MLflow model `model`, a
+        pyfunc model that `mlflow.pyfunc.load_model` and `mlflow models serve` take
+        (steps/tracking/pyfunc_models.py), unless tracking.log_models is off."""
         if self.log_models:
-            self.log_artifacts(folder, artifact_path="model")
+            with self._timed():
+                # pandas and MLflow's model flavors load here, at the stage's end, not at its start.
+                from steps.tracking.pyfunc_models import log_pyfunc_model
+
+                log_pyfunc_model(folder)
 
     def log_text(self, text: str, name: str) -> None:
         with self._timed():
@@ -379,23 +385,38 @@ class ModelVersionRecord:
 
 def register_version(name: str, run_id: str, tags: Mapping[str, str], artifact_path: str = "model",
                      description: str | None = None, root: Path | None = None) -> ModelVersionRecord:
-    """Register the model folder a run logged under `artifact_path` as a new version of `name`
-    (the registered model is created on first use)."""
+    """Register the MLflow model a run logged as `artifact_path` (or, from runs logged before models
+    were MLflow models, its plain `artifact_path/` folder) as a new version of `name` (the registered
+    model is created on first use)."""
     client = MlflowClient(tracking_uri(root))
     run = client.get_run(run_id)
-    if not client.list_artifacts(run_id, artifact_path):
+    model_id = _logged_model_id(client, run, artifact_path)
+    if model_id is None and not client.list_artifacts(run_id, artifact_path):
         raise RegistryError(
-            f"MLflow run {run_id} ({run.data.tags.get('stage', run.info.run_name)}) logged no {artifact_path}/ "
-            f"folder to register; set `tracking.log_models: true` in params.yaml and rerun the stage")
+            f"MLflow run {run_id} ({run.data.tags.get('stage', run.info.run_name)}) logged no {artifact_path} "
+            f"model to register; set `tracking.log_models: true` in params.yaml and rerun the stage")
     try:
         client.create_registered_model(name, description="gptpipe finetuned model; "
                                                          "the `champion` alias marks the one to serve")
     except mlflow.exceptions.MlflowException as err:
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    source = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
-    version = client.create_model_version(name, source, run_id=run_id, tags=dict(tags), description=description)
+    if model_id is not None:  # the version's files are the logged model's (MLmodel, code, artifacts)
+        source = f"models:/{model_id}"
+    else:
+        source = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
+    version = client.create_model_version(name, source, run_id=run_id, tags=dict(tags), description=description,
+                                          model_id=model_id)
     return _version_record(version)
+
+
+def _logged_model_id(client: MlflowClient, run: Any, name: str) -> str | None:
+    """The id of the MLflow model named `name` a run logged last, or None when it logged none."""
+    outputs = sorted(run.outputs.model_outputs if run.outputs else [], key=lambda out: out.step)
+    for out in reversed(outputs):
+        if client.get_logged_model(out.model_id).name == name:
+            return out.model_id
+    return None
 
 
 def model_version(name: str, version: str, root: Path | None = None) -> ModelVersionRecord:
@@ -438,3 +459,20 @@ def tag_version(name: str, version: str, tags: Mapping[str, Any], root: Path | N
 def _version_record(v: Any) -> ModelVersionRecord:
     return ModelVersionRecord(name=v.name, version=str(v.version), run_id=v.run_id, source=v.source,
                               tags=dict(v.tags or {}), aliases=tuple(v.aliases or ()))
+
+
+def download_model(uri: str, dest: Path, root: Path | None = None) -> Path:
+    """The files of `models:/NAME@ALIAS`, `models:/NAME/VERSION` or `runs:/RUN_ID/PATH`,
+    downloaded into `dest` (for `gptpipe generate|chat|classify|serve`); where they are."""
+    uri_store = tracking_uri(root)
+    if not _store_exists(uri_store):
+        raise RegistryError(f"{uri}: there is no MLflow store at {uri_store} yet; run the pipeline first "
+                            "(`make pipeline`) or point MLFLOW_TRACKING_URI at the store that holds the model")
+    try:
+        path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest), tracking_uri=uri_store,
+                                                   registry_uri=uri_store)
+    except (mlflow.exceptions.MlflowException, OSError) as err:
+        raise RegistryError(f"{uri}: cannot be fetched from the MLflow store {uri_store} ({err}); check the name, "
+                            "alias, version or run id (`gptpipe compare` lists runs; the MLflow UI lists registered "
+                            "models), or set MLFLOW_TRACKING_URI to the store that holds it") from None
+    return Path(path)
