@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -120,3 +121,22 @@ def test_write_json_unserialisable_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(TypeError):
         write_json(tmp_path / "bad.json", {"x": object()})
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("data", "key"), [
+    ({"train_loss": float("nan"), "steps": 11}, "train_loss"),
+    ({"rows": [{"loss": 1.0}, {"loss": float("inf")}]}, "rows[1].loss"),
+    (float("-inf"), "value"),
+])
+def test_write_json_refuses_non_finite_numbers_naming_the_key(tmp_path: Path, data, key: str) -> None:
+    # Python's json writes NaN / Infinity, which is not JSON (issue 19: reports/finetune_instruct.json).
+    target = tmp_path / "metrics.json"
+    with pytest.raises(ValueError, match=re.escape(f"metrics.json: {key} is not a finite number, which JSON cannot hold")):
+        write_json(target, data)
+    assert list(tmp_path.iterdir()) == []  # nothing written, no temporary file left
+
+
+def test_write_json_writes_finite_floats_and_none(tmp_path: Path) -> None:
+    target = tmp_path / "m.json"
+    write_json(target, {"a": 1.5e-300, "b": None, "c": [0.0, -2.5]})
+    assert json.loads(target.read_text(encoding="utf-8")) == {"a": 1.5e-300, "b": None, "c": [0.0, -2.5]}
