@@ -32,6 +32,19 @@ def apply_lora(
     return get_peft_model(model, config)
 
 
+def save_adapter(model: PeftModel, folder: str) -> None:
+    """The adapter alone, in peft's format (`adapter_config.json` + `adapter_model.safetensors`).
+
+    peft keeps `target_modules` as a set and writes it in the set's iteration order, which changes
+    from process to process with Python's string hashing: as a sorted list (which peft reads back
+    as the same set) the same adapter writes the same bytes every run.
+    """
+    for config in model.peft_config.values():
+        if isinstance(config.target_modules, set):
+            config.target_modules = sorted(config.target_modules)
+    model.save_pretrained(folder)
+
+
 def merge_lora(model: nn.Module) -> nn.Module:
     """Fold the adapters into the base weights and return the plain model."""
     if isinstance(model, PeftModel):

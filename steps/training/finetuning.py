@@ -26,9 +26,10 @@ def save_finetuned(
     """Save the adapter on its own (when there is one), then the merged full model + tokenizer."""
     folder.mkdir(parents=True, exist_ok=True)
     model = model.to("cpu")
+    from model.lora import merge_lora, save_adapter
+
     if adapter:
-        model.save_pretrained(str(folder / layout.ADAPTER))  # peft's own format
-    from model.lora import merge_lora
+        save_adapter(model, str(folder / layout.ADAPTER))  # peft's own format
 
     merged = merge_lora(model)
     assert isinstance(merged, GPTModel)

@@ -55,3 +55,15 @@ def test_full_finetuning_saves_no_adapter(tmp_path):
     loaded, _ = load_model(tmp_path / "out")
     x = torch.randint(0, 100, (1, 5))
     torch.testing.assert_close(loaded(x), model.eval()(x))
+
+
+def test_the_adapter_config_lists_target_modules_in_a_fixed_order(tmp_path):
+    """peft holds them in a set, whose order changes with each process's string hashing: written
+    sorted, the same adapter gives the same adapter_config.json in every run."""
+    modules = ["out_proj", "W_value", "W_query", "W_key"]
+    net = with_lora(_classifier(), LoraConfig(rank=4, alpha=8.0, dropout=0.0, target_modules=modules), ["out_head"])
+    tokenizer = tmp_path / "tokenizer.json"
+    tokenizer.write_text("{}")
+    save_finetuned(tmp_path / "out", net, {"kind": "classifier", "labels": ["ham", "spam"]}, tokenizer, adapter=True)
+    adapter = json.loads((tmp_path / "out" / "adapter" / "adapter_config.json").read_text())
+    assert adapter["target_modules"] == sorted(modules)
