@@ -67,7 +67,9 @@ def _local(folder: Path, pinned: str | None) -> WeightFiles:
         raise FileNotFoundError(f"{config} not found: a Hugging Face model folder holds config.json next to "
                                 f"{weights.name}")
     got = _check_pin(weights, pinned, str(weights))
-    return WeightFiles(config, weights, {"source": "folder", "folder": str(folder.resolve()),
+    # The folder as params.yaml names it, not resolved: init_from.json is a DVC output, and the same
+    # params and weights in another checkout (or another run) must write the same bytes.
+    return WeightFiles(config, weights, {"source": "folder", "folder": str(folder),
                                          "weights": weights.name, "sha256": got, "pinned": pinned is not None})
 
 

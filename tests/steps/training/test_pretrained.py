@@ -68,6 +68,18 @@ def test_a_local_folder_is_read_in_place_and_its_hash_recorded(hf_folder: Path, 
     logits_match(pretrained_model(pretrain_cfg(init_from=str(hf_folder)), OURS, files), reference)
 
 
+def test_a_relative_folder_is_recorded_as_params_name_it(hf_folder: Path, tmp_path: Path, monkeypatch) -> None:
+    """init_from.json is a DVC output: two checkouts with the same params and weights write the same
+    bytes, so it holds the folder as params.yaml names it, not the checkout's absolute path."""
+    recorded = []
+    for checkout in ("a", "b"):
+        (tmp_path / checkout).mkdir()
+        shutil.copytree(hf_folder, tmp_path / checkout / "gpt2-folder")
+        monkeypatch.chdir(tmp_path / checkout)
+        recorded.append(locate_weights(pretrain_cfg(init_from="gpt2-folder"), tmp_path / "cache").provenance)
+    assert recorded[0] == recorded[1] and recorded[0]["folder"] == "gpt2-folder"
+
+
 def test_a_hub_name_is_downloaded_once_into_the_cache(hub, tmp_path: Path, reference) -> None:
     cfg = pretrain_cfg(init_from="tiny-gpt2", init_url=hub.url + "/{repo}/resolve/{revision}/{file}")
     files = locate_weights(cfg, tmp_path / "cache")
