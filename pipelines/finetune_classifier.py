@@ -92,7 +92,8 @@ def finetune(ctx: StageContext) -> dict[str, float]:
     test_refs = [labels.index(e.label) for e in splits["test"]]
     metrics["tfidf_test_accuracy"] = sum(p == r for p, r in zip(baseline, test_refs)) / len(test_refs)
 
-    head = {"kind": "classifier", "labels": labels, "pooling": cfg.pooling}
+    # max_length too: `gptpipe classify` and the server cut texts where training did.
+    head = {"kind": "classifier", "labels": labels, "pooling": cfg.pooling, "max_length": max_len}
     save_finetuned(layout.CLASSIFIER_MODEL, net, head, layout.PRETRAIN_MODEL / layout.MODEL_TOKENIZER,
                    adapter=cfg.trainable == "lora")
     write_labeled(layout.CLASSIFIER_MODEL / layout.CLASSIFIER_TEST_SPLIT, splits["test"])
