@@ -4,12 +4,13 @@ that only ever emits complete UTF-8 (a byte-level BPE token can hold half a char
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 
 import torch
 from tokenizers import Tokenizer
 
-from model.generate import generate
+from model.generate import iter_tokens
 from steps.inference.loading import LoadedModel
 
 REPLACEMENT = "\ufffd"  # what decoding makes of bytes that are not (yet) a whole character
@@ -70,19 +71,18 @@ class TextStream:
 
 
 def next_tokens(loaded: LoadedModel, prompt_ids: list[int], sampling: Sampling) -> Iterator[int]:
-    """The ids the model generates after `prompt_ids`, one at a time, ending before end-of-text
-    or after `sampling.max_new_tokens`."""
+    """The ids the model generates after `prompt_ids` (end-of-text when empty), one at a time as
+    each is made, ending before end-of-text or after `sampling.max_new_tokens`."""
     idx = torch.tensor([prompt_ids or [loaded.eot_id]], dtype=torch.long, device=loaded.device)  # (1, T)
-    generator = sampling.generator(loaded.device)
-    for _ in range(sampling.max_new_tokens):
-        # One token per call until model/generate.py offers a step-by-step iterator: the prompt is
-        # re-read each step, which costs time but gives exactly generate()'s tokens.
-        idx = generate(loaded.model, idx, 1, loaded.context_length, sampling.temperature, sampling.top_k,
-                       sampling.top_p, eos_id=loaded.eot_id, generator=generator)
-        token = int(idx[0, -1])
-        if token == loaded.eot_id:
-            return
-        yield token
+    steps = iter_tokens(loaded.model, idx, sampling.max_new_tokens, loaded.context_length,
+                        temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
+                        eos_id=loaded.eot_id, generator=sampling.generator(loaded.device))
+    with closing(steps):  # stopping early hands the model back in the mode it was in
+        for next_id in steps:  # each (1,)
+            token = int(next_id[0])
+            if token == loaded.eot_id:
+                return
+            yield token
 
 
 class Completion:
