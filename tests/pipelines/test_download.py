@@ -1,5 +1,6 @@
 """The download stage as users run it (`python -m pipelines download`): url sources from a loopback
-server, Prefect retries on transient errors only, and nothing half-written when a source fails."""
+server, Prefect retries on transient errors only, nothing half-written when a source fails, and a
+dataset too small for its stage refused before any training."""
 
 from __future__ import annotations
 
@@ -12,7 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytestmark = pytest.mark.slow
+from pipelines.download import check_classification_sizes
+from pipelines.stage import NoTracking, StageContext
+from steps.data.readers import DataError
+from tests.params import shipped_params
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -38,6 +43,7 @@ def _download(work: Path, env: dict[str, str]) -> subprocess.CompletedProcess[st
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_book_sources_download_with_a_retry_after_a_503(shared_data: Path, serve_folder, tmp_path: Path) -> None:
     server = serve_folder(shared_data / "book")
     server.fail = [503]  # the first request fails the way an overloaded server does
@@ -64,6 +70,7 @@ def test_book_sources_download_with_a_retry_after_a_503(shared_data: Path, serve
     assert len(server.requests) == before
 
 
+@pytest.mark.slow
 def test_a_missing_file_fails_at_once_and_leaves_no_partial_data(shared_data: Path, serve_folder,
                                                                  tmp_path: Path) -> None:
     server = serve_folder(shared_data / "book")
@@ -76,3 +83,17 @@ def test_a_missing_file_fails_at_once_and_leaves_no_partial_data(shared_data: Pa
     assert server.requests == ["/no-such-file.txt"]  # a 404 is not retried
     assert (work / "data" / "raw" / "corpus.txt").read_text() == "the previous run's data\n"
     assert not (work / "data" / "raw.partial").exists()
+
+
+def test_a_five_row_classification_set_is_refused_by_download(tmp_path: Path) -> None:
+    # The issue's case: 5 rows passed download, pretrained, then crashed finetuning on an empty
+    # validation split. The check reads the set as download wrote it, with finetune_classifier's split.
+    (tmp_path / "labels.json").write_text('["ham", "spam"]')
+    rows = ["ham", "ham", "spam", "ham", "spam"]
+    (tmp_path / "classification.jsonl").write_text("".join(json.dumps({"label": r, "text": "t"}) + "\n" for r in rows))
+    ctx = StageContext("download", shipped_params({"finetune_classifier": {"balance": False}}), NoTracking())
+    with pytest.raises(DataError, match=r"five.csv: too few records for finetune_classifier: 5 records .* give "
+                                        r"train 3, validation 0, test 2, so the validation split gets too few"):
+        check_classification_sizes(ctx, tmp_path, "five.csv")
+    ctx = StageContext("download", shipped_params({"finetune_classifier": {"val_fraction": 0.2}}), NoTracking())
+    check_classification_sizes(ctx, tmp_path, "five.csv")  # train 3, validation 1, test 1

@@ -161,3 +161,62 @@ def test_builtin_world_goes_through_the_same_writers(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "labels.json").read_text()) == ["ham", "spam"]
     assert stats["classification_records"] == 60
     assert write_instructions(builtin_instructions(1, SIZES), tmp_path / "i.json", "b")["instruction_records"] == 30
+
+
+def test_a_numeric_output_is_an_error_naming_the_record(tmp_path: Path) -> None:
+    # It used to become the text "42" without a word.
+    src = tmp_path / "math.json"
+    src.write_text('[{"instruction": "Add 40 and 2", "input": "", "output": "42"},\n'
+                   ' {"instruction": "Add 1 and 2", "input": "", "output": 3}]')
+    with pytest.raises(DataError, match=r"math.json: record 1: field 'output' is 3, not text; quote it in the file "
+                                        r"\(\"3\"\)"):
+        write_instructions(instruction_records(files(src), InstructionSource(source=BUILTIN)), tmp_path / "i.json", "t")
+
+
+@pytest.mark.parametrize("name, content, where", [
+    ("nan.jsonl", '{"text": "hi", "label": "ham"}\n{"text": "yo", "label": "spam"}\n{"text": "x", "label": NaN}\n',
+     "nan.jsonl:3"),
+    ("nan.csv", "text,label\nhi,ham\nyo,spam\nx,NaN\n", "nan.csv:4"),
+    ("empty.csv", "text,label\nhi,ham\nyo,spam\nx,\n", "empty.csv:4"),
+])
+def test_a_missing_label_is_an_error_not_a_class(tmp_path: Path, name: str, content: str, where: str) -> None:
+    # A NaN label used to become a third class "nan".
+    src = tmp_path / name
+    src.write_text(content)
+    with pytest.raises(DataError, match=rf"{where}: the record has no label \(an empty, NaN or null value\).*"
+                                        r"unlisted_labels: drop"):
+        write_classification(classification_records(files(src), ClassificationSource(source=BUILTIN)), None,
+                             tmp_path / "c.jsonl", tmp_path / "l.json", "test")
+
+
+def test_unlisted_labels_drop_keeps_the_listed_ones_and_counts_the_rest(tmp_path: Path, caplog) -> None:
+    # Rotten Tomatoes-like: `plot` besides fresh / rotten, and a record without a label.
+    src = tmp_path / "rt.csv"
+    src.write_text("text,label\na,fresh\nb,plot\nc,rotten\nd,plot\ne,\nf,fresh\n")
+    cfg = ClassificationSource(source=BUILTIN, labels=["rotten", "fresh"], unlisted_labels="drop")
+    out, labels_out = tmp_path / "c.jsonl", tmp_path / "l.json"
+    with caplog.at_level("WARNING", logger="gptpipe.datasets"):
+        stats = write_classification(classification_records(files(src), cfg), cfg.labels, out, labels_out, "rt.csv",
+                                     unlisted_labels=cfg.unlisted_labels)
+    assert [json.loads(line)["label"] for line in out.read_text().splitlines()] == ["fresh", "rotten", "fresh"]
+    assert json.loads(labels_out.read_text()) == ["rotten", "fresh"]
+    assert stats["classification_records"] == 3 and stats["classification_records_dropped"] == 3
+    assert "rt.csv: dropped 3 record(s) whose label is not in download.classification.labels ['rotten', 'fresh']: " \
+           "plot 2, (no label) 1" in caplog.text
+    with pytest.raises(DataError, match=r"rt.csv:3: label 'plot' is not one of \['rotten', 'fresh'\].*"
+                                        r"unlisted_labels: drop"):
+        write_classification(classification_records(files(src), cfg), cfg.labels, out, labels_out, "rt.csv",
+                             unlisted_labels="error")
+
+
+def test_a_corpus_with_a_byte_order_mark_keeps_it_out_of_the_text(tmp_path: Path) -> None:
+    src = tmp_path / "doc.txt"
+    src.write_bytes("\ufeffOnce upon a time.\n".encode("utf-8"))
+    out = tmp_path / "corpus.txt"
+    write_corpus(corpus_documents(files(src), CorpusSource(source=BUILTIN)), out, "test")
+    assert documents_of(out) == ["Once upon a time."]
+
+
+def test_dropping_unlisted_labels_needs_the_list() -> None:
+    with pytest.raises(ValueError, match="unlisted_labels: drop needs `labels`"):
+        ClassificationSource(source=BUILTIN, unlisted_labels="drop")

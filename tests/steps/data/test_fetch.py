@@ -546,3 +546,28 @@ def test_extract_all_needs_zip_or_tar(tmp_path: Path) -> None:
     with pytest.raises(FetchError, match="gz file"):
         extract_all(archive, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_truncated_zip_is_called_truncated_not_a_non_archive(tmp_path: Path) -> None:
+    whole = make_zip(tmp_path / "whole.zip", {"m.txt": b"hello " * 5000}).read_bytes()
+    cut = tmp_path / "cut.zip"
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(FetchError, match=rf"{cut}: truncated or corrupt zip archive .*fetch it again"):
+        archive_kind(cut)
+    with pytest.raises(FetchError, match="truncated or corrupt zip archive"):
+        extract_member(cut, "m.txt", tmp_path / "out" / "m.txt")
+    with pytest.raises(FetchError, match="truncated or corrupt zip archive"):
+        extract_all(cut, tmp_path / "out" / "all")
+    assert leftovers(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize("name", ["a.tar", "a.tar.gz"])
+def test_a_truncated_tar_says_so(tmp_path: Path, name: str) -> None:
+    big = {"m.bin": bytes(range(256)) * 800}
+    whole = make_tar(tmp_path / name, big).read_bytes()
+    cut = tmp_path / f"cut-{name}"
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(FetchError, match=rf"{cut}: truncated or corrupt (tar|gz) archive"):
+        extract_all(cut, tmp_path / "out" / "all")
+    with pytest.raises(FetchError, match=rf"{cut}: truncated or corrupt (tar|gz) archive"):
+        extract_member(cut, "m.bin", tmp_path / "out" / "m.bin")

@@ -139,3 +139,95 @@ def test_text_field_rejects_what_is_not_text(value, message: str) -> None:
 
 def test_text_field_may_allow_empty() -> None:
     assert text_field(Record("x", {"t": ""}), "t", "p", allow_empty=True) == ""
+
+
+# --- encodings, compression, record lines ------------------------------------------------------
+
+def test_a_utf8_byte_order_mark_is_no_part_of_the_header(tmp_path: Path) -> None:
+    # What spreadsheet programs write: the header read `\ufefftext` and `text` was "missing".
+    path = write(tmp_path, "d.csv", "\ufefftext,label\nhi,ham\n".encode("utf-8"))
+    assert [dict(r.fields) for r in read_records(path, "auto")] == [{"text": "hi", "label": "ham"}]
+    jsonl = write(tmp_path, "d.jsonl", '\ufeff{"text": "a"}\n'.encode("utf-8"))
+    assert [r.fields["text"] for r in read_records(jsonl, "auto")] == ["a"]
+
+
+def test_a_utf8_byte_order_mark_is_no_text_of_a_corpus(tmp_path: Path) -> None:
+    path = write(tmp_path, "a.txt", "\ufeffFirst line\nsecond\n".encode("utf-8"))
+    assert [line for _, line in iter_lines(path)] == ["First line\n", "second\n"]
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32", "utf-32-be"])
+def test_utf16_and_utf32_files_with_a_byte_order_mark_are_decoded(tmp_path: Path, encoding: str) -> None:
+    text = "text,label\r\ncafé ☕,ham\r\n\"two\nlines\",spam\r\n"
+    raw = text.encode(encoding)
+    if encoding.endswith("-be"):  # the -be codecs write no mark: add the one an editor would
+        raw = ("\ufeff" + text).encode(encoding)
+    path = write(tmp_path, "d.csv", raw)
+    records = list(read_records(path, "auto"))
+    assert [dict(r.fields) for r in records] == [{"text": "café ☕", "label": "ham"},
+                                                {"text": "two\nlines", "label": "spam"}]
+    assert [r.where for r in records] == [f"{path}:2", f"{path}:3"]
+
+
+def test_utf16_without_a_byte_order_mark_is_refused_with_the_conversion(tmp_path: Path) -> None:
+    path = write(tmp_path, "d.csv", "text,label\nhi,ham\n".encode("utf-16-le"))
+    with pytest.raises(DataError, match=rf"{path}:1: NUL bytes .* UTF-16 or UTF-32 without a byte-order mark; "
+                                        rf"convert it: `iconv -f UTF-16LE -t UTF-8 {path} > converted`"):
+        list(read_records(path, "auto"))
+
+
+def test_damaged_utf16_after_its_mark_names_the_conversion(tmp_path: Path) -> None:
+    path = write(tmp_path, "d.txt", "ok\nline\n".encode("utf-16") + b"\x00\xd8")  # a lone high surrogate
+    with pytest.raises(DataError, match=rf"{path}:3: not valid UTF-16 although it starts with a UTF-16 "
+                                        rf"byte-order mark .*`iconv -f UTF-16 -t UTF-8 {path} > converted`"):
+        list(iter_lines(path))
+
+
+@pytest.mark.parametrize("suffix, compress", [(".gz", "gzip"), (".bz2", "bz2"), (".xz", "lzma")])
+def test_compressed_files_are_read(tmp_path: Path, suffix: str, compress: str) -> None:
+    import importlib
+
+    module = importlib.import_module(compress)
+    table = write(tmp_path, f"d.csv{suffix}", module.compress("\ufefftext,label\nhi,ham\n".encode()))
+    assert detect_format(table, "auto") == "csv"
+    assert [dict(r.fields) for r in read_records(table, "auto")] == [{"text": "hi", "label": "ham"}]
+    text = write(tmp_path, f"a.txt{suffix}", module.compress(b"one\ntwo\n"))
+    assert [line for _, line in iter_lines(text)] == ["one\n", "two\n"]
+
+
+@pytest.mark.parametrize("suffix, compress", [(".gz", "gzip"), (".bz2", "bz2"), (".xz", "lzma")])
+def test_a_truncated_compressed_file_says_so(tmp_path: Path, suffix: str, compress: str) -> None:
+    import importlib
+
+    whole = importlib.import_module(compress).compress("".join(f"{i},ham\n" for i in range(5000)).encode())
+    path = write(tmp_path, f"d.csv{suffix}", whole[: len(whole) // 2])
+    with pytest.raises(DataError, match=rf"{path}: truncated or corrupt {suffix[1:]} file"):
+        list(read_records(path, "csv", header=False, columns=["text", "label"]))
+
+
+def test_a_compressed_parquet_file_is_refused() -> None:
+    with pytest.raises(DataError, match="Parquet compresses its own columns"):
+        list(read_records(Path("d.parquet.gz"), "auto"))
+
+
+def test_errors_name_the_first_line_of_a_multiline_record(tmp_path: Path) -> None:
+    path = write(tmp_path, "d.csv", 'text,label\nhi,ham\n"three\nline\nmessage",spam,extra\n')
+    with pytest.raises(DataError, match=rf"{path}:3: row has 3 fields"):
+        list(read_records(path, "auto"))
+    ok = write(tmp_path, "ok.csv", 'text,label\n\n"two\nlines",ham\nnext\n')
+    records = list(read_records(ok, "auto"))
+    assert [r.where for r in records] == [f"{ok}:3", f"{ok}:5"]
+    with pytest.raises(DataError, match=rf"{ok}:5: missing field 'label'"):
+        text_field(records[1], "label", "download.classification.label_field")
+
+
+@pytest.mark.parametrize("value, label", [("spam", "spam"), (" ham ", "ham"), (3, "3"), ("", None), ("NaN", None),
+                                          ("nan", None), (None, None), (float("nan"), None), ("NA", None)])
+def test_label_field_reads_names_and_ids_and_sees_missing_values(value, label) -> None:
+    assert label_field(Record("f:2", {"label": value}), "label", "p") == label
+
+
+@pytest.mark.parametrize("value", [1.5, True, ["a"]])
+def test_label_field_refuses_other_values(value) -> None:
+    with pytest.raises(DataError, match=r"f:2: field 'label' is .*, expected a label name"):
+        label_field(Record("f:2", {"label": value}), "label", "p")

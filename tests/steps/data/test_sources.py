@@ -67,6 +67,18 @@ def test_member_checksum_mismatch_refetches_once_then_fails(site, tmp_path: Path
     assert not (tmp_path / "work" / "data.tsv").exists()
 
 
+def test_a_truncated_unpinned_zip_is_fetched_again_once_then_named(site, tmp_path: Path) -> None:
+    folder, server = site
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("data.tsv", "ham\thi\n" * 2000)
+    (folder / "a.zip").write_bytes(buf.getvalue()[:300])  # the server holds a cut copy
+    src = UrlSource(url=f"{server.url}/a.zip", member="data.tsv", member_sha256="0" * 64)
+    with pytest.raises(FetchError, match=r"a.zip: truncated or corrupt zip archive \(it starts like one"):
+        fetch_url(src, tmp_path / "cache", tmp_path / "work")
+    assert len(server.requests) == 2  # the cached copy may be the cut one: one fresh download
+
+
 def test_missing_archive_member_is_named(site, tmp_path: Path) -> None:
     folder, server = site
     buf = io.BytesIO()
@@ -121,6 +133,11 @@ def test_local_file_folder_and_glob(tmp_path: Path, monkeypatch) -> None:
     assert [p.name for p in pattern.files] == ["a.txt", "b.txt"]
     single = local_files(LocalSource(path="data/local/docs/a.txt"), "auto")
     assert [p.name for p in single.files] == ["a.txt"]
+    (docs / "c.csv.gz").write_bytes(gzip.compress(b"text\nC\n"))
+    (docs / "d.txt.xz").write_bytes(b"")
+    (docs / "e.bin.gz").write_bytes(b"")  # compressed, but not a data format
+    compressed = local_files(LocalSource(path="data/local/docs"), "auto")
+    assert [p.name for p in compressed.files] == ["a.txt", "c.csv.gz", "d.txt.xz", "b.txt"]
 
 
 def test_local_paths_that_match_nothing(tmp_path: Path, monkeypatch) -> None:
