@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipelines import STAGES, inference
+from pipelines import STAGES, inference, serve
 from pipelines.scaling import add_scaling_parser, scaling_command
 
 if TYPE_CHECKING:
@@ -78,6 +78,7 @@ def cli(argv: list[str] | None = None) -> int:
     add_compare_parser(sub)
     add_retrain_parsers(sub)
     inference.add_parsers(sub)
+    serve.add_parser(sub)
     add_scaling_parser(sub)
     args = parser.parse_args(argv)
 
@@ -98,6 +99,8 @@ def cli(argv: list[str] | None = None) -> int:
         return _profile(args.name, args.params)
     if args.command in inference.COMMANDS:
         return inference.run(args)
+    if args.command == "serve":
+        return serve.serve_command(args)
     if args.command == "scaling":
         return scaling_command(args)
     return stage_command(args.command, args.params)
