@@ -8,7 +8,7 @@ on the default params (`--quick`: a few steps per stage, for a fast check of the
 stage is an ordinary process (`python -m pipelines <stage>`). Each line DVC prints is time-stamped
 as it arrives, so every stage gets a wall time: from DVC's "Running stage" line to the next one (or
 DVC's exit), i.e. including DVC's own work after it (hashing its outputs, writing dvc.lock). From
-reports/<stage>.json it takes `compute_seconds` (the stage body less its MLflow calls),
+reports/timings/<stage>.json it takes `compute_seconds` (the stage body less its MLflow calls),
 `tracking_seconds` (those calls) and `startup_seconds` (the stage process's start to the first
 line of its work). For each stage:
 
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         spans, dvc_start = stage_spans(lines, wall)
         rows = {}
         for stage in STAGES:
-            report = json.loads((work / "reports" / f"{stage}.json").read_text())
+            report = json.loads((work / "reports" / "timings" / f"{stage}.json").read_text())
             compute, startup = report["compute_seconds"], report["startup_seconds"]
             tracking = report.get("tracking_seconds", 0.0)
             span = spans.get(stage, 0.0)

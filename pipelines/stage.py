@@ -103,6 +103,14 @@ def process_start_time() -> float:
         return psutil.Process().create_time()
 
 
+def is_timing(metric: str) -> bool:
+    """Whether a metric measures this machine at this moment rather than the inputs: durations
+    (`*_seconds`, `seconds_per_*`), rates (`*_per_s`), memory peaks and MFU. MLflow records them
+    with the rest; `reports/timings/<stage>.json` holds them outside DVC."""
+    words = metric.split("_")
+    return "seconds" in words or "memory" in words or metric.endswith("_per_s") or metric == "mfu"
+
+
 def run_stage(
     stage: str,
     params_path: str,
@@ -110,7 +118,8 @@ def run_stage(
     inputs: Iterable[str | Path],
     body: Callable[[StageContext], dict[str, float]],
 ) -> dict[str, float]:
-    """Run `body` inside the stage's MLflow run; write `reports/<stage>.json` and log the plots."""
+    """Run `body` inside the stage's MLflow run; write `reports/<stage>.json` (timings apart, in
+    `reports/timings/<stage>.json`) and log the plots."""
     params = load_params(params_path)
     seed_everything(params.seed)
     with stage_run(
@@ -133,7 +142,10 @@ def run_stage(
         metrics["tracking_seconds"] = round(tracking, 3)
         metrics["startup_seconds"] = round(startup, 3)
         run.log_metrics(metrics)
-        write_json(layout.metrics_file(stage), metrics)
+        # reports/<stage>.json is a DVC metric: the same inputs must write the same bytes, so this
+        # machine's and moment's figures go beside it, into a file DVC does not track.
+        write_json(layout.metrics_file(stage), {k: v for k, v in metrics.items() if not is_timing(k)})
+        write_json(layout.timings_file(stage), {k: v for k, v in metrics.items() if is_timing(k)})
         run.log_artifact(layout.metrics_file(stage))
         if layout.plots_dir(stage).is_dir():
             run.log_artifacts(layout.plots_dir(stage), artifact_path="plots")

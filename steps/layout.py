@@ -38,5 +38,10 @@ def metrics_file(stage: str) -> Path:
     return REPORTS / f"{stage}.json"
 
 
+def timings_file(stage: str) -> Path:
+    """A stage's durations, rates and memory peaks: no DVC output (they differ run to run)."""
+    return REPORTS / "timings" / f"{stage}.json"
+
+
 def plots_dir(stage: str) -> Path:
     return REPORTS / "plots" / stage

@@ -63,4 +63,39 @@ def test_the_bodys_mlflow_time_is_reported_as_tracking_not_computation(tmp_path,
         mlflow.set_tracking_uri(None)
     assert 0.2 <= metrics["compute_seconds"] < 0.35
     assert metrics["tracking_seconds"] >= 0.4
-    assert json.loads((tmp_path / "reports" / "pretrain.json").read_text())["tracking_seconds"] >= 0.4
+    assert json.loads((tmp_path / "reports" / "timings" / "pretrain.json").read_text())["tracking_seconds"] >= 0.4
+
+
+def test_the_metrics_file_holds_what_the_inputs_decide_and_timings_go_beside_it(tmp_path, monkeypatch):
+    """reports/<stage>.json is a DVC metric: two runs of the same stage write the same bytes. The
+    durations, rates and memory peaks go to MLflow and reports/timings/<stage>.json (no DVC out)."""
+    import json
+    import time
+
+    import mlflow
+
+    from pipelines.stage import is_timing, run_stage
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(merged({"seed": 7})))
+
+    def body(ctx: StageContext) -> dict[str, float]:
+        return {"val_loss": 1.5, "steps": 3, "tokens_per_s": time.perf_counter(), "peak_memory_mb": random.random(),
+                "seconds_per_step": random.random(), "encode_seconds": random.random(), "mfu": random.random()}
+
+    written = []
+    try:
+        for _ in range(2):
+            metrics = run_stage("pretrain", "p.yaml", ["seed"], [], body)
+            written.append((tmp_path / "reports" / "pretrain.json").read_bytes())
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert written[0] == written[1]
+    assert json.loads(written[0]) == {"val_loss": 1.5, "steps": 3}
+    timings = json.loads((tmp_path / "reports" / "timings" / "pretrain.json").read_text())
+    assert set(timings) == {"tokens_per_s", "peak_memory_mb", "seconds_per_step", "encode_seconds", "mfu",
+                            "compute_seconds", "tracking_seconds", "startup_seconds"}
+    assert timings.items() <= metrics.items()  # the flow (and MLflow) still get every figure
+    assert not any(is_timing(name) for name in ("val_loss", "train_accuracy", "steps", "tokens_seen", "parameters",
+                                                "encode_workers", "test_f1", "val_perplexity"))
