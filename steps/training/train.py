@@ -9,11 +9,14 @@ With checkpoint settings it saves its whole state periodically (steps/training/c
 continues from the newest valid checkpoint, ending with the weights an uninterrupted run would have.
 Under torchrun it takes a `Distributed` (steps/training/distributed.py): the model trains wrapped in DDP or
 FSDP, the logged loss is the mean over ranks, and only rank 0 reports metrics and writes checkpoints.
+A NaN or infinite training loss or validation metric stops the run with `NonFiniteLossError`, naming
+the step and the likely causes, before any checkpoint of the broken weights is written.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import resource
@@ -58,6 +61,11 @@ MetricsFn = Callable[[dict[str, float], int], None]
 """(metrics, step) -> None: where metrics leave the loop (e.g. to MLflow)."""
 
 log = logging.getLogger("gptpipe.train")
+
+
+class NonFiniteLossError(ValueError):
+    """A training loss or validation metric became NaN or infinite: training stops rather than
+    save (and report) a model that learned nothing."""
 
 
 @dataclass(frozen=True)
@@ -220,17 +228,31 @@ def train(
             return contextlib.nullcontext()
         return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
-    def run_eval() -> dict[str, float]:
+    def run_eval(step: int) -> dict[str, float]:
         if evaluate is None:
             return {}
         model.eval()
         with torch.no_grad(), autocast():
             metrics = evaluate(model)
         model.train()
+        for name, value in metrics.items():
+            if not math.isfinite(value):
+                raise NonFiniteLossError(non_finite_message(f"{desc}: validation metric {name} is {value} at step {step}",
+                                                            step <= first + 1, settings, amp_dtype))
         return metrics
 
+    def check_window(step: int) -> float:
+        """The window's mean training loss (over all ranks); an error if it is not finite."""
+        mean = dist.all_reduce_mean(window_loss).item() / max(1, window_steps)
+        if not math.isfinite(mean):
+            bad = int(first_bad.item())  # 0: it went non-finite on another rank
+            at = f"at step {bad}" if bad else f"between steps {step - settings.log_interval + 1} and {step}"
+            raise NonFiniteLossError(non_finite_message(f"{desc}: the training loss became {mean} {at}",
+                                                        bad == first + 1, settings, amp_dtype))
+        return mean
+
     if resumed is None:
-        metrics = run_eval()
+        metrics = run_eval(0)
         if metrics:
             result.history.append({"step": 0, **metrics})
             if on_metrics:
@@ -242,6 +264,7 @@ def train(
 
     model.train()
     window_loss = torch.zeros((), device=device)
+    first_bad = torch.zeros((), dtype=torch.long, device=device)  # first step whose loss was not finite; 0 = none
     window_steps = window_tokens = 0
     window_start = start = time.perf_counter()
     bar = tqdm(total=settings.max_steps, initial=first, desc=desc, unit="step", dynamic_ncols=True,
@@ -266,6 +289,8 @@ def train(
             n_tokens *= dist.world_size  # every rank's shard is the same size
             # Accumulate on device: .item() every step would force a sync and stall a GPU.
             window_loss += loss.detach()
+            # Kept on device (no sync): which step first went non-finite, for the error message.
+            first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss.detach()), step, first_bad)
             window_tokens += n_tokens
             result.tokens += n_tokens
         if settings.grad_clip > 0:
@@ -279,10 +304,10 @@ def train(
 
         is_eval = step % settings.eval_interval == 0 or step == settings.max_steps
         if step % settings.log_interval == 0 or is_eval:
-            row = _log_row(dist.all_reduce_mean(window_loss).item() / window_steps, scheduler.get_last_lr()[0],
+            row = _log_row(check_window(step), scheduler.get_last_lr()[0],
                            window_tokens / max(time.perf_counter() - window_start, 1e-9), settings)
             if is_eval:
-                row.update(run_eval())
+                row.update(run_eval(step))
             bar.set_postfix(_postfix(row))
             result.history.append({"step": step, **row})
             if on_metrics:
@@ -291,6 +316,7 @@ def train(
             window_steps = window_tokens = 0
             window_start = time.perf_counter()
         if checkpoints is not None and checkpoints.due(step, settings.max_steps):
+            check_window(step)  # never checkpoint weights a non-finite loss has already spoiled
             result.steps = step
             # Taken after this step's evaluation, so that the RNG state saved is the one the next
             # step starts from in an uninterrupted run.
@@ -302,6 +328,19 @@ def train(
     result.peak_memory_mb = peak_memory_mb(device)
     model.eval()
     return result
+
+
+def non_finite_message(what: str, first_step: bool, s: TrainSettings, amp_dtype: torch.dtype | None) -> str:
+    """`what` went wrong, then its likely causes, most likely first, and the fix of each."""
+    masked = ("a batch with no target to score (every target ignore_index, e.g. prompts masked and no response "
+              "token left): its mean loss is 0/0")
+    lr = (f"a learning rate too high for this model (lr {s.lr:g}: lower lr or raise warmup_steps in this stage's "
+          "params; keep grad_clip > 0)")
+    causes = [masked, "weights that were not finite to begin with"] if first_step else [lr, masked]
+    if amp_dtype == torch.float16:
+        causes.insert(0, "fp16 overflow (set the stage's precision to bf16 or fp32)")
+    listed = "; ".join(f"({i}) {c}" for i, c in enumerate(causes, start=1))
+    return f"{what}; training stopped and nothing was saved. Likely causes: {listed}"
 
 
 def _log_row(train_loss: float, lr: float, tokens_per_s: float, s: TrainSettings) -> dict[str, float]:
@@ -349,7 +388,8 @@ def _save(checkpoints: CheckpointSettings, step: int, net: nn.Module, result: Tr
     assert rng_states is not None
     state["rng"] = rng_states[0]
     if dist.enabled:
-        state["rng_ranks"] = rng_states
+        # A copy: the training state's safetensors file refuses one tensor stored under two keys.
+        state["rng_ranks"] = copy.deepcopy(rng_states)
     save_checkpoint(checkpoints.folder, step, weights, state, fingerprint=checkpoints.fingerprint,
                     keep=checkpoints.keep)
 

@@ -12,7 +12,9 @@ from torch import nn
 
 from model.gpt import GPTModel
 from steps.tasks.language_modeling import lm_loss, mean_loss
+from steps.training.checkpoints import CheckpointSettings
 from steps.training.train import (
+    NonFiniteLossError,
     TrainResult,
     TrainSettings,
     cycle,
@@ -425,3 +427,63 @@ def test_compiled_training_matches_eager_and_saves_plain_names(tmp_path) -> None
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
     saved = load_file(str(tmp_path / "compiled" / "step-000002" / WEIGHTS))
     assert saved.keys() == set(eager.state_dict()) and not any("_orig_mod" in k for k in saved)
+
+
+# --- non-finite losses stop the run -----------------------------------------------------------
+
+
+def nan_from(bad_step: int):
+    """lm_loss, except that micro-batch `bad_step` (1-based) and every later one return NaN, as a
+    diverged model does."""
+    calls = itertools.count(1)
+
+    def loss_fn(m: nn.Module, batch):
+        loss, n = lm_loss(m, batch)
+        return (loss * float("nan") if next(calls) >= bad_step else loss), n
+
+    return loss_fn
+
+
+def test_a_nan_loss_stops_training_naming_the_step_and_the_learning_rate() -> None:
+    # Issue 19: training went on to the end with `loss=nan` and the stage exited 0.
+    torch.manual_seed(0)
+    rows: list[dict[str, float]] = []
+    settings = TrainSettings(max_steps=20, lr=3e-3, log_interval=5, eval_interval=10)
+    with pytest.raises(NonFiniteLossError) as err:
+        train(GPTModel(CFG), cycle([fixed_batch()]), nan_from(7), settings, CPU, desc="instruct",
+              on_metrics=lambda metrics, step: rows.append(metrics))
+    message = str(err.value)
+    assert message.startswith("instruct: the training loss became nan at step 7; training stopped and nothing was saved")
+    assert "(1) a learning rate too high for this model (lr 0.003: lower lr or raise warmup_steps" in message
+    assert "every target ignore_index" in message
+    assert "fp16" not in message  # not using fp16: not a cause
+    assert all(math.isfinite(v) for row in rows for v in row.values())  # nothing non-finite was reported
+
+
+def test_a_nan_loss_at_the_first_step_blames_the_data_not_the_learning_rate() -> None:
+    with pytest.raises(NonFiniteLossError) as err:
+        train(GPTModel(CFG), cycle([fixed_batch()]), nan_from(1), TrainSettings(max_steps=4, lr=1e-3, log_interval=2),
+              CPU, amp_dtype=torch.float16)
+    message = str(err.value)
+    assert "the training loss became nan at step 1;" in message
+    assert message.index("fp16 overflow (set the stage's precision to bf16 or fp32)") < message.index("ignore_index")
+    assert "learning rate" not in message  # no update has happened yet
+
+
+def test_a_non_finite_validation_metric_stops_training() -> None:
+    # e.g. the mean loss of a validation set with nothing to score
+    def evaluate(m: nn.Module) -> dict[str, float]:
+        return {"val_loss": float("nan")}
+
+    with pytest.raises(NonFiniteLossError, match=r"^train: validation metric val_loss is nan at step 0; training stopped"):
+        train(GPTModel(CFG), cycle([fixed_batch()]), lm_loss, TrainSettings(max_steps=2, lr=1e-3), CPU, evaluate=evaluate)
+
+
+def test_no_checkpoint_holds_weights_a_nan_loss_spoiled(tmp_path) -> None:
+    checkpoints = CheckpointSettings(tmp_path / "ckpt", interval=2, keep=5, fingerprint="nan")
+    settings = TrainSettings(max_steps=10, lr=1e-3, log_interval=10, eval_interval=10)
+    with pytest.raises(NonFiniteLossError, match="the training loss became nan at step 3;"):
+        train(GPTModel(CFG), lambda n: itertools.islice(cycle([fixed_batch()]), n, None), nan_from(3), settings, CPU,
+              checkpoints=checkpoints)
+    saved = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    assert saved == ["step-000002"]  # the step-4 checkpoint, after the NaN, was never written
