@@ -22,6 +22,7 @@ from steps.data.readers import (
     DataError,
     Record,
     detect_format,
+    is_missing,
     iter_lines,
     label_field,
     read_records,
@@ -173,7 +174,8 @@ def instruction_records(fetched: Fetched, cfg: InstructionSource) -> Iterator[di
         records = (r for path in fetched.files for r in read_records(path, cfg.format, cfg.header, cfg.columns))
     m = cfg.fields
     for record in records:
-        has_input = m.input is not None and record.fields.get(m.input) is not None
+        # An absent or NaN input (pandas' empty cell) is no input; instruction and output are required.
+        has_input = m.input is not None and not is_missing(record.fields.get(m.input))
         yield {
             "instruction": text_field(record, m.instruction, "download.instructions.fields.instruction"),
             "input": text_field(record, m.input, "download.instructions.fields.input", allow_empty=True)

@@ -254,7 +254,7 @@ def text_field(record: Record, field: str, param: str, allow_empty: bool = False
     is more often a column mix-up than an answer.
     """
     value = _field(record, field, param)
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if is_missing(value):
         raise DataError(f"{record.where}: field {field!r} is {value} (a missing value), expected text; "
                         f"fill it in or remove the record")
     if isinstance(value, (bool, int, float)):
@@ -272,7 +272,7 @@ def label_field(record: Record, field: str, param: str) -> str | None:
     ids, e.g. 0 / 1); None when the value means "no label" (empty, NaN, null, `NA`, see
     MISSING_LABELS). Any other value is an error."""
     value = _field(record, field, param)
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if is_missing(value):
         return None
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
@@ -281,6 +281,11 @@ def label_field(record: Record, field: str, param: str) -> str | None:
                         f"integer id)")
     label = value.strip()
     return None if label in MISSING_LABELS else label
+
+
+def is_missing(value: Any) -> bool:
+    """None, or the NaN that pandas writes for an empty cell (JSON `NaN`, a Parquet null float)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _field(record: Record, field: str, param: str) -> Any:

@@ -166,8 +166,10 @@ def test_builtin_world_goes_through_the_same_writers(tmp_path: Path) -> None:
 def test_a_numeric_output_is_an_error_naming_the_record(tmp_path: Path) -> None:
     # It used to become the text "42" without a word.
     src = tmp_path / "math.json"
-    src.write_text('[{"instruction": "Add 40 and 2", "input": "", "output": "42"},\n'
+    src.write_text('[{"instruction": "Add 40 and 2", "input": NaN, "output": "42"},\n'
                    ' {"instruction": "Add 1 and 2", "input": "", "output": 3}]')
+    first = next(instruction_records(files(src), InstructionSource(source=BUILTIN)))
+    assert first == {"instruction": "Add 40 and 2", "input": "", "output": "42"}  # a NaN input is no input
     with pytest.raises(DataError, match=r"math.json: record 1: field 'output' is 3, not text; quote it in the file "
                                         r"\(\"3\"\)"):
         write_instructions(instruction_records(files(src), InstructionSource(source=BUILTIN)), tmp_path / "i.json", "t")
