@@ -57,6 +57,9 @@ def cli(argv: list[str] | None = None) -> int:
     """Every command, parsed by argparse."""
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="gptpipe", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--debug", action="store_true",
+                        help="show failures' tracebacks on the terminal (as GPTPIPE_DEBUG=1 does); "
+                             "without it an expected error is one message, its traceback in logs/<stage>.log")
     sub = parser.add_subparsers(dest="command", required=True)
     for stage in STAGES:
         p = sub.add_parser(stage, help=f"run the {stage} stage (normally through `dvc repro`)")
@@ -81,6 +84,8 @@ def cli(argv: list[str] | None = None) -> int:
     serve.add_parser(sub)
     add_scaling_parser(sub)
     args = parser.parse_args(argv)
+    if args.debug:
+        os.environ["GPTPIPE_DEBUG"] = "1"  # inherited by torchrun's ranks and the stages `dvc repro` runs
 
     if args.command == "stages":
         print("\n".join(STAGES))
@@ -107,8 +112,9 @@ def cli(argv: list[str] | None = None) -> int:
 
 
 def stage_command(stage: str, params_path: str) -> int:
-    """Run one stage here (under torchrun when its params ask for several processes); 2 when the
-    params file is invalid."""
+    """Run one stage here (under torchrun when its params ask for several processes). Exit status
+    2 when the params file is invalid or the stage stops on an expected error (bad data, an
+    unreachable source: said once, with its fix), 1 on any other failure (pipelines/failures.py)."""
     from steps.config import ConfigError, load_params
 
     try:
@@ -119,10 +125,18 @@ def stage_command(stage: str, params_path: str) -> int:
         relaunch = torchrun_relaunch(stage, params_path, params.pretrain.nproc)
         if relaunch is not None:
             return subprocess.call(relaunch)  # its ranks inherit PREFECT_API_URL
-        run_flow(stage, params_path)
     except ConfigError as err:
         print(f"gptpipe: {err}", file=sys.stderr)
         return 2
+    from pipelines.failures import StageLog
+
+    stage_log = StageLog(stage)
+    try:
+        run_flow(stage, params_path)
+    except Exception as err:  # noqa: BLE001 - reported once, by kind (failures.py); the status says it
+        return stage_log.failed(err)
+    finally:
+        stage_log.close()
     return 0
 
 
