@@ -16,7 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from model.atomic import atomic_path, write_json, write_text
-from steps.config import BuiltinSizes, ClassificationSource, CorpusSource, InstructionSource
+from steps.config import (
+    BuiltinSizes,
+    ClassificationSource,
+    CorpusSource,
+    InstructionSource,
+)
 from steps.data import builtin_data
 from steps.data.readers import (
     DataError,

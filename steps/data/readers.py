@@ -30,12 +30,8 @@ FORMAT_BY_SUFFIX = {
     ".tsv": "tsv", ".tab": "tsv",
     ".parquet": "parquet",
 }
-# Compressed files are read through these, by extension.
-OPENERS: dict[str, Callable[[Path], IO[bytes]]] = {
-    ".gz": lambda p: gzip.open(p, "rb"),
-    ".bz2": lambda p: bz2.open(p, "rb"),
-    ".xz": lambda p: lzma.open(p, "rb"),
-}
+# Compressed files are read through these, by extension (each called as `open(path, "rb")`).
+OPENERS: dict[str, Callable[..., IO[bytes]]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 # What a damaged compressed stream raises while it is read: gzip.BadGzipFile and bz2's "Invalid
 # data stream" are OSErrors; a stream cut short raises EOFError.
 _DECOMPRESSION_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError)
@@ -91,7 +87,7 @@ def open_data(path: Path) -> Iterator[IO[bytes]]:
             yield f
         return
     try:
-        with OPENERS[kind](path) as f:
+        with OPENERS[kind](path, "rb") as f:
             yield f
     except _DECOMPRESSION_ERRORS as err:
         raise DataError(f"{path}: truncated or corrupt {kind[1:]} file ({err or type(err).__name__}); "

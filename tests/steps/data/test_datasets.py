@@ -80,7 +80,7 @@ def test_an_empty_corpus_is_an_error_and_leaves_nothing(tmp_path: Path) -> None:
 
 def test_non_utf8_text_file_is_named(tmp_path: Path) -> None:
     bad = tmp_path / "latin1.txt"
-    bad.write_bytes("ok\n".encode() + "café\n".encode("latin-1"))
+    bad.write_bytes(b"ok\n" + "café\n".encode("latin-1"))
     out = tmp_path / "raw" / "corpus.txt"
     with pytest.raises(DataError, match=rf"{bad}:2: bytes that are not UTF-8"):
         write_corpus(corpus_documents(files(bad), CorpusSource(source=BUILTIN)), out, "test")

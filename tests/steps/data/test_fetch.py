@@ -71,7 +71,7 @@ class Server:
 
 def _handler(server: Server) -> type[QuietHandler]:
     class Handler(QuietHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:
             server.hits[self.path] += 1
             route = server.routes.get(self.path, Route(status=404, body=b"not found"))
             if route.delay_s and server.release.wait(route.delay_s):

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from steps.data.readers import DataError, Record, detect_format, iter_lines, label_field, read_records, text_field
+from steps.data.readers import (
+    DataError,
+    Record,
+    detect_format,
+    iter_lines,
+    label_field,
+    read_records,
+    text_field,
+)
 
 
 def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
@@ -115,7 +123,7 @@ def test_damaged_parquet(tmp_path: Path) -> None:
 
 
 def test_bytes_that_are_not_utf8_are_named_with_their_line(tmp_path: Path) -> None:
-    path = write(tmp_path, "d.jsonl", '{"text": "ok"}\n'.encode() + b'{"text": "caf\xe9"}\n')
+    path = write(tmp_path, "d.jsonl", b'{"text": "ok"}\n' + b'{"text": "caf\xe9"}\n')
     with pytest.raises(DataError, match=rf"{path}:2: bytes that are not UTF-8 at column 14.*iconv"):
         list(read_records(path, "auto"))
     with pytest.raises(DataError, match=rf"{path}:2: bytes that are not UTF-8"):

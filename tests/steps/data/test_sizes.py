@@ -21,7 +21,7 @@ from steps.tasks.instruction import split_in_order
 
 @pytest.mark.parametrize("train_fraction, val_fraction", [(0.7, 0.1), (0.8, 0.15), (0.5, 0.25)])
 def test_classification_splits_are_the_ones_finetuning_makes(train_fraction: float, val_fraction: float) -> None:
-    for n in range(0, 120):
+    for n in range(120):
         examples = [Example("a" if i % 2 else "b", f"t{i}") for i in range(n)]
         made = split_examples(examples, seed=1, train_fraction=train_fraction, val_fraction=val_fraction,
                               balance=False)
@@ -30,7 +30,7 @@ def test_classification_splits_are_the_ones_finetuning_makes(train_fraction: flo
 
 
 def test_instruction_splits_are_the_ones_finetuning_makes() -> None:
-    for n in range(0, 300):
+    for n in range(300):
         made = split_in_order([{"instruction": str(i)} for i in range(n)])
         got = instruction_splits(n)
         assert (got.train, got.val, got.test) == (len(made["train"]), len(made["val"]), len(made["test"])), n
