@@ -201,7 +201,12 @@ def note(text: str) -> None:
 
 
 def classify_command(args: argparse.Namespace) -> int:
-    from steps.inference.classify import classify, read_texts, require_classifier, write_predictions
+    from steps.inference.classify import (
+        classify,
+        read_texts,
+        require_classifier,
+        write_predictions,
+    )
 
     spec, texts = args.model, list(args.texts)
     if spec is None and texts and looks_like_model(texts[0], len(texts)):
@@ -229,7 +234,9 @@ def classify_command(args: argparse.Namespace) -> int:
 def looks_like_model(first: str, count: int) -> bool:
     """Whether `gptpipe classify`'s first argument names the model rather than a text: an MLflow
     URI, a folder, or (when texts follow) a path-like word that is not there (its error says so)."""
-    from steps.inference.loading import is_mlflow_uri  # torch-free enough: only when classifying
+    from steps.inference.loading import (
+        is_mlflow_uri,  # torch-free enough: only when classifying
+    )
 
     if is_mlflow_uri(first) or Path(first).is_dir():
         return True

@@ -12,7 +12,13 @@ from pathlib import Path
 import torch
 
 from model.atomic import write_text
-from steps.data.readers import FORMAT_BY_SUFFIX, DataError, iter_lines, read_records, text_field
+from steps.data.readers import (
+    FORMAT_BY_SUFFIX,
+    DataError,
+    iter_lines,
+    read_records,
+    text_field,
+)
 from steps.inference.loading import LoadedModel
 from steps.tasks.classification import Example, class_logits, collate, encode_examples
 

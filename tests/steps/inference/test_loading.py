@@ -12,7 +12,12 @@ import pytest
 import torch
 
 from model.checkpoint import CONFIG
-from steps.inference.loading import ModelSpecError, chat_prompt_style, default_spec, load
+from steps.inference.loading import (
+    ModelSpecError,
+    chat_prompt_style,
+    default_spec,
+    load,
+)
 from tests.steps.inference import tiny_models
 
 

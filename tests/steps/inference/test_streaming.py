@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
 from model.generate import generate
 from steps.inference.loading import load
-from steps.inference.streaming import REPLACEMENT, Completion, Sampling, TextStream, encode
+from steps.inference.streaming import (
+    REPLACEMENT,
+    Completion,
+    Sampling,
+    TextStream,
+    encode,
+)
 from tests.steps.inference import tiny_models
 
 
