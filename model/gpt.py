@@ -103,8 +103,11 @@ class BatchKVCache:
         self.keys: list[torch.Tensor | None] = [None] * n_layers
         self.values: list[torch.Tensor | None] = [None] * n_layers
         self.lengths = torch.zeros(rows, dtype=torch.long, device=device)  # (rows,) tokens cached per row
-        self._first = 0
-        self._counts = self.lengths[:0]
+        # Set by feed() for the next forward pass.
+        self._first, self._counts, self._width = 0, self.lengths[:0], 0
+        self._positions = self.lengths[:0].unsqueeze(1)  # (B, T)
+        self._write: tuple[torch.Tensor, ...] = ()
+        self._mask: torch.Tensor | None = None
 
     @classmethod
     def for_model(cls, model: GPTModel, rows: int) -> BatchKVCache:
@@ -115,55 +118,63 @@ class BatchKVCache:
         self.lengths[first : None if count is None else first + count] = 0
 
     def feed(self, first: int, counts: torch.Tensor) -> None:
-        """Declare the next forward pass: rows first..first+B-1 get counts[b] real tokens each, (B,)."""
+        """Declare the next forward pass: rows first..first+B-1 get counts[b] real tokens each, (B,).
+
+        What every layer of that pass shares is worked out here, once: where each real token's
+        keys go, each row's positions, the attention mask and how far to read.
+        """
         b = counts.size(0)
         if first < 0 or first + b > self.rows:
             raise ValueError(f"rows {first}..{first + b - 1} are outside this cache's {self.rows} rows")
-        ends = self.lengths[first : first + b] + counts  # (B,)
-        if b and int(ends.max()) > self.max_len:
-            raise ValueError(f"sequence of {int(ends.max())} tokens is longer than context_length={self.max_len}")
-        self._first, self._counts = first, counts
-
-    def _starts(self) -> torch.Tensor:
-        return self.lengths[self._first : self._first + self._counts.size(0)]  # (B,)
+        starts = self.lengths[first : first + b].clone()  # (B,)
+        ends = starts + counts
+        width = int(ends.max()) if b else 0
+        if width > self.max_len:
+            raise ValueError(f"sequence of {width} tokens is longer than context_length={self.max_len}")
+        t = int(counts.max()) if b else 0
+        device = counts.device
+        self._first, self._counts, self._width = first, counts, width
+        self._positions = starts.unsqueeze(1) + torch.arange(t, device=device)  # (B, T)
+        real = torch.arange(t, device=device) < counts.unsqueeze(1)  # (B, T): not padding
+        row, step = real.nonzero(as_tuple=True)  # (N,) each: one entry per real token
+        self._write = (row, step, first + row, starts[row] + step)
+        if t == 1 and bool((starts == starts[0]).all()):
+            # One new token per row, rows of one length: every query sees every key read.
+            self._mask = None
+        else:
+            # Query j of row b sees the keys at positions up to its own, start_b + j.
+            keys = torch.arange(width, device=device)  # (W,)
+            self._mask = (keys <= self._positions.unsqueeze(-1)).unsqueeze(1)  # (B, 1, T, W)
 
     def positions(self, t: int, device: torch.device) -> torch.Tensor:
-        """Each row's positions for its `t` new tokens, (B, T), from its own cached length on.
+        """Each row's positions for its new tokens, (B, T), from its own cached length on.
         Padding past a row's real tokens gets a valid but meaningless position (the last one)."""
-        pos = self._starts().unsqueeze(1) + torch.arange(t, device=device)  # (B, T)
-        return pos.clamp(max=self.max_len - 1)
+        return self._positions.clamp(max=self.max_len - 1)
 
-    def attention_mask(self, layer: int, t: int, device: torch.device) -> tuple[torch.Tensor, bool]:
-        """(B, 1, T, W) mask: query j of row b sees the keys at positions up to its own, start_b + j.
-        W is the longest row after this pass; the mask is the same in every layer."""
-        pos = self._starts().unsqueeze(1) + torch.arange(t, device=device)  # (B, T)
-        width = int((self._starts() + self._counts).max())
-        keys = torch.arange(width, device=device)  # (W,)
-        return (keys <= pos.unsqueeze(-1)).unsqueeze(1), False  # (B, 1, T, W)
+    def attention_mask(self, layer: int, t: int, device: torch.device) -> tuple[torch.Tensor | None, bool]:
+        """The (B, 1, T, W) mask of this pass (W: the longest row after it), the same in every
+        layer; None where every query may see every key read."""
+        return self._mask, False
 
     def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write the real ones of this pass's (B, H, T, D) keys/values after each row's cached ones;
         return views of the rows' keys/values up to the longest, (B, H, W, D)."""
-        b, h, t, d = k.shape
+        b, h, _, d = k.shape
         if self.keys[layer] is None:
             # Zeros, not new_empty: masked keys get weight 0, but 0 * NaN from uninitialised memory
             # would still be NaN. Later the columns past a row's length hold finite stale values.
             self.keys[layer] = k.new_zeros(self.rows, h, self.max_len, d)  # (rows, H, max_len, D)
             self.values[layer] = v.new_zeros(self.rows, h, self.max_len, d)
         buf_k, buf_v = self.keys[layer], self.values[layer]
-        starts = self._starts()
-        real = torch.arange(t, device=k.device) < self._counts.unsqueeze(1)  # (B, T): not padding
-        row, step = real.nonzero(as_tuple=True)  # (N,) each: one entry per real token
+        row, step, buf_row, col = self._write
         # Two advanced indices around a slice put their dimension first: both sides are (N, H, D).
-        buf_k[self._first + row, :, starts[row] + step] = k[row, :, step]
-        buf_v[self._first + row, :, starts[row] + step] = v[row, :, step]
-        width = int((starts + self._counts).max())
+        buf_k[buf_row, :, col] = k[row, :, step]
+        buf_v[buf_row, :, col] = v[row, :, step]
         if layer == self.n_layers - 1:
-            # The last layer writes last: only now do the rows' lengths move on, so every layer of
-            # this pass read the same starts.
+            # The last layer writes last: only now do the rows' lengths move on (feed read them).
             self.lengths[self._first : self._first + b] += self._counts
         rows = slice(self._first, self._first + b)
-        return buf_k[rows, :, :width], buf_v[rows, :, :width]
+        return buf_k[rows, :, : self._width], buf_v[rows, :, : self._width]
 
     def move(self, src: int, dst: int) -> None:
         """Copy row `src`'s keys, values and length into row `dst` (to keep live rows packed)."""
