@@ -111,6 +111,13 @@ def is_timing(metric: str) -> bool:
     return "seconds" in words or "memory" in words or metric.endswith("_per_s") or metric == "mfu"
 
 
+def write_metrics(stage: str, metrics: dict[str, float]) -> None:
+    """`reports/<stage>.json`, a DVC metric: the same inputs must write the same bytes, so this
+    machine's and moment's figures go beside it, into `reports/timings/<stage>.json` (no DVC out)."""
+    write_json(layout.metrics_file(stage), {k: v for k, v in metrics.items() if not is_timing(k)})
+    write_json(layout.timings_file(stage), {k: v for k, v in metrics.items() if is_timing(k)})
+
+
 def run_stage(
     stage: str,
     params_path: str,
@@ -142,10 +149,7 @@ def run_stage(
         metrics["tracking_seconds"] = round(tracking, 3)
         metrics["startup_seconds"] = round(startup, 3)
         run.log_metrics(metrics)
-        # reports/<stage>.json is a DVC metric: the same inputs must write the same bytes, so this
-        # machine's and moment's figures go beside it, into a file DVC does not track.
-        write_json(layout.metrics_file(stage), {k: v for k, v in metrics.items() if not is_timing(k)})
-        write_json(layout.timings_file(stage), {k: v for k, v in metrics.items() if is_timing(k)})
+        write_metrics(stage, metrics)
         run.log_artifact(layout.metrics_file(stage))
         if layout.plots_dir(stage).is_dir():
             run.log_artifacts(layout.plots_dir(stage), artifact_path="plots")
