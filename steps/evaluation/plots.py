@@ -143,5 +143,7 @@ def overlaid_curves(
 def _save(fig: Figure, path: str | Path) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+        # No "Software: Matplotlib version ..." text chunk: a PNG is a DVC output, and the same
+        # figure should be the same bytes whichever matplotlib drew it.
+        fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
     pyplot().close(fig)

@@ -109,3 +109,13 @@ def test_overlaid_curves_one_panel_per_metric(tmp_path: Path):
     plots.overlaid_curves(tmp_path / "c.png", panels, ["a", "b", "c"], "title", highlight=["b"])
     width, height = png_size(tmp_path / "c.png")
     assert width > 2 * height  # two panels side by side
+
+
+def test_a_png_is_the_same_bytes_for_the_same_figure(tmp_path: Path) -> None:
+    """PNGs are DVC outputs: no library version (or date) in them, only the figure."""
+    history = [{"step": 0, "train_loss": 3.0}, {"step": 5, "train_loss": 2.0}]
+    for name in ("a.png", "b.png"):
+        plots.curves(tmp_path / name, history, ["train_loss"], "Loss", "nats")
+    data = (tmp_path / "a.png").read_bytes()
+    assert data == (tmp_path / "b.png").read_bytes()
+    assert b"tEXt" not in data and b"Matplotlib" not in data
