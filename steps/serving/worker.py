@@ -117,7 +117,7 @@ class GenerationWorker:
     def _step(self) -> None:
         try:
             made = self.engine.step()
-        except Exception as err:  # noqa: BLE001 - one bad step must not take the server down
+        except Exception as err:
             log.exception("generation failed; the %d requests in the batch get an error", len(self._active))
             failure = GenerationFailed(f"generation failed: {type(err).__name__}: {err}")
             for request in self._active.values():
