@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import psutil
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
@@ -165,7 +167,8 @@ def stage_run(
     log_models: bool = True,
     root: Path | None = None,
 ) -> Iterator[StageRun]:
-    """Open one MLflow run for a stage; it ends FAILED if the stage raises."""
+    """Open one MLflow run for a stage; it ends FAILED if the stage raises. The stage's runs that a
+    killed process left RUNNING end FAILED first (close_orphaned_runs)."""
     root = (root or Path.cwd()).resolve()
     # Decide before set_tracking_uri: MLflow exports the URI it is given into the environment.
     local_store = not os.environ.get("MLFLOW_TRACKING_URI")
@@ -183,6 +186,8 @@ def stage_run(
     # Set by the retraining flow for the `dvc repro` it starts: how it finds the runs it caused.
     if os.environ.get(RETRAIN_ID_ENV):
         tags["retrain_id"] = os.environ[RETRAIN_ID_ENV]
+    close_orphaned_runs(experiment_id, stage)
+    tags.update(process_tags())
     with mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=tags) as run:
         mlflow.log_params({k: _param_value(v) for k, v in params.items()})
         log.info("MLflow run %s (%s)", run.info.run_id, mlflow.get_tracking_uri())
@@ -196,6 +201,52 @@ def stage_run(
                 log.warning("MLflow run %s: pending metrics not stored: %s", handle.run_id, err)
             raise
         handle.flush()
+
+
+# Which process runs a stage's MLflow run: a run still RUNNING whose process is gone (killed by
+# SIGKILL, the machine's OOM killer, a power cut) never ended; the stage's next start ends it.
+PID_TAG, HOST_TAG, PROCESS_START_TAG = "gptpipe.pid", "gptpipe.host", "gptpipe.process_start"
+ORPHANED_TAG = "gptpipe.orphaned"
+
+
+def process_tags() -> dict[str, str]:
+    """This process as tags: pid, host and start time (a later process may reuse the pid)."""
+    me = psutil.Process()
+    return {PID_TAG: str(me.pid), HOST_TAG: socket.gethostname(), PROCESS_START_TAG: repr(me.create_time())}
+
+
+def close_orphaned_runs(experiment_id: str, stage: str) -> list[str]:
+    """Mark FAILED, with a tag saying why, each RUNNING run of `stage` whose recorded process no
+    longer runs on this host. Runs recorded on another host, or without the process tags, are left
+    alone: nothing here can tell whether they still run. Returns the run ids it ended."""
+    client = MlflowClient()
+    running = client.search_runs([experiment_id], filter_string=_filter_string(stage, {}, [], "RUNNING"))
+    host, ended = socket.gethostname(), []
+    for run in running:
+        tags = run.data.tags
+        if tags.get(HOST_TAG) != host or PID_TAG not in tags or PROCESS_START_TAG not in tags:
+            continue
+        pid, started = int(tags[PID_TAG]), float(tags[PROCESS_START_TAG])
+        if _process_runs(pid, started):
+            continue
+        reason = f"process {pid} on {host} no longer runs"
+        client.set_tag(run.info.run_id, ORPHANED_TAG, reason)
+        client.set_terminated(run.info.run_id, status="FAILED")
+        log.warning("MLflow run %s of stage %s was left RUNNING (%s): marked FAILED", run.info.run_id, stage, reason)
+        ended.append(run.info.run_id)
+    return ended
+
+
+def _process_runs(pid: int, started: float) -> bool:
+    """Whether process `pid`, started at `started` (Unix time), still runs: not exited, not a zombie,
+    and not a later process that got the same pid (a start time more than 1 s off)."""
+    try:
+        proc = psutil.Process(pid)
+        return abs(proc.create_time() - started) <= 1 and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:  # a zombie too
+        return False
+    except psutil.AccessDenied:  # another user's process: it exists, so it may still be the run's
+        return True
 
 
 def _param_value(value: Any) -> str:

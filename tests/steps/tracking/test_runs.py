@@ -1,12 +1,19 @@
 """MLflow tracking: one run per stage with params, metrics, artifacts and tags, in a local store."""
 
+import os
+import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
+import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
 from steps.tracking import runs as tracking
+from tests.steps.inference import tiny_models
 
 
 @pytest.fixture
@@ -159,9 +166,9 @@ def test_filter_values_with_both_quotes_are_rejected(mlflow_store):
 
 
 def _run_with_model(store, stage="finetune_classifier", log_models=True) -> str:
-    folder = store / "models" / "m"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text('{"emb_dim": 8}')
+    folder = store / "models" / "classifier"
+    if not folder.is_dir():
+        tiny_models.classifier_folder(store / "models", tiny_models.tokenizer())
     with tracking.stage_run(stage, {}, "h", [], experiment="exp", log_models=log_models) as run:
         run.log_model_folder(folder)
     return run.run_id
@@ -176,6 +183,20 @@ def test_registered_versions_point_at_the_runs_model_folder(store):
     assert [v.version for v in tracking.model_versions("gm", root=store)] == ["1", "2"]
     assert tracking.model_versions("other", root=store) == []
     got = Path(mlflow.artifacts.download_artifacts(artifact_uri=v2.uri, dst_path=str(store / "dl")))
+    assert (got / "MLmodel").is_file()  # an MLflow model (steps/tracking/pyfunc_models.py) holding the folder
+    config = (store / "models" / "classifier" / "config.json").read_text()
+    assert (got / "artifacts" / "model_folder" / "config.json").read_text() == config
+
+
+def test_runs_that_logged_a_plain_model_folder_still_register(store):
+    """Runs from before models were MLflow models hold a plain model/ folder: that is the version."""
+    folder = store / "old"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"emb_dim": 8}')
+    with tracking.stage_run("finetune_classifier", {}, "h", [], experiment="exp") as run:
+        run.log_artifacts(folder, artifact_path="model")
+    version = tracking.register_version("gm", run.run_id, {}, root=store)
+    got = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.uri, dst_path=str(store / "dl")))
     assert (got / "config.json").read_text() == '{"emb_dim": 8}'
 
 
@@ -207,3 +228,51 @@ def test_stage_runs_started_by_a_retrain_carry_its_id(store, monkeypatch):
     run_id = _run_with_model(store)
     (found,) = tracking.fetch_runs("exp", tags={"retrain_id": "r-42"}, root=store)
     assert found.run_id == run_id
+
+
+# A stage process that opens its MLflow run, says so on stdout, then works until it is killed.
+HOLD_A_RUN = """
+import sys, time
+from steps.tracking import runs
+with runs.stage_run("pretrain", {}, "h", [], experiment="exp") as run:
+    print(run.run_id, flush=True)
+    time.sleep(300)
+"""
+
+
+def _stage_process(store):
+    root = Path(__file__).resolve().parents[3]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_A_RUN], cwd=store, env=env, stdout=subprocess.PIPE, text=True)
+    return proc, proc.stdout.readline().strip()
+
+
+def test_a_run_left_running_by_a_killed_process_is_marked_failed_when_the_stage_next_starts(store):
+    killed, killed_run = _stage_process(store)
+    alive, alive_run = _stage_process(store)
+    try:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(timeout=30)
+        client = MlflowClient(tracking.tracking_uri(store))
+        assert client.get_run(killed_run).info.status == "RUNNING"  # what SIGKILL leaves behind
+        with tracking.stage_run("pretrain", {}, "h", [], experiment="exp") as run:
+            pass
+        orphan = client.get_run(killed_run)
+        assert orphan.info.status == "FAILED"
+        assert orphan.data.tags["gptpipe.orphaned"] == f"process {killed.pid} on {socket.gethostname()} no longer runs"
+        # A run whose process still works is not touched, nor is the new run.
+        assert client.get_run(alive_run).info.status == "RUNNING"
+        assert "gptpipe.orphaned" not in client.get_run(alive_run).data.tags
+        assert client.get_run(run.run_id).info.status == "FINISHED"
+        assert client.get_run(run.run_id).data.tags["gptpipe.pid"] == str(os.getpid())
+    finally:
+        for proc in (killed, alive):
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+def test_a_run_whose_pid_now_belongs_to_another_process_is_an_orphan():
+    me = psutil.Process()
+    assert tracking._process_runs(os.getpid(), me.create_time())
+    assert not tracking._process_runs(os.getpid(), me.create_time() - 3600)  # same pid, an earlier process
