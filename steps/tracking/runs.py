@@ -144,9 +144,15 @@ class StageRun:
             mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
 
     def log_model_folder(self, folder: str | Path) -> None:
-        """The stage's model folder (weights, config, tokenizer), unless tracking.log_models is off."""
+        """The stage's model folder (weights, config, tokenizer) as the run's MLflow model `model`, a
+        pyfunc model that `mlflow.pyfunc.load_model` and `mlflow models serve` take
+        (steps/tracking/pyfunc_models.py), unless tracking.log_models is off."""
         if self.log_models:
-            self.log_artifacts(folder, artifact_path="model")
+            with self._timed():
+                # pandas and MLflow's model flavors load here, at the stage's end, not at its start.
+                from steps.tracking.pyfunc_models import log_pyfunc_model
+
+                log_pyfunc_model(folder)
 
     def log_text(self, text: str, name: str) -> None:
         with self._timed():
@@ -430,23 +436,38 @@ class ModelVersionRecord:
 
 def register_version(name: str, run_id: str, tags: Mapping[str, str], artifact_path: str = "model",
                      description: str | None = None, root: Path | None = None) -> ModelVersionRecord:
-    """Register the model folder a run logged under `artifact_path` as a new version of `name`
-    (the registered model is created on first use)."""
+    """Register the MLflow model a run logged as `artifact_path` (or, from runs logged before models
+    were MLflow models, its plain `artifact_path/` folder) as a new version of `name` (the registered
+    model is created on first use)."""
     client = MlflowClient(tracking_uri(root))
     run = client.get_run(run_id)
-    if not client.list_artifacts(run_id, artifact_path):
+    model_id = _logged_model_id(client, run, artifact_path)
+    if model_id is None and not client.list_artifacts(run_id, artifact_path):
         raise RegistryError(
-            f"MLflow run {run_id} ({run.data.tags.get('stage', run.info.run_name)}) logged no {artifact_path}/ "
-            f"folder to register; set `tracking.log_models: true` in params.yaml and rerun the stage")
+            f"MLflow run {run_id} ({run.data.tags.get('stage', run.info.run_name)}) logged no {artifact_path} "
+            f"model to register; set `tracking.log_models: true` in params.yaml and rerun the stage")
     try:
         client.create_registered_model(name, description="gptpipe finetuned model; "
                                                          "the `champion` alias marks the one to serve")
     except mlflow.exceptions.MlflowException as err:
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    source = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
-    version = client.create_model_version(name, source, run_id=run_id, tags=dict(tags), description=description)
+    if model_id is not None:  # the version's files are the logged model's (MLmodel, code, artifacts)
+        source = f"models:/{model_id}"
+    else:
+        source = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
+    version = client.create_model_version(name, source, run_id=run_id, tags=dict(tags), description=description,
+                                          model_id=model_id)
     return _version_record(version)
+
+
+def _logged_model_id(client: MlflowClient, run: Any, name: str) -> str | None:
+    """The id of the MLflow model named `name` a run logged last, or None when it logged none."""
+    outputs = sorted(run.outputs.model_outputs if run.outputs else [], key=lambda out: out.step)
+    for out in reversed(outputs):
+        if client.get_logged_model(out.model_id).name == name:
+            return out.model_id
+    return None
 
 
 def model_version(name: str, version: str, root: Path | None = None) -> ModelVersionRecord:

@@ -16,6 +16,7 @@ from pipelines.retraining.repo_lock import Busy, exclusive
 from pipelines.retraining.what_ran import tagged_runs
 from steps import layout
 from steps.tracking import runs as tracking
+from tests.steps.inference import tiny_models
 
 CLASSIFIER = next(c for c in CANDIDATES if c.key == "classifier")
 
@@ -41,8 +42,8 @@ def registry(store, monkeypatch, request):
 def _stage_run(registry, n: int, monkeypatch) -> str:
     """A finished finetune_classifier run with a model folder, as a retrain's `dvc repro` leaves it."""
     folder = registry.root / "models" / "classifier"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text("{}")
+    if not folder.is_dir():  # a tiny classifier, logged as the stage logs its model (an MLflow model)
+        tiny_models.classifier_folder(registry.root / "models", tiny_models.tokenizer())
     monkeypatch.setenv(tracking.RETRAIN_ID_ENV, registry.ids(n))
     with tracking.stage_run(CLASSIFIER.stage, {}, "h", [], experiment="exp") as run:
         run.log_model_folder(folder)

@@ -13,6 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from steps.tracking import runs as tracking
+from tests.steps.inference import tiny_models
 
 
 @pytest.fixture
@@ -165,9 +166,9 @@ def test_filter_values_with_both_quotes_are_rejected(mlflow_store):
 
 
 def _run_with_model(store, stage="finetune_classifier", log_models=True) -> str:
-    folder = store / "models" / "m"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text('{"emb_dim": 8}')
+    folder = store / "models" / "classifier"
+    if not folder.is_dir():
+        tiny_models.classifier_folder(store / "models", tiny_models.tokenizer())
     with tracking.stage_run(stage, {}, "h", [], experiment="exp", log_models=log_models) as run:
         run.log_model_folder(folder)
     return run.run_id
@@ -182,6 +183,20 @@ def test_registered_versions_point_at_the_runs_model_folder(store):
     assert [v.version for v in tracking.model_versions("gm", root=store)] == ["1", "2"]
     assert tracking.model_versions("other", root=store) == []
     got = Path(mlflow.artifacts.download_artifacts(artifact_uri=v2.uri, dst_path=str(store / "dl")))
+    assert (got / "MLmodel").is_file()  # an MLflow model (steps/tracking/pyfunc_models.py) holding the folder
+    config = (store / "models" / "classifier" / "config.json").read_text()
+    assert (got / "artifacts" / "model_folder" / "config.json").read_text() == config
+
+
+def test_runs_that_logged_a_plain_model_folder_still_register(store):
+    """Runs from before models were MLflow models hold a plain model/ folder: that is the version."""
+    folder = store / "old"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"emb_dim": 8}')
+    with tracking.stage_run("finetune_classifier", {}, "h", [], experiment="exp") as run:
+        run.log_artifacts(folder, artifact_path="model")
+    version = tracking.register_version("gm", run.run_id, {}, root=store)
+    got = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.uri, dst_path=str(store / "dl")))
     assert (got / "config.json").read_text() == '{"emb_dim": 8}'
 
 
