@@ -10,13 +10,16 @@ from model.gpt import count_parameters
 from model.heads import set_trainable
 from pipelines.stage import StageContext, run_stage, stage_flow, stage_task
 from steps import layout
+from steps.config import ClassifierConfig
 from steps.evaluation import plots
 from steps.evaluation.metrics import compute
 from steps.tasks.classification import (
+    Example,
     classification_loss,
     encode_examples,
     initial_classifier,
     loader,
+    min_examples,
     predict,
     read_labeled,
     read_labels,
@@ -24,7 +27,7 @@ from steps.tasks.classification import (
     write_labeled,
 )
 from steps.tokenization.tokenizer import eot_id, load_tokenizer
-from steps.training.finetuning import save_finetuned, with_lora
+from steps.training.finetuning import require_examples, save_finetuned, with_lora
 from steps.training.hardware import autocast_dtype, resolve_device
 from steps.training.train import TrainSettings, cycle, train
 
@@ -41,8 +44,9 @@ def finetune(ctx: StageContext) -> dict[str, float]:
     examples = read_labeled(layout.CLASSIFICATION)
     labels = read_labels(layout.LABELS)
     splits = split_examples(examples, seed, cfg.train_fraction, cfg.val_fraction, cfg.balance, labels)
+    check_splits(splits, cfg)
     model = initial_classifier(layout.PRETRAIN_MODEL, labels, cfg.init, seed)
-    max_len = min(cfg.max_length, model.cfg.context_length)
+    max_len = cfg.max_length  # params validation keeps it within model.context_length
     encoded, truncated = {}, 0
     for name, split in splits.items():
         encoded[name], n_long = encode_examples(tok, split, labels, max_len, cfg.long_records,
@@ -116,6 +120,20 @@ def finetune(ctx: StageContext) -> dict[str, float]:
         "peak_memory_mb": result.peak_memory_mb,
     })
     return metrics
+
+
+def check_splits(splits: dict[str, list[Example]], cfg: ClassifierConfig) -> None:
+    """Every split non-empty and the training split with two labels at least, before any training."""
+    balanced = " after balancing (finetune_classifier.balance: true keeps as many of each label as the rarest has)"
+    require_examples(splits, str(layout.CLASSIFICATION),
+                     f"use at least {min_examples(cfg.train_fraction, cfg.val_fraction)} messages"
+                     f"{balanced if cfg.balance else ''} for finetune_classifier.train_fraction {cfg.train_fraction} "
+                     f"and val_fraction {cfg.val_fraction}, or change those fractions")
+    seen = sorted({e.label for e in splits["train"]})
+    if len(seen) < 2:
+        raise ValueError(f"{layout.CLASSIFICATION}: the train split holds one label only ({seen[0]!r}, "
+                         f"{len(splits['train'])} messages): a classifier needs examples of two labels at least; "
+                         "use more messages")
 
 
 @stage_flow("finetune_classifier")

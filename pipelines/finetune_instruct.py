@@ -16,9 +16,9 @@ from pipelines.stage import StageContext, run_stage, stage_flow, stage_task
 from steps import layout
 from steps.evaluation import plots
 from steps.tasks.instruction import (
+    ScoredBatches,
     collate,
-    count_long,
-    encode_records,
+    fit_records,
     generate_responses,
     instruction_loss,
     mean_instruction_loss,
@@ -26,7 +26,7 @@ from steps.tasks.instruction import (
     split_in_order,
 )
 from steps.tokenization.tokenizer import eot_id, load_tokenizer
-from steps.training.finetuning import save_finetuned, with_lora
+from steps.training.finetuning import require_examples, save_finetuned, with_lora
 from steps.training.hardware import autocast_dtype, resolve_device
 from steps.training.train import TrainSettings, cycle, train
 
@@ -42,22 +42,34 @@ def finetune(ctx: StageContext) -> dict[str, float]:
     pad = eot_id(tok)
     splits = split_in_order(read_instructions(layout.INSTRUCTIONS))
     log.info("splits: %s", {k: len(v) for k, v in splits.items()})
+    require_examples(splits, str(layout.INSTRUCTIONS), "the split is 85 % train, 10 % test, 5 % validation, in "
+                     "file order: use a file with at least 10 records")
     model, _ = load_model(layout.PRETRAIN_MODEL)
-    max_len = min(cfg.allowed_max_length, model.cfg.context_length)
+    # Params validation keeps allowed_max_length within model.context_length.
+    max_len = cfg.allowed_max_length
+
     def collate_fn(items: list[tuple[list[int], int]]):
         ids = [seq for seq, _ in items]
         prompts = [n for _, n in items] if cfg.mask_prompt else None
         return collate(ids, pad_id=pad, allowed_max_length=max_len, prompt_lengths=prompts)
 
-    train_items = encode_records(tok, splits["train"], cfg.prompt_style)
-    train_dl = DataLoader(train_items, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate_fn,  # type: ignore[arg-type]
-                          generator=torch.Generator().manual_seed(seed))
-    val_items = encode_records(tok, splits["val"], cfg.prompt_style)
-    truncated = sum(count_long(items, max_len, cfg.long_records, f"{layout.INSTRUCTIONS} ({name} split)")
-                    for name, items in (("train", train_items), ("val", val_items)))
-    if truncated:
-        log.warning("%d records are longer than %d tokens and were truncated", truncated, max_len)
-    val_batches = [collate_fn(val_items[i : i + cfg.batch_size]) for i in range(0, len(val_items), cfg.batch_size)]
+    # Records in file order: train, then test, then validation; `first_index` names them in errors.
+    first = {"train": 0, "val": len(splits["train"]) + len(splits["test"])}
+    fitted = {name: fit_records(tok, splits[name], max_len, cfg.prompt_style, cfg.long_records,
+                                f"{layout.INSTRUCTIONS} ({name} split)", first[name]) for name in ("train", "val")}
+    cut = sum(f.cut for f in fitted.values())
+    if cut:
+        log.warning("%d records longer than allowed_max_length %d were cut to fit: their input, then their "
+                    "instruction, then (only when the bare prompt left too little room) their response's end",
+                    cut, max_len)
+    train_dl = DataLoader(fitted["train"].items, batch_size=cfg.batch_size, shuffle=True,  # type: ignore[arg-type]
+                          collate_fn=collate_fn, generator=torch.Generator().manual_seed(seed))
+    train_batches = ScoredBatches(train_dl, f"{layout.INSTRUCTIONS} (train split)")
+    val_items = fitted["val"].items
+    val_scored = ScoredBatches([collate_fn(val_items[i : i + cfg.batch_size])
+                                for i in range(0, len(val_items), cfg.batch_size)],
+                               f"{layout.INSTRUCTIONS} (val split)")
+    val_batches = list(val_scored)
 
     net = with_lora(model, cfg.lora, []) if cfg.method == "lora" else model
     trainable_params = count_parameters(net, trainable_only=True)
@@ -67,9 +79,9 @@ def finetune(ctx: StageContext) -> dict[str, float]:
     def evaluate(m) -> dict[str, float]:
         return {"val_loss": mean_instruction_loss(m, val_batches, device)}
 
-    steps = cfg.epochs * math.ceil(len(train_items) / cfg.batch_size)
+    steps = cfg.epochs * math.ceil(len(fitted["train"].items) / cfg.batch_size)
     settings = TrainSettings.from_config(cfg, steps)
-    result = train(net, cycle(train_dl), instruction_loss, settings, device, amp, evaluate,
+    result = train(net, cycle(train_batches), instruction_loss, settings, device, amp, evaluate,
                    on_metrics=ctx.run.log_metrics, desc="instruct")
 
     merged = save_finetuned(layout.INSTRUCT_MODEL, net, {"kind": "lm", "prompt_style": cfg.prompt_style},
@@ -83,12 +95,16 @@ def finetune(ctx: StageContext) -> dict[str, float]:
     plots.write_csv(ctx.plots / "loss.csv", result.history, ["step", "train_loss", "val_loss"])
     plots.curves(ctx.plots / "loss.png", result.history, ["train_loss", "val_loss"],
                  "Instruction finetuning loss", "cross-entropy (response tokens)")
+    skipped = train_batches.skipped + val_scored.skipped
+    if skipped:
+        log.warning("%d batches had no target to score and were skipped", skipped)
     last = result.history[-1]
     return {
         "train_loss": last["train_loss"],
         "val_loss": last["val_loss"],
         "trainable_parameters": trainable_params,
-        "truncated_records": truncated,
+        "cut_records": cut,
+        "skipped_batches": skipped,
         "steps": result.steps,
         "seconds_per_step": result.seconds / max(1, result.steps),
         "tokens_per_s": result.tokens_per_s,

@@ -99,6 +99,14 @@ def split_examples(
     }
 
 
+def min_examples(train_fraction: float, val_fraction: float) -> int:
+    """The fewest examples `split_examples` cuts into three non-empty splits with these fractions."""
+    n = 3
+    while int(n * train_fraction) < 1 or int(n * val_fraction) < 1 or n - int(n * train_fraction) - int(n * val_fraction) < 1:
+        n += 1
+    return n
+
+
 def encode_examples(
     tok: Tokenizer, examples: Sequence[Example], labels: list[str], max_length: int,
     long_records: str = "truncate", where: str = "classification data",
@@ -172,7 +180,8 @@ def classification_loss(model: nn.Module, batch: Batch, pooling: Pooling = "last
 def predict(
     model: nn.Module, dl: DataLoader, device: torch.device, pooling: Pooling = "last_non_pad"
 ) -> tuple[list[int], list[int], float]:
-    """(predictions, references, mean loss) over a loader."""
+    """(predictions, references, mean loss) over a loader; an empty loader is an error (its
+    accuracy and loss would be 0/0)."""
     preds: list[int] = []
     refs: list[int] = []
     total_loss = 0.0
@@ -182,7 +191,9 @@ def predict(
         total_loss += F.cross_entropy(logits, batch[2], reduction="sum").item()
         preds.extend(logits.argmax(-1).tolist())
         refs.extend(batch[2].tolist())
-    return preds, refs, total_loss / max(1, len(refs))
+    if not refs:
+        raise ValueError("no examples to predict: the split is empty")
+    return preds, refs, total_loss / len(refs)
 
 
 def initial_classifier(pretrained: str | Path, labels: list[str], init: str, seed: int) -> GPTModel:

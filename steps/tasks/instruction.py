@@ -1,9 +1,11 @@
-"""Instruction finetuning data: read and split records, the Alpaca prompt, collate, responses."""
+"""Instruction finetuning data: read and split records, the Alpaca prompt, fit records to the
+allowed length, collate, responses."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -91,18 +93,105 @@ def encode_records(
     return [(p.ids + r.ids, len(p.ids)) for p, r in zip(prompts, responses)]
 
 
-def count_long(
-    items: Sequence[tuple[list[int], int]], max_length: int, long_records: str = "truncate",
-    where: str = "instruction data",
-) -> int:
-    """How many encoded records exceed `max_length` tokens (collate truncates them); with
-    `long_records: error` the first one stops the run, named."""
-    long = [i for i, (ids, _) in enumerate(items) if len(ids) > max_length]
-    if long and long_records == "error":
-        i = long[0]
-        raise ValueError(f"{where}: record {i} has {len(items[i][0])} tokens, more than allowed_max_length "
-                         f"{max_length}; raise finetune_instruct.allowed_max_length or set long_records: truncate")
-    return len(long)
+@dataclass(frozen=True)
+class Fitted:
+    """Records encoded to fit the allowed length: what training reads, and what it cost."""
+
+    items: list[tuple[list[int], int]]
+    """(token ids, prompt length) per record kept."""
+    cut: int
+    """Records shortened: their input and instruction cut, and (when even that left no room) the
+    end of their response."""
+
+
+def fit_records(
+    tok: Tokenizer, records: Sequence[dict[str, str]], max_length: int, style: PromptStyle = "alpaca",
+    long_records: str = "truncate", where: str = "instruction data", first_index: int = 0,
+) -> Fitted:
+    """Encode `records` so that each fits `max_length` tokens with its response intact.
+
+    A record that fits as it is keeps the exact encoding of `encode_records`. A longer one has its
+    input cut (from the end, down to nothing), then its instruction, until the whole response and
+    its end-of-text fit; when even the bare prompt leaves too little room, the response's end is
+    cut (collate then scores no end-of-text for it: the answer was not over).
+
+    A record that cannot keep one response token is one whose bare prompt (the style's fixed text)
+    exceeds `max_length`: that holds for every record alike, so it is an error naming the prompt's
+    size rather than a silent drop of the whole split. With `long_records: error` any record that
+    does not fit as it is stops the run instead, named by its index in the file (`first_index` is
+    the index of `records[0]`).
+    """
+    bare = _encode_prompt(tok, {"instruction": "", "input": ""}, style)
+    if records and len(bare) > max_length:
+        raise ValueError(
+            f"{where}: none of its {len(records)} records can keep a response token within "
+            f"finetune_instruct.allowed_max_length {max_length}: the {style} prompt's fixed text alone takes "
+            f"{len(bare)} tokens; raise allowed_max_length (and model.context_length) or use a shorter "
+            "prompt_style (phi3)")
+    items, cut = [], 0
+    for i, (record, (ids, n_prompt)) in enumerate(zip(records, encode_records(tok, records, style))):
+        if len(ids) <= max_length:
+            items.append((ids, n_prompt))
+            continue
+        if long_records == "error":
+            raise ValueError(
+                f"{where}: record {first_index + i} has {len(ids)} tokens (prompt {n_prompt} + response "
+                f"{len(ids) - n_prompt}), more than finetune_instruct.allowed_max_length {max_length}; raise "
+                "allowed_max_length (up to model.context_length), or set finetune_instruct.long_records: truncate "
+                "to cut its input and instruction")
+        response = ids[n_prompt:]
+        prompt = _cut_prompt(tok, record, style, max_length - len(response))
+        if prompt is not None:
+            items.append((prompt + response, len(prompt)))
+        else:
+            # One token past max_length: collate's shift then ends the targets on a response token.
+            items.append(((bare + response)[: max_length + 1], len(bare)))
+        cut += 1
+    return Fitted(items, cut)
+
+
+def _encode_prompt(tok: Tokenizer, record: dict[str, str], style: PromptStyle) -> list[int]:
+    return tok.encode(format_prompt(record, style), add_special_tokens=False).ids
+
+
+def _cut_prompt(tok: Tokenizer, record: dict[str, str], style: PromptStyle, budget: int) -> list[int] | None:
+    """The prompt's ids within `budget` tokens, its input cut first, then its instruction; None when
+    even both cut to nothing do not fit."""
+    record = {"instruction": record["instruction"], "input": record.get("input", "")}
+    for field in ("input", "instruction"):
+        fitted = _cut_field(tok, record, field, style, budget)
+        if fitted is not None:
+            return fitted
+        record[field] = ""
+    return None
+
+
+def _cut_field(tok: Tokenizer, record: dict[str, str], field: str, style: PromptStyle,
+               budget: int) -> list[int] | None:
+    """The prompt with `record[field]` cut to its longest token prefix whose prompt fits `budget`
+    tokens (the others as given), or None when even an empty field does not fit.
+
+    The field is cut at a token's end within the field's own encoding, and the prompt re-encoded
+    whole, so the ids are those of the cut text itself. Longer prefixes encode to longer prompts
+    (near enough for a bisection: every candidate kept is checked against the budget)."""
+    text = record[field]
+    ends = sorted({end for _, end in tok.encode(text, add_special_tokens=False).offsets})
+
+    def prompt(k: int) -> list[int]:
+        return _encode_prompt(tok, {**record, field: text[: ends[k - 1]] if k else ""}, style)
+
+    best = prompt(0)
+    if len(best) > budget:
+        return None
+    lo, hi = 0, len(ends)  # prompt(lo) fits
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        ids = prompt(mid)
+        if len(ids) <= budget:
+            lo, best = mid, ids
+        else:
+            hi = mid - 1
+    return best
 
 
 def collate(
@@ -144,15 +233,49 @@ def instruction_loss(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, int]
     return loss, inputs.numel()
 
 
+def scored_targets(batch: Batch) -> int:
+    """How many targets of a (inputs, targets) batch count in the loss."""
+    return int((batch[1] != IGNORE_INDEX).sum())
+
+
+class ScoredBatches:
+    """The batches of `batches` that score at least one target, each pass anew (a shuffling loader
+    reshuffles); the others are skipped and counted in `skipped`. A batch with nothing to score
+    would make the mean loss 0/0 = NaN."""
+
+    def __init__(self, batches: Iterable[Batch], name: str) -> None:
+        self.batches = batches
+        self.name = name
+        self.skipped = 0
+
+    def __iter__(self) -> Iterator[Batch]:
+        scored = 0
+        for batch in self.batches:
+            if scored_targets(batch) == 0:
+                self.skipped += 1
+                continue
+            scored += 1
+            yield batch
+        if scored == 0:  # else an endless cycle() over this would wait forever
+            raise ValueError(f"{self.name}: no batch has a target to score (every target is ignore_index); "
+                             "with finetune_instruct.mask_prompt true every response was cut away: raise "
+                             "allowed_max_length or use a shorter prompt_style")
+
+
 @torch.no_grad()
 def mean_instruction_loss(model: nn.Module, batches: list[Batch], device: torch.device) -> float:
+    """Mean loss per scored target over `batches`; a batch with no scored target adds nothing."""
     total, count = 0.0, 0
     for inputs, targets in batches:
+        n = scored_targets((inputs, targets))  # each batch weighs by the targets it scores
+        if n == 0:
+            continue  # its mean loss is 0/0: it would turn the whole mean into NaN
         loss, _ = instruction_loss(model, (inputs.to(device), targets.to(device)))
-        n = int((targets != IGNORE_INDEX).sum())  # each batch weighs by the targets it scores
         total += loss.item() * n
         count += n
-    return total / max(1, count)
+    if count == 0:
+        raise ValueError("no validation target to score: the validation batches are empty or wholly masked")
+    return total / count
 
 
 @torch.no_grad()

@@ -1,8 +1,9 @@
-"""Shared pieces of the finetuning stages: turning adapters on, counting, saving the result."""
+"""Shared pieces of the finetuning stages: turning adapters on, checking splits, saving the result."""
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping, Sized
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,17 @@ def with_lora(model: GPTModel, cfg: LoraConfig, modules_to_save: list[str]) -> n
     from model.lora import apply_lora  # peft (and transformers) only for a LoRA finetune
 
     return apply_lora(model, cfg.rank, cfg.alpha, cfg.target_modules, cfg.dropout, modules_to_save)
+
+
+def require_examples(splits: Mapping[str, Sized], where: str, fix: str) -> None:
+    """Every split holds at least one record; else an error naming the empty split, every split's
+    size and `fix` (an empty split would end in a division by zero, or a flattering 0.0)."""
+    empty = [name for name, records in splits.items() if len(records) == 0]
+    if empty:
+        sizes = ", ".join(f"{name} {len(records)}" for name, records in splits.items())
+        total = sum(len(records) for records in splits.values())
+        raise ValueError(f"{where}: the {empty[0]} split is empty ({total} records split as {sizes}); finetuning "
+                         f"needs at least one record in every split: {fix}")
 
 
 def save_finetuned(

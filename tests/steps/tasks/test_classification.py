@@ -22,6 +22,7 @@ from steps.tasks.classification import (
     initial_classifier,
     label_names,
     loader,
+    min_examples,
     predict,
     read_labeled,
     read_labels,
@@ -295,3 +296,17 @@ def test_pooling_reaches_the_loss() -> None:
     batch = collate([([1, 2, 3], 0), ([4, 5, 6, 7, 8], 1)], pad_id=9)
     losses = {p: classification_loss(model, batch, pooling=p)[0].item() for p in ("last", "last_non_pad", "mean")}
     assert len(set(losses.values())) == 3
+
+
+def test_predict_on_an_empty_split_is_an_error_not_a_zero_loss(tiny_classifier: GPTModel) -> None:
+    # Issue 19: an empty validation split ended in a bare ZeroDivisionError (and the loss read 0.0).
+    with pytest.raises(ValueError, match="no examples to predict: the split is empty"):
+        predict(tiny_classifier, loader([], 8, 0, shuffle=False, seed=0), CPU)
+
+
+@pytest.mark.parametrize(("train", "val", "fewest"), [(0.7, 0.1, 10), (0.7, 0.15, 7), (0.5, 0.25, 4)])
+def test_min_examples_is_the_fewest_that_leave_every_split_non_empty(train: float, val: float, fewest: int) -> None:
+    assert min_examples(train, val) == fewest
+    examples = [Example("ham" if i % 2 else "spam", f"m{i}") for i in range(fewest)]
+    assert all(split_examples(examples, 0, train, val, balance=False).values())
+    assert not all(split_examples(examples[:-1], 0, train, val, balance=False).values())

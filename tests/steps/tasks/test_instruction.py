@@ -16,9 +16,10 @@ from model.gpt import GPTModel
 from steps.tasks import instruction
 from steps.tasks.instruction import (
     IGNORE_INDEX,
+    ScoredBatches,
     collate,
-    count_long,
     encode_records,
+    fit_records,
     format_prompt,
     generate_responses,
     instruction_loss,
@@ -102,7 +103,27 @@ def test_instruction_loss_ignores_padding() -> None:
     assert int((single[1] != IGNORE_INDEX).sum()) == 4 and int((other[1] != IGNORE_INDEX).sum()) == 2
     weighted = (instruction_loss(model, single)[0].item() * 4 + instruction_loss(model, other)[0].item() * 2) / 6
     assert mean_instruction_loss(model, [single, other], CPU) == pytest.approx(weighted, rel=1e-5)
-    assert mean_instruction_loss(model, [], CPU) == 0.0
+    with pytest.raises(ValueError, match="no validation target to score"):
+        mean_instruction_loss(model, [], CPU)  # was a flattering 0.0
+
+
+def test_a_batch_with_no_scored_target_is_skipped_and_counted_never_averaged_into_nan() -> None:
+    # Issue 19: a validation batch whose targets were all ignore_index made val_loss NaN.
+    torch.manual_seed(0)
+    model = GPTModel(gpt_config(vocab_size=16, context_length=8, emb_dim=16, n_heads=2, n_layers=1, drop_rate=0.0))
+    model.eval()
+    scored = collate([[1, 2, 3, 4]], pad_id=15, allowed_max_length=8)
+    masked = collate([[5, 6, 7]], pad_id=15, allowed_max_length=8, prompt_lengths=[5])  # prompt covers all
+    assert int((masked[1] != IGNORE_INDEX).sum()) == 0
+    assert torch.isnan(instruction_loss(model, masked)[0])  # what it would have added
+    loss = mean_instruction_loss(model, [scored, masked], CPU)
+    assert loss == pytest.approx(instruction_loss(model, scored)[0].item(), rel=1e-6)
+    batches = ScoredBatches([masked, scored, masked], "train split")
+    assert [b is scored for b in batches] == [True]
+    assert batches.skipped == 2
+    assert len(list(batches)) == 1 and batches.skipped == 4  # counted on every pass
+    with pytest.raises(ValueError, match=r"^val split: no batch has a target to score"):
+        list(ScoredBatches([masked], "val split"))
 
 
 # --- reading and splitting ----------------------------------------------------------------
@@ -343,9 +364,73 @@ def test_encode_records_follows_the_prompt_style(tok: Tokenizer) -> None:
     assert n < alpaca_n  # the chat layout is the shorter prompt
 
 
-def test_count_long_reports_or_refuses_records_beyond_the_limit() -> None:
-    items = [([1] * 5, 2), ([1] * 9, 3), ([1] * 12, 4)]
-    assert count_long(items, 8) == 2
-    assert count_long(items, 12) == 0
-    with pytest.raises(ValueError, match=r"train.json: record 1 has 9 tokens, more than allowed_max_length 8"):
-        count_long(items, 8, "error", "train.json")
+# --- fitting records to allowed_max_length ---------------------------------------------------
+
+
+LONG = {"instruction": "Give the plural of the word and say it twice.", "input": "cat cat cat cat cat cat cat",
+        "output": "cats cats"}
+
+
+def response_ids(tok: Tokenizer, r: dict[str, str]) -> list[int]:
+    return tok.encode(r["output"], add_special_tokens=False).ids
+
+
+def test_records_that_fit_keep_their_exact_encoding(tok: Tokenizer) -> None:
+    fitted = fit_records(tok, RECORDS, max_length=256)
+    assert fitted.items == encode_records(tok, RECORDS)
+    assert fitted.cut == 0
+
+
+def test_a_long_record_loses_its_input_first_and_keeps_its_response(tok: Tokenizer) -> None:
+    (ids, n), = encode_records(tok, [LONG])
+    limit = len(ids) - 3  # a little of the input has to go
+    fitted = fit_records(tok, [LONG], max_length=limit)
+    (got, got_n), = fitted.items
+    assert fitted.cut == 1
+    assert len(got) <= limit
+    assert got[got_n:] == response_ids(tok, LONG)  # the whole response, so collate scores its end-of-text too
+    prompt = tok.decode(got[:got_n])
+    assert LONG["instruction"] in prompt and "### Input:\ncat" in prompt
+    assert prompt.endswith("### Response:\n") and LONG["input"] not in prompt
+
+
+def test_then_its_instruction_and_last_its_response_end(tok: Tokenizer) -> None:
+    no_input = {**LONG, "input": ""}
+    bare = len(prompt_ids(tok, {"instruction": "", "input": ""}))
+    fitted = fit_records(tok, [LONG], max_length=bare + len(response_ids(tok, LONG)) + 2)
+    (ids, n), = fitted.items
+    prompt = tok.decode(ids[:n])
+    assert "### Input:" not in prompt and "Give the" in prompt and LONG["instruction"] not in prompt
+    assert ids[n:] == response_ids(tok, LONG)
+    assert len(prompt_ids(tok, no_input)) > n  # the instruction was cut too
+    # No room for the whole response: instruction and input go, then the response's end; one token
+    # past the limit, so collate's last target is a response token, not an end-of-text.
+    (ids, n), = fit_records(tok, [LONG], max_length=bare + 1).items
+    assert n == bare and ids[n:] == response_ids(tok, LONG)[:2] and len(ids) == bare + 2
+    inputs, targets = collate([ids], pad_id=eot_id(tok), allowed_max_length=bare + 1, prompt_lengths=[n])
+    assert targets[0, -2:].tolist() == response_ids(tok, LONG)[:2] and (targets[0, :-2] == IGNORE_INDEX).all()
+
+
+def test_no_room_for_a_response_token_is_an_error_naming_the_prompts_size(tok: Tokenizer) -> None:
+    bare = len(prompt_ids(tok, {"instruction": "", "input": ""}))
+    short = {"instruction": "Hi.", "input": "", "output": "Yo."}
+    (ids, n), = fit_records(tok, [LONG], max_length=bare).items
+    assert (n, ids[n:]) == (bare, response_ids(tok, LONG)[:1])  # exactly one response token still fits
+    # Issue 19: every record longer than the limit, the loss over no response token NaN.
+    with pytest.raises(ValueError) as err:
+        fit_records(tok, [LONG, short], max_length=bare - 1, where="data/raw/instructions.json (train split)")
+    assert str(err.value) == (
+        "data/raw/instructions.json (train split): none of its 2 records can keep a response token within "
+        f"finetune_instruct.allowed_max_length {bare - 1}: the alpaca prompt's fixed text alone takes {bare} tokens; "
+        "raise allowed_max_length (and model.context_length) or use a shorter prompt_style (phi3)")
+    assert fit_records(tok, [], max_length=bare - 1).items == []  # no records, nothing to refuse
+
+
+def test_long_records_error_names_the_record_in_the_file(tok: Tokenizer) -> None:
+    (ids, n), = encode_records(tok, [LONG])
+    with pytest.raises(ValueError) as err:
+        fit_records(tok, [RECORDS[0], LONG], max_length=len(ids) - 1, long_records="error", where="i.json (val split)",
+                    first_index=170)
+    assert str(err.value).startswith(
+        f"i.json (val split): record 171 has {len(ids)} tokens (prompt {n} + response {len(ids) - n}), more than "
+        f"finetune_instruct.allowed_max_length {len(ids) - 1}; raise allowed_max_length")

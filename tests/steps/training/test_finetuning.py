@@ -2,13 +2,14 @@
 
 import json
 
+import pytest
 import torch
 
 from model.checkpoint import load_model
 from model.gpt import GPTModel
 from model.heads import attach_classifier_head, set_trainable
 from steps.config import LoraConfig
-from steps.training.finetuning import save_finetuned, with_lora
+from steps.training.finetuning import require_examples, save_finetuned, with_lora
 from tests.params import gpt_config
 
 
@@ -67,3 +68,11 @@ def test_the_adapter_config_lists_target_modules_in_a_fixed_order(tmp_path):
     save_finetuned(tmp_path / "out", net, {"kind": "classifier", "labels": ["ham", "spam"]}, tokenizer, adapter=True)
     adapter = json.loads((tmp_path / "out" / "adapter" / "adapter_config.json").read_text())
     assert adapter["target_modules"] == sorted(modules)
+
+
+def test_require_examples_names_the_empty_split_every_size_and_the_fix():
+    require_examples({"train": [1, 2], "val": [3], "test": [4]}, "data.jsonl", "use more")  # all there: fine
+    with pytest.raises(ValueError) as err:
+        require_examples({"train": [1, 2, 3], "val": [], "test": [4, 5]}, "data.jsonl", "use at least 10 messages")
+    assert str(err.value) == ("data.jsonl: the val split is empty (5 records split as train 3, val 0, test 2); "
+                              "finetuning needs at least one record in every split: use at least 10 messages")
