@@ -449,7 +449,7 @@ class ClassifierConfig(OptimConfig):
     epochs: int = Field(ge=1)
     """Passes over the training split."""
     max_length: int = Field(ge=4)
-    """Messages are truncated to this many tokens (at most the model's context)."""
+    """Messages are truncated to this many tokens; at most model.context_length (checked)."""
     long_records: Literal["truncate", "error"] = "truncate"
     """Messages longer than max_length: truncate them (the count is reported) or stop with an
     error naming the first one."""
@@ -480,10 +480,11 @@ class InstructConfig(OptimConfig):
     """Leave the instruction and input out of the loss, so only response tokens are learned
     (the book trains on the whole text; with a tiny model the mask helps)."""
     allowed_max_length: int = Field(ge=8)
-    """Prompt + response are truncated to this many tokens (at most the model's context)."""
+    """Most tokens of prompt + response per record; at most model.context_length (checked)."""
     long_records: Literal["truncate", "error"] = "truncate"
-    """Records longer than allowed_max_length: truncate them (the count is reported) or stop with
-    an error naming the first one."""
+    """Records longer than allowed_max_length: cut them so the response keeps its tokens (the input
+    first, then the instruction, then the response's end; the count is reported as cut_records), or
+    stop with an error naming the first one."""
     max_new_tokens: int = Field(ge=1)
     """Tokens generated per test response."""
     lora: LoraConfig
