@@ -237,6 +237,14 @@ def add_retrain_parsers(sub) -> None:  # what ArgumentParser.add_subparsers() re
 
 
 def retrain_command(args: argparse.Namespace) -> int:
+    if args.command == "retrain":  # at once, not after DVC has waited for its lock and failed
+        from pipelines.retraining.repo_lock import Busy, refuse_beside_running_pipeline
+
+        try:
+            refuse_beside_running_pipeline(Path(args.repo))
+        except Busy as err:
+            print(f"gptpipe retrain: {err}", file=sys.stderr)
+            return 2
     # The retraining flow, its schedule and the stages it reruns record to one Prefect server.
     if not use_prefect_server():
         return 1

@@ -23,7 +23,7 @@ from prefect.runtime import flow_run
 from model.atomic import write_json
 from pipelines import show_info_logs
 from pipelines.retraining.promotion import CANDIDATES, CHAMPION, Candidate, decide
-from pipelines.retraining.repo_lock import exclusive
+from pipelines.retraining.repo_lock import exclusive, refuse_beside_running_pipeline
 from pipelines.retraining.repro import dvc_repro
 from pipelines.retraining.what_ran import WhatRan, failed_stage, read_lock, what_ran
 from steps import layout
@@ -208,6 +208,7 @@ def retrain_flow(repo: str = ".", params_path: str = "params.yaml") -> dict[str,
     retrain_id = str(flow_run.id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S"))
     env = child_env(retrain_id)  # before MLflow exports its tracking URI into our environment
     with exclusive(layout.RETRAIN_LOCK, f"a retrain of {root}"):
+        refuse_beside_running_pipeline(root)  # a scheduled run too: not beside a `dvc repro` by hand
         return retrain(params_path, retrain_id, env)
 
 

@@ -6,6 +6,7 @@ import logging
 import os
 import random
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -118,6 +119,50 @@ def write_metrics(stage: str, metrics: dict[str, float]) -> None:
     write_json(layout.timings_file(stage), {k: v for k, v in metrics.items() if is_timing(k)})
 
 
+class OutputsNotWritable(OSError):
+    """A stage could not write one of its outputs: found before it trains, not when it saves. An
+    expected error (steps/errors.py lists it: stage code does not import that module, which is no
+    stage's dependency)."""
+
+
+def stage_outputs(stage: str, dvc_file: Path = Path("dvc.yaml")) -> list[Path]:
+    """What the stage writes: its outs, metrics and plots in dvc.yaml (run from the repository root),
+    and in any case its metrics file and plots folder (run_stage writes those)."""
+    paths = [layout.metrics_file(stage), layout.plots_dir(stage)]
+    if dvc_file.is_file():
+        import yaml
+
+        entry = (yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}).get("stages", {}).get(stage, {})
+        for kind in ("outs", "metrics", "plots"):
+            for item in entry.get(kind) or []:
+                paths.extend(Path(p) for p in (item if isinstance(item, dict) else {item: None}))
+    return paths
+
+
+def check_outputs_writable(stage: str, dvc_file: Path = Path("dvc.yaml")) -> None:
+    """Raise OutputsNotWritable, naming the folder and the fix, unless a file can be created where
+    each output goes (its nearest existing folder): tried for real, since permission bits do not tell
+    (root ignores them; a read-only mount does not show in them)."""
+    checked: set[Path] = set()
+    for path in stage_outputs(stage, dvc_file):
+        folder = path if path.is_dir() else path.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if folder in checked:
+            continue
+        checked.add(folder)
+        try:
+            if not folder.is_dir():
+                raise NotADirectoryError(f"{folder} is a file, not a folder")
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as err:
+            raise OutputsNotWritable(
+                f"{path}: the {stage} stage cannot write its output there ({err.strerror or err}: {folder}). "
+                f"Make {folder} a writable folder (e.g. `chmod u+w {folder}`, or move the file of that name "
+                f"away), then rerun; checked before the stage starts its work") from err
+
+
 def run_stage(
     stage: str,
     params_path: str,
@@ -126,8 +171,10 @@ def run_stage(
     body: Callable[[StageContext], dict[str, float]],
 ) -> dict[str, float]:
     """Run `body` inside the stage's MLflow run; write `reports/<stage>.json` (timings apart, in
-    `reports/timings/<stage>.json`) and log the plots."""
+    `reports/timings/<stage>.json`) and log the plots. A folder it cannot write to stops it first,
+    before any work."""
     params = load_params(params_path)
+    check_outputs_writable(stage)
     seed_everything(params.seed)
     with stage_run(
         stage,

@@ -99,3 +99,66 @@ def test_the_metrics_file_holds_what_the_inputs_decide_and_timings_go_beside_it(
     assert timings.items() <= metrics.items()  # the flow (and MLflow) still get every figure
     assert not any(is_timing(name) for name in ("val_loss", "train_accuracy", "steps", "tokens_seen", "parameters",
                                                 "encode_workers", "test_f1", "val_perplexity"))
+
+
+def _classifier_checkout(tmp_path, monkeypatch):
+    import shutil
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(Path(__file__).resolve().parents[2] / "dvc.yaml", tmp_path / "dvc.yaml")
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(merged({})))
+    trained: list[str] = []
+
+    def body(ctx: StageContext) -> dict[str, float]:
+        trained.append(ctx.stage)  # the whole training run, before the fix
+        return {}
+
+    return body, trained
+
+
+def test_a_stage_that_cannot_write_its_outputs_stops_before_it_trains(tmp_path, monkeypatch):
+    import pytest
+
+    from pipelines.stage import OutputsNotWritable, run_stage
+    from steps.errors import is_expected
+
+    body, trained = _classifier_checkout(tmp_path, monkeypatch)
+    (tmp_path / "models").write_text("not a folder")  # models/classifier cannot be created
+    with pytest.raises(OutputsNotWritable) as err:
+        run_stage("finetune_classifier", "p.yaml", ["seed"], [], body)
+    assert trained == []
+    assert str(err.value).startswith("models/classifier: the finetune_classifier stage cannot write its output "
+                                     "there (models is a file, not a folder: models). Make models a writable folder")
+    assert is_expected(err.value)  # said once, without a traceback (pipelines/failures.py)
+
+
+def test_a_read_only_models_folder_is_named_with_the_fix(tmp_path, monkeypatch):
+    import os
+
+    import pytest
+
+    from pipelines.stage import OutputsNotWritable, check_outputs_writable
+
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders; the test above covers the check as root")
+    _classifier_checkout(tmp_path, monkeypatch)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models").chmod(0o555)
+    try:
+        with pytest.raises(OutputsNotWritable, match=r"Permission denied: models\). .*chmod u\+w models"):
+            check_outputs_writable("finetune_classifier")
+    finally:
+        (tmp_path / "models").chmod(0o755)
+
+
+def test_the_outputs_checked_are_the_stages_own(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from pipelines.stage import check_outputs_writable, stage_outputs
+
+    _classifier_checkout(tmp_path, monkeypatch)
+    outs = stage_outputs("finetune_classifier")
+    assert Path("models/classifier") in outs and Path("reports/finetune_classifier.json") in outs
+    check_outputs_writable("finetune_classifier")  # a writable checkout passes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dvc.yaml", "p.yaml"]  # and is left as it was
