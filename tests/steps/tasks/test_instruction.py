@@ -382,7 +382,7 @@ def test_records_that_fit_keep_their_exact_encoding(tok: Tokenizer) -> None:
 
 
 def test_a_long_record_loses_its_input_first_and_keeps_its_response(tok: Tokenizer) -> None:
-    (ids, n), = encode_records(tok, [LONG])
+    (ids, _), = encode_records(tok, [LONG])
     limit = len(ids) - 3  # a little of the input has to go
     fitted = fit_records(tok, [LONG], max_length=limit)
     (got, got_n), = fitted.items
@@ -407,7 +407,7 @@ def test_then_its_instruction_and_last_its_response_end(tok: Tokenizer) -> None:
     # past the limit, so collate's last target is a response token, not an end-of-text.
     (ids, n), = fit_records(tok, [LONG], max_length=bare + 1).items
     assert n == bare and ids[n:] == response_ids(tok, LONG)[:2] and len(ids) == bare + 2
-    inputs, targets = collate([ids], pad_id=eot_id(tok), allowed_max_length=bare + 1, prompt_lengths=[n])
+    _, targets = collate([ids], pad_id=eot_id(tok), allowed_max_length=bare + 1, prompt_lengths=[n])
     assert targets[0, -2:].tolist() == response_ids(tok, LONG)[:2] and (targets[0, :-2] == IGNORE_INDEX).all()
 
 
