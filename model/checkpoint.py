@@ -143,6 +143,18 @@ def load_training_state(folder: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: invalid training state ({err!r})") from err
 
 
+def read_training_step(folder: str | Path) -> int:
+    """The step a model folder's training state was saved at, read from its header alone (the
+    optimizer's tensors, the bulk of the file, are not loaded)."""
+    path = Path(folder) / TRAINING_STATE
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        metadata = f.metadata() or {}
+    try:
+        return int(json.loads(metadata[_STRUCTURE])["step"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: no training step recorded ({err!r}): not a training state written by gptpipe") from err
+
+
 # The JSON of a training state is plain JSON, except for objects with one of these keys:
 # {"$tensor": name}, {"$tuple": [...]}, {"$int_keys": [[key, value], ...]} (an optimizer's state is
 # keyed by parameter number) and {"$float": "inf" | "-inf" | "nan"} (JSON has no such numbers).

@@ -8,13 +8,13 @@ import logging
 import torch
 
 from model.atomic import write_json, write_text
-from model.checkpoint import load_model, read_config
+from model.checkpoint import load_model, read_config, read_training_step
 from pipelines.stage import StageContext, io_task, run_stage, stage_flow, stage_task
 from steps import layout
 from steps.evaluation import plots
 from steps.evaluation.judge import JudgeOutcome, judge_instruct, judged_records
 from steps.evaluation.metrics import compute
-from steps.evaluation.report import summary_markdown
+from steps.evaluation.report import StartingPoints, pretrained_origin, summary_markdown
 from steps.tasks.classification import encode_examples, initial_classifier, loader, predict, read_labeled
 from steps.tasks.instruction import generate_responses
 from steps.tasks.language_modeling import fixed_windows, lm_loss, unigram_cross_entropy
@@ -102,6 +102,26 @@ def judge_responses(ctx: StageContext, responses: list[dict], baseline: list[dic
     return judge_instruct(responses, baseline, ctx.params.evaluate.judge, ctx.params.seed)
 
 
+def starting_points(ctx: StageContext) -> StartingPoints:
+    """What each finetuned model started from: models/pretrain's own origin (its init_from.json
+    when GPT-2's weights were the start) and the classifier's `init`."""
+    provenance_file = layout.PRETRAIN_MODEL / layout.INIT_PROVENANCE
+    provenance = json.loads(provenance_file.read_text(encoding="utf-8")) if provenance_file.is_file() else None
+    origin = pretrained_origin(provenance, read_training_step(layout.PRETRAIN_MODEL))
+    return StartingPoints(origin, ctx.params.finetune_classifier.init)
+
+
+def tfidf_baseline() -> dict[str, float]:
+    """The TF-IDF + logistic regression accuracy the classifier stage measured on its own split
+    (fitting it needs the training split, which only that stage has)."""
+    path = layout.metrics_file("finetune_classifier")
+    try:
+        return {"classifier_tfidf_test_accuracy": json.loads(path.read_text(encoding="utf-8"))["tfidf_test_accuracy"]}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: no tfidf_test_accuracy ({err!r}); rerun the classifier stage: "
+                         "dvc repro -f -s finetune_classifier") from None
+
+
 def instruct_examples(responses: list[dict], baseline: list[dict], n: int = 8) -> list[dict]:
     return [
         {"instruction": r["instruction"], "input": r["input"], "output": r["output"],
@@ -115,6 +135,7 @@ def _body(ctx: StageContext) -> dict[str, float]:
     metrics = evaluate_pretrained(ctx, device)
     cls_metrics, confusion = evaluate_classifier(ctx, device)
     metrics.update(cls_metrics)
+    metrics.update(tfidf_baseline())
     inst_metrics, responses, baseline = evaluate_instruct(ctx, device)
     metrics.update(inst_metrics)
     judge = ctx.params.evaluate.judge
@@ -142,6 +163,7 @@ def _body(ctx: StageContext) -> dict[str, float]:
         "Pretrained model vs a unigram model", "cross-entropy",
     )
     write_text(layout.SUMMARY, summary_markdown(metrics, confusion, instruct_examples(responses, baseline),
+                                                starting_points(ctx),
                                                 judge=f"{judge.model} at {judge.endpoint}" if judge.enabled else None))
     ctx.run.log_artifact(layout.SUMMARY)
     return metrics

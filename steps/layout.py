@@ -22,6 +22,8 @@ PRETRAIN_CHECKPOINTS = Path("models/pretrain-checkpoints")
 CLASSIFIER_MODEL = Path("models/classifier")
 INSTRUCT_MODEL = Path("models/instruct")
 MODEL_TOKENIZER = "tokenizer.json"
+# In models/pretrain when pretrain.init_from is set: where its starting weights came from.
+INIT_PROVENANCE = "init_from.json"
 CLASSIFIER_TEST_SPLIT = "test.jsonl"
 ADAPTER = "adapter"
 RESPONSES = "responses.json"

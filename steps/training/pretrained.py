@@ -14,12 +14,13 @@ from model.config import GPTConfig
 from model.gpt import GPTModel
 from model.hf_gpt2 import HF_CONFIG, HF_SAFETENSORS, load_gpt2_files, weights_file
 from model.presets import PRESETS
+from steps import layout
 from steps.config import PretrainConfig
 from steps.data.fetch import FetchError, cached_fetch, default_cache_dir
 from steps.hashing import sha256_file
 
 log = logging.getLogger("gptpipe.pretrained")
-INIT_PROVENANCE = "init_from.json"
+INIT_PROVENANCE = layout.INIT_PROVENANCE
 """Written into the model folder: where `init_from`'s weights came from, and their sha256."""
 
 # owner/name or a bare name (OpenAI's: gpt2, gpt2-medium, ...), as the hub spells repositories.

@@ -16,6 +16,7 @@ from model.checkpoint import (
     build_model,
     load_model,
     load_training_state,
+    read_training_step,
     read_config,
     save_model,
     save_training_state,
@@ -239,3 +240,11 @@ def test_tied_padded_model_round_trip_stores_the_matrix_once(tmp_path: Path) -> 
     assert loaded.out_head.weight is loaded.tok_emb.weight  # still tied after loading
     ids = sample_ids() % 50  # real token ids only
     torch.testing.assert_close(loaded(ids), model(ids))
+
+
+def test_the_training_step_is_read_without_the_tensors(tmp_path: Path) -> None:
+    save_training_state(tmp_path, {"step": 90, "optimizer": {"state": {0: {"exp_avg": torch.zeros(4)}}}})
+    assert read_training_step(tmp_path) == 90
+    save_training_state(tmp_path, {"optimizer": {}})
+    with pytest.raises(ValueError, match="no training step recorded"):
+        read_training_step(tmp_path)

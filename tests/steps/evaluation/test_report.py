@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from steps.evaluation.report import summary_markdown
+from steps.evaluation.report import EMPTY_REPLY, RANDOM_INIT_EXPERIMENT, StartingPoints, pretrained_origin, summary_markdown
 
 METRICS = {
     "unigram_val_loss": 5.123456,
@@ -19,7 +19,9 @@ METRICS = {
     "instruct_exact_match": 0.42,
     "instruct_start_rougeL": 0.123,
     "instruct_rougeL": 0.1,
+    "classifier_tfidf_test_accuracy": 0.9667,
 }
+STARTS = StartingPoints("our pretraining (90 steps from random weights)", "pretrained")
 CONFUSION = {"labels": ["ham", "spam"], "confusion_matrix": [[140, 10], [3, 147]]}
 EXAMPLES = [
     {"instruction": "Name a colour.", "input": "", "output": "Red.", "finetuned": "Red.",
@@ -31,7 +33,7 @@ EXAMPLES = [
 
 @pytest.fixture
 def lines() -> list[str]:
-    text = summary_markdown(METRICS, CONFUSION, EXAMPLES)
+    text = summary_markdown(METRICS, CONFUSION, EXAMPLES, STARTS)
     assert text.endswith("\n") and text.startswith("# gptpipe summary\n")
     return text.splitlines()
 
@@ -58,17 +60,17 @@ def test_confusion_table(lines: list[str]) -> None:
 
 def test_confusion_table_three_classes() -> None:
     confusion = {"labels": ["a", "b", "c"], "confusion_matrix": [[1, 2, 3], [4, 5, 6], [7, 8, 9]]}
-    text = summary_markdown(METRICS, confusion, [])
+    text = summary_markdown(METRICS, confusion, [], STARTS)
     assert "| | a | b | c |\n|---|---|---|---|\n| **a** | 1 | 2 | 3 |\n| **b** | 4 | 5 | 6 |\n| **c** | 7 | 8 | 9 |" in text
 
 
 def test_example_rows_are_escaped_and_truncated(lines: list[str]) -> None:
     i = lines.index("| instruction | input | expected | finetuned | pretrained only |")
-    assert lines[i + 2] == "| Name a colour. |  | Red. | Red. | the the the |"
+    assert lines[i + 2] == "| Name a colour. | (none) | Red. | Red. | the the the |"
     row = lines[i + 3]
     assert row.startswith("| Pick \\| one | a b | ")
     assert "x" * 79 + "…" in row and "x" * 80 not in row
-    assert row.endswith("| spaced out |  |")
+    assert row.endswith(f"| spaced out | {EMPTY_REPLY} |")  # an empty reply is said, not a blank cell
     assert len(lines) == i + 4  # one row per example, nothing after
 
 
@@ -82,7 +84,7 @@ def test_plots_are_referenced(lines: list[str]) -> None:
 def test_missing_metric_raises() -> None:
     broken = {k: v for k, v in METRICS.items() if k != "instruct_rougeL"}
     with pytest.raises(KeyError, match="instruct_rougeL"):
-        summary_markdown(broken, CONFUSION, EXAMPLES)
+        summary_markdown(broken, CONFUSION, EXAMPLES, STARTS)
 
 
 def test_per_class_table_when_given() -> None:
@@ -90,7 +92,7 @@ def test_per_class_table_when_given() -> None:
         {"precision": 0.98, "recall": 0.9333, "f1": 0.956, "support": 150},
         {"precision": 0.9363, "recall": 0.98, "f1": 0.9577, "support": 150},
     ]}
-    text = summary_markdown(METRICS, confusion, [])
+    text = summary_markdown(METRICS, confusion, [], STARTS)
     assert "| label | precision | recall | F1 | support |" in text
     assert "| spam | 0.9363 | 0.9800 | 0.9577 | 150 |" in text
 
@@ -105,7 +107,7 @@ def test_no_judge_lines_when_judging_is_off(lines: list[str]) -> None:
 
 
 def test_judge_row_and_note() -> None:
-    text = summary_markdown({**METRICS, **JUDGED}, CONFUSION, [], judge="llama3 at http://localhost:11434/v1")
+    text = summary_markdown({**METRICS, **JUDGED}, CONFUSION, [], STARTS, judge="llama3 at http://localhost:11434/v1")
     lines = text.splitlines()
     i = lines.index("| instruction ROUGE-L | 0.1230 | 0.1000 | -0.0230 |")
     assert lines[i + 1] == "| instruction LLM-judge score (0-100) | 4.0 | 61.2 | +57.2 |"
@@ -118,10 +120,49 @@ def test_judge_row_and_note() -> None:
 def test_judge_row_when_one_side_has_no_score() -> None:
     metrics = {**METRICS, **JUDGED}
     del metrics["instruct_start_judge_score"]
-    assert "| instruction LLM-judge score (0-100) | no score | 61.2 | – |" in summary_markdown(metrics, CONFUSION, [])
+    assert "| instruction LLM-judge score (0-100) | no score | 61.2 | – |" in summary_markdown(metrics, CONFUSION, [], STARTS)
 
 
 def test_unreachable_judge_is_said_and_nothing_else_changes(lines: list[str]) -> None:
-    text = summary_markdown({**METRICS, "instruct_judge_available": 0}, CONFUSION, EXAMPLES)
+    text = summary_markdown({**METRICS, "instruct_judge_available": 0}, CONFUSION, EXAMPLES, STARTS)
     assert "LLM-judge score" not in text and "judge was unreachable" in text
     assert set(lines) <= set(text.splitlines())
+
+
+def test_no_table_cell_is_blank(lines: list[str]) -> None:
+    for line in lines:
+        if line.startswith("|") and not line.startswith("|---"):
+            cells = line.strip("|").split(" | ") if line != "| | ham | spam |" else ["corner"]
+            assert all(c.strip() for c in cells), line
+
+
+def test_a_gpt_below_the_tfidf_baseline_is_said_plainly(lines: list[str]) -> None:
+    text = "\n".join(lines)
+    assert "| finetuned GPT | our pretraining (90 steps from random weights), new classification head | 0.9375 |" in lines
+    assert "| TF-IDF + logistic regression (same training split) | no GPT: word 1-2 grams | 0.9667 |" in lines
+    assert ("**The finetuned GPT is below the TF-IDF + logistic regression baseline** on this test split: "
+            "accuracy 0.9375 vs 0.9667 (-0.0292).") in text
+    above = summary_markdown({**METRICS, "classifier_tfidf_test_accuracy": 0.9}, CONFUSION, [], STARTS)
+    assert "The finetuned GPT beats the TF-IDF + logistic regression baseline: accuracy 0.9375 vs 0.9000" in above
+    assert "below the TF-IDF" not in above
+
+
+def test_the_random_init_result_is_this_run_or_how_to_run_it(lines: list[str]) -> None:
+    assert f"| GPT finetuned from random init | random init (no pretraining) | not run: `{RANDOM_INIT_EXPERIMENT}` |" in lines
+    random = summary_markdown(METRICS, CONFUSION, [], StartingPoints("our pretraining (9 steps from random weights)", "random"))
+    assert "| GPT finetuned from random init | random init (no pretraining) | 0.9375 (this run) |" in random
+    assert "| finetuned GPT | random init (no pretraining), new classification head | 0.9375 |" in random
+
+
+def test_every_finetuned_model_names_its_starting_point(lines: list[str]) -> None:
+    assert "- classifier: starts from our pretraining (90 steps from random weights), new classification head" in lines
+    assert ("- instruction model: starts from our pretraining (90 steps from random weights), answering the same "
+            "Alpaca prompts") in lines
+
+
+def test_pretrained_origin_in_words() -> None:
+    assert pretrained_origin(None, 90) == "our pretraining (90 steps from random weights)"
+    hub = {"source": "hub", "repo": "openai-community/gpt2", "revision": "main", "sha256": "ab"}
+    assert pretrained_origin(hub, 0) == "GPT-2 weights (openai-community/gpt2@main)"
+    folder = {"source": "folder", "folder": "weights/gpt2", "sha256": "ab"}
+    assert pretrained_origin(folder, 50) == "GPT-2 weights (weights/gpt2), pretrained 50 more steps on our corpus"
