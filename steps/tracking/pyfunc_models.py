@@ -23,6 +23,7 @@ import importlib.metadata
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -147,8 +148,8 @@ def input_example(head: dict[str, Any]) -> Any:
     if head.get("kind") == "classifier":
         return pd.DataFrame({"text": ["Congratulations! You won a free prize, call now", "See you at lunch?"]})
     prompt = "Rewrite the sentence in passive voice." if head.get("prompt_style") else "Every effort moves you"
-    # A small max_new_tokens: MLflow runs the example through the model to check it when logging.
-    return pd.DataFrame({"prompt": [prompt]}), {"max_new_tokens": 4}
+    # One new token: MLflow runs the example through the model to check it when logging.
+    return pd.DataFrame({"prompt": [prompt]}), {"max_new_tokens": 1}
 
 
 def pip_requirements() -> list[str]:
@@ -177,11 +178,21 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 @contextmanager
 def staged_code() -> Iterator[list[str]]:
-    """The project's packages, Python files only (no caches), for MLflow's code_paths."""
+    """The project's code a logged model needs, laid out as in the repository, for MLflow's
+    code_paths: all of `model/` (the networks, small), and of `steps/` the modules loaded now, which
+    include everything importing this module loads: what load_context and predict run."""
     with tempfile.TemporaryDirectory(prefix="gptpipe-code-") as tmp:
-        paths = []
-        for package in CODE_PACKAGES:
-            shutil.copytree(ROOT / package, Path(tmp) / package, copy_function=_link_or_copy,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-            paths.append(str(Path(tmp) / package))
-        yield paths
+        for source in code_files():
+            target = Path(tmp) / source.relative_to(ROOT)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _link_or_copy(str(source), str(target))
+        yield [str(Path(tmp) / package) for package in CODE_PACKAGES]
+
+
+def code_files() -> list[Path]:
+    files = set((ROOT / "model").rglob("*.py"))
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if name.split(".")[0] == "steps" and path and Path(path).resolve().is_relative_to(ROOT):
+            files.add(Path(path).resolve())
+    return sorted(files)
