@@ -23,7 +23,14 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
 from model.atomic import write_text
-from steps.config import PARAMS_FILE, ConfigError, Params, flat_params, load_params, parse_params
+from steps.config import (
+    PARAMS_FILE,
+    ConfigError,
+    Params,
+    flat_params,
+    load_params,
+    parse_params,
+)
 
 PROFILES_DIR = Path("profiles")
 
