@@ -1,7 +1,7 @@
 """The FastAPI app behind `gptpipe serve`: OpenAI's /v1/models, /v1/completions and
 /v1/chat/completions (streamed as server-sent events when asked), /v1/classify for classifiers,
-and /stats. Generation for each language model runs in its GenerationWorker, where requests
-that arrive together share forward passes.
+/stats, and the playground page at / (playground.html). Generation for each language model runs
+in its GenerationWorker, where requests that arrive together share forward passes.
 
 Every refusal is a 4xx with OpenAI's error object; anything unexpected is a 500 with the same
 shape, and the server goes on serving.
@@ -15,11 +15,12 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from model.generate import Sampling
@@ -68,6 +69,13 @@ def create_app(models: Sequence[LoadedModel], limits: Limits) -> FastAPI:
 
     app = FastAPI(title="gptpipe", lifespan=lifespan)
     add_error_handlers(app)
+    # Package data (pyproject.toml), read once: a broken install fails here, not on a visit.
+    playground = resources.files("steps.serving").joinpath("playground.html").read_text(encoding="utf-8")
+
+    @app.get("/", include_in_schema=False)
+    async def playground_page() -> HTMLResponse:
+        """Chat and classify in a browser, through this API (steps/serving/playground.html)."""
+        return HTMLResponse(playground)
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
