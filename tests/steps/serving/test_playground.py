@@ -12,7 +12,8 @@ import pytest
 from PIL import Image, ImageStat
 
 from steps.inference.loading import LoadedModel, load
-from steps.serving.app import Limits, create_app
+from steps.serving.app import Limits, chat_prompt, create_app
+from steps.serving.openai_api import ChatMessage
 from tests.steps.inference import tiny_models
 from tests.steps.serving.conftest import live_server
 
@@ -76,6 +77,14 @@ def send_and_read(driver, message: str) -> tuple[str, list[int], int]:
     return text, driver.execute_script("return window.seenLengths"), int(reply.get_attribute("data-chunks"))
 
 
+def long_message(loaded: LoadedModel) -> str:
+    """A message whose chat prompt takes more than half the context: one fits, two do not."""
+    message = "Say hello."
+    while len(chat_prompt(loaded, [ChatMessage(role="user", content=message)])) <= loaded.context_length // 2 + 10:
+        message += " Say hello."
+    return message
+
+
 def assert_streamed(text: str, seen: list[int], chunks: int) -> None:
     grew = [n for i, n in enumerate(seen) if n and (i == 0 or n != seen[i - 1])]
     assert text, "the reply is empty"
@@ -117,6 +126,17 @@ def test_the_playground_chats_completes_classifies_and_shows_errors(base_url, br
     # Reset empties the conversation.
     browser.find_element(By.ID, "reset").click()
     assert browser.find_elements(By.CSS_SELECTOR, "#log .turn") == []
+
+    # A conversation that outgrows the context loses its oldest exchange, and the page says so.
+    set_field(browser, "message", "")
+    set_field(browser, "max-tokens", "")
+    long = long_message(models["instruct"])
+    for _ in range(2):
+        send_and_read(browser, long)
+    assert browser.find_element(By.ID, "chat-error").text == ""
+    notes = [n.text for n in browser.find_elements(By.CSS_SELECTOR, "#log .note")]
+    assert notes == ["The oldest exchange was dropped: the conversation no longer fits the model's context."]
+    browser.find_element(By.ID, "reset").click()
 
     # A plain language model continues the text, through /v1/completions.
     picker.select_by_value("pretrain")
