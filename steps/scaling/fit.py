@@ -21,6 +21,7 @@ from scipy.optimize import minimize
 from scipy.special import huber, logsumexp, softmax
 from threadpoolctl import threadpool_limits
 
+from steps.errors import ExpectedError
 from steps.scaling.laws import ParametricLaw
 
 HUBER_DELTA = 1e-3
@@ -30,7 +31,7 @@ GRID_E = (-1.0, -0.5, 0.0, 0.5, 1.0)
 GRID_A = GRID_B = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)
 
 
-class FitError(ValueError):
+class FitError(ExpectedError):
     """Too few runs, or runs that cannot pin a law; the message says what to add."""
 
 

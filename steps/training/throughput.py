@@ -7,9 +7,12 @@ MFU (model FLOPs utilisation, PaLM appendix B) = achieved model FLOP/s / the har
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from model.config import GPTConfig
+
+if TYPE_CHECKING:  # torch is imported where a device is queried: planning a run needs no torch
+    import torch
 
 # Dense bf16/fp16 tensor-core peaks (no sparsity), from the vendors' data sheets. MFU is quoted
 # against these whatever the run's precision (an fp32/TF32 run then reads low, as it should).
@@ -59,6 +62,8 @@ def default_peak_flops(device: torch.device) -> float | None:
     for an unknown GPU (set pretrain.peak_flops then)."""
     if device.type != "cuda":
         return None
+    import torch
+
     name = torch.cuda.get_device_name(device)
     for key, flops in PEAK_FLOPS.items():
         if key in name:
