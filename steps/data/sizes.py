@@ -2,63 +2,33 @@
 
 Each check derives the minimum from the params of the stage that reads the dataset, so a set too
 small for its splits stops the pipeline at its first stage, with the split, its size and what to
-change, instead of after pretraining. The split arithmetic mirrors the readers' own
-(steps/tasks/classification.py `split_examples`, steps/tasks/instruction.py `split_in_order`);
-tests/steps/data/test_sizes.py holds the two to the same numbers, since importing them here would
-make `download` load torch and rerun whenever training code changes.
+change, instead of after pretraining. The split sizes come from steps/tasks/splits.py, which the
+finetuning stages split by too (plain Python: `download` loads no torch for them).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from steps.data.readers import DataError
+from steps.tasks.splits import (
+    INSTRUCTION_TEST_SHARE,
+    INSTRUCTION_TRAIN_SHARE,
+    Splits,
+    classification_splits,
+    instruction_splits,
+)
 from steps.tokenization.corpus import split_corpus
 
 log = logging.getLogger("gptpipe.sizes")
 
-# finetune_instruct splits in file order (the book's chapter 7): 85 % train, 10 % test, the rest val.
-INSTRUCTION_TRAIN_SHARE = 0.85
-INSTRUCTION_TEST_SHARE = 0.1
 # English text averages about 4 bytes per GPT-2 token; a smaller BPE vocabulary makes more tokens
 # of the same bytes. Used only for a warning: the error relies on a token covering >= 1 byte.
 BYTES_PER_TOKEN_ESTIMATE = 4
 # Pool sizes tried when looking for the smallest set that fills every split.
 _SEARCH_LIMIT = 100_000
-
-
-@dataclass(frozen=True)
-class Splits:
-    """Records per split."""
-
-    train: int
-    val: int
-    test: int
-
-    def empty(self, train_needs: int = 1) -> str | None:
-        """The first split with fewer records than it needs (train: `train_needs`), or None."""
-        for name, got, needs in (("train", self.train, train_needs), ("validation", self.val, 1),
-                                 ("test", self.test, 1)):
-            if got < needs:
-                return name
-        return None
-
-
-def classification_splits(n: int, train_fraction: float, val_fraction: float) -> Splits:
-    """Sizes of the classifier's splits of a pool of `n` records (after balancing)."""
-    n_train = int(n * train_fraction)
-    n_val = int(n * val_fraction)
-    return Splits(n_train, n_val, n - n_train - n_val)
-
-
-def instruction_splits(n: int) -> Splits:
-    """Sizes of the instruction splits of `n` records."""
-    n_train = int(n * INSTRUCTION_TRAIN_SHARE)
-    n_test = int(n * INSTRUCTION_TEST_SHARE)
-    return Splits(n_train, n - n_train - n_test, n_test)
 
 
 def check_classification(counts: Mapping[str, int], labels: Sequence[str], train_fraction: float,

@@ -18,6 +18,7 @@ from model.atomic import write_text
 from model.checkpoint import load_model
 from model.gpt import GPTModel
 from model.heads import Pooling, attach_classifier_head, pool
+from steps.tasks.splits import classification_splits
 from steps.training.train import Batch
 
 
@@ -90,12 +91,11 @@ def split_examples(
             rows = by_label[name]
             pool.extend(rows if len(rows) == smallest else [rows[i] for i in _sample(len(rows), smallest, seed)])
     pool = [pool[i] for i in _sample(len(pool), len(pool), seed)]
-    n_train = int(len(pool) * train_fraction)
-    n_val = int(len(pool) * val_fraction)
+    sizes = classification_splits(len(pool), train_fraction, val_fraction)
     return {
-        "train": pool[:n_train],
-        "val": pool[n_train : n_train + n_val],
-        "test": pool[n_train + n_val :],
+        "train": pool[:sizes.train],
+        "val": pool[sizes.train : sizes.train + sizes.val],
+        "test": pool[sizes.train + sizes.val :],
     }
 
 

@@ -16,6 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from model.generate import generate
+from steps.tasks.splits import instruction_splits
 from steps.training.train import Batch
 
 IGNORE_INDEX = -100
@@ -44,12 +45,11 @@ def read_instructions(path: str | Path) -> list[dict[str, str]]:
 
 def split_in_order(records: Sequence[dict[str, str]]) -> dict[str, list[dict[str, str]]]:
     """The book's split, in file order: 85 % train, 10 % test, the remaining 5 % validation."""
-    n_train = int(len(records) * 0.85)
-    n_test = int(len(records) * 0.1)
+    sizes = instruction_splits(len(records))
     return {
-        "train": list(records[:n_train]),
-        "test": list(records[n_train : n_train + n_test]),
-        "val": list(records[n_train + n_test :]),
+        "train": list(records[:sizes.train]),
+        "test": list(records[sizes.train : sizes.train + sizes.test]),
+        "val": list(records[sizes.train + sizes.test :]),
     }
 
 

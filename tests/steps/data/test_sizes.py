@@ -8,15 +8,10 @@ from pathlib import Path
 import pytest
 
 from steps.data.readers import DataError
-from steps.data.sizes import (
-    check_classification,
-    check_corpus,
-    check_instructions,
-    classification_splits,
-    instruction_splits,
-)
+from steps.data.sizes import check_classification, check_corpus, check_instructions
 from steps.tasks.classification import Example, split_examples
 from steps.tasks.instruction import split_in_order
+from steps.tasks.splits import classification_splits, instruction_splits
 
 
 @pytest.mark.parametrize("train_fraction, val_fraction", [(0.7, 0.1), (0.8, 0.15), (0.5, 0.25)])
