@@ -15,6 +15,7 @@ from model.atomic import write_text
 from steps.data.readers import (
     FORMAT_BY_SUFFIX,
     DataError,
+    data_suffix,
     iter_lines,
     read_records,
     text_field,
@@ -63,7 +64,7 @@ def read_texts(path: Path, column: str | None = None) -> list[str]:
     the non-empty lines of any other file."""
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    fmt = FORMAT_BY_SUFFIX.get(path.suffix.lower(), "txt")
+    fmt = FORMAT_BY_SUFFIX.get(data_suffix(path), "txt")  # `texts.csv.gz` is a CSV
     if fmt == "txt":
         if column:
             raise DataError(f"{path}: --column is for CSV, TSV, JSON, JSONL and Parquet files; this one is read "

@@ -3,6 +3,7 @@ trained; reading texts from files and writing predictions."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 from pathlib import Path
@@ -78,6 +79,9 @@ def test_texts_come_from_lines_or_a_column(tmp_path: Path) -> None:
     assert read_texts(tmp_path / "a.csv", "message") == ["hello, there", "bye"]
     (tmp_path / "a.jsonl").write_text('{"text": "one"}\n{"text": "two"}\n')
     assert read_texts(tmp_path / "a.jsonl") == ["one", "two"]
+    with gzip.open(tmp_path / "b.csv.gz", "wt") as f:  # compressed: still a CSV, read by its column
+        f.write("message\nhi\n")
+    assert read_texts(tmp_path / "b.csv.gz", "message") == ["hi"]
     with pytest.raises(DataError, match=r"a.csv:2: missing field 'text' \(fields present: id, message\); "
                                         r"fix the record or set --column"):
         read_texts(tmp_path / "a.csv")
