@@ -22,6 +22,9 @@ EXPECTED_ELSEWHERE: tuple[tuple[str, str], ...] = (
     ("steps.scaling.plan", "PlanError"),
     ("model.hf_gpt2", "HFFormatError"),
     ("pipelines.stage", "OutputsNotWritable"),
+    ("steps.training.train", "NonFiniteLossError"),
+    ("steps.training.finetuning", "TooFewExamples"),
+    ("steps.tasks.instruction", "UnscorableRecords"),
 )
 
 

@@ -56,6 +56,11 @@ def split_in_order(records: Sequence[dict[str, str]]) -> dict[str, list[dict[str
 PromptStyle = Literal["alpaca", "phi3"]
 
 
+class UnscorableRecords(ValueError):
+    """Instruction records that cannot be trained on as the params stand (no response token fits, or
+    a long record under `long_records: error`); the message names the params to change."""
+
+
 def format_prompt(record: dict[str, str], style: PromptStyle = "alpaca") -> str:
     """The text the model answers; the input appears only when there is one.
 
@@ -123,7 +128,7 @@ def fit_records(
     """
     bare = _encode_prompt(tok, {"instruction": "", "input": ""}, style)
     if records and len(bare) > max_length:
-        raise ValueError(
+        raise UnscorableRecords(
             f"{where}: none of its {len(records)} records can keep a response token within "
             f"finetune_instruct.allowed_max_length {max_length}: the {style} prompt's fixed text alone takes "
             f"{len(bare)} tokens; raise allowed_max_length (and model.context_length) or use a shorter "
@@ -134,7 +139,7 @@ def fit_records(
             items.append((ids, n_prompt))
             continue
         if long_records == "error":
-            raise ValueError(
+            raise UnscorableRecords(
                 f"{where}: record {first_index + i} has {len(ids)} tokens (prompt {n_prompt} + response "
                 f"{len(ids) - n_prompt}), more than finetune_instruct.allowed_max_length {max_length}; raise "
                 "allowed_max_length (up to model.context_length), or set finetune_instruct.long_records: truncate "
@@ -257,7 +262,7 @@ class ScoredBatches:
             scored += 1
             yield batch
         if scored == 0:  # else an endless cycle() over this would wait forever
-            raise ValueError(f"{self.name}: no batch has a target to score (every target is ignore_index); "
+            raise UnscorableRecords(f"{self.name}: no batch has a target to score (every target is ignore_index); "
                              "with finetune_instruct.mask_prompt true every response was cut away: raise "
                              "allowed_max_length or use a shorter prompt_style")
 

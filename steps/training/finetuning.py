@@ -21,6 +21,10 @@ def with_lora(model: GPTModel, cfg: LoraConfig, modules_to_save: list[str]) -> n
     return apply_lora(model, cfg.rank, cfg.alpha, cfg.target_modules, cfg.dropout, modules_to_save)
 
 
+class TooFewExamples(ValueError):
+    """A split a finetuning stage reads is empty; the message says which and what to change."""
+
+
 def require_examples(splits: Mapping[str, Sized], where: str, fix: str) -> None:
     """Every split holds at least one record; else an error naming the empty split, every split's
     size and `fix` (an empty split would end in a division by zero, or a flattering 0.0)."""
@@ -28,7 +32,7 @@ def require_examples(splits: Mapping[str, Sized], where: str, fix: str) -> None:
     if empty:
         sizes = ", ".join(f"{name} {len(records)}" for name, records in splits.items())
         total = sum(len(records) for records in splits.values())
-        raise ValueError(f"{where}: the {empty[0]} split is empty ({total} records split as {sizes}); finetuning "
+        raise TooFewExamples(f"{where}: the {empty[0]} split is empty ({total} records split as {sizes}); finetuning "
                          f"needs at least one record in every split: {fix}")
 
 
