@@ -34,7 +34,7 @@ def test_the_bodys_mlflow_time_is_reported_as_tracking_not_computation(tmp_path,
     import json
     import time
 
-    import mlflow.pyfunc
+    import mlflow
 
     from pipelines.stage import run_stage
 
@@ -44,26 +44,24 @@ def test_the_bodys_mlflow_time_is_reported_as_tracking_not_computation(tmp_path,
     from tests.steps.inference import tiny_models
 
     model = tiny_models.classifier_folder(tmp_path / "models", tiny_models.tokenizer())
-    real_log_model = mlflow.pyfunc.log_model
-
-    def slow_log_model(*args, **kwargs):
-        time.sleep(0.4)  # a large model folder, copied into the artifact store
-        return real_log_model(*args, **kwargs)
-
-    monkeypatch.setattr(mlflow.pyfunc, "log_model", slow_log_model)
+    spent: dict[str, float] = {}
 
     def body(ctx: StageContext) -> dict[str, float]:
         time.sleep(0.2)  # the work
-        ctx.run.log_model_folder(model)
+        start = time.perf_counter()
+        ctx.run.log_model_folder(model)  # an MLflow pyfunc model: a few tenths of a second
+        spent["logging"] = time.perf_counter() - start
         return {"loss": 1.0}
 
     try:
         metrics = run_stage("pretrain", "p.yaml", ["seed"], [], body)
     finally:
         mlflow.set_tracking_uri(None)
-    assert 0.2 <= metrics["compute_seconds"] < 0.35
-    assert metrics["tracking_seconds"] >= 0.4
-    assert json.loads((tmp_path / "reports" / "timings" / "pretrain.json").read_text())["tracking_seconds"] >= 0.4
+    assert spent["logging"] > 0.05
+    assert metrics["tracking_seconds"] >= 0.99 * spent["logging"]
+    assert 0.2 <= metrics["compute_seconds"] < 0.35  # the sleep, not the logging
+    timings = json.loads((tmp_path / "reports" / "timings" / "pretrain.json").read_text())
+    assert timings["tracking_seconds"] == metrics["tracking_seconds"]
 
 
 def test_the_metrics_file_holds_what_the_inputs_decide_and_timings_go_beside_it(tmp_path, monkeypatch):
