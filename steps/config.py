@@ -491,6 +491,37 @@ class InstructConfig(OptimConfig):
     """Adapter settings when method is `lora`."""
 
 
+class PreferenceConfig(OptimConfig):
+    method: Literal["full", "lora"]
+    """Finetune every weight (the reference is then a frozen copy of models/instruct), or LoRA
+    adapters only (the reference is the same network with its adapters disabled: no second copy)."""
+    beta: float = Field(gt=0.0)
+    """DPO's beta: how strongly the policy is held near the reference (the book uses 0.1); rewards
+    are beta times a response's log-probability change from the reference."""
+    logprob: Literal["mean", "sum"]
+    """A response's log-probability: the mean over its tokens (the book) or their sum (the DPO paper)."""
+    epochs: int = Field(ge=1)
+    """Passes over the training split of preference pairs."""
+    allowed_max_length: int = Field(ge=8)
+    """Most tokens of prompt + response (each of chosen and rejected); at most model.context_length
+    (checked). The prompt layout is the one models/instruct was finetuned with."""
+    long_records: Literal["truncate", "error"] = "truncate"
+    """Responses longer than allowed_max_length with their prompt: cut the prompt (input first, then
+    instruction, then the response's end) and count them as cut_records, or stop with an error."""
+    max_new_tokens: int = Field(ge=1)
+    """Tokens generated per test response (the instruction model's and the preference-tuned one's)."""
+    checkpoint_interval: int = Field(ge=0)
+    """Save a crash-recovery checkpoint to models/preference-checkpoints/ every this many steps and at
+    the end; 0 = none. Deleted once the stage has finished."""
+    keep_checkpoints: int = Field(ge=1)
+    """Newest checkpoints kept."""
+    resume: bool
+    """Rerunning after a crash continues from the newest valid checkpoint of the same run (same seed,
+    params, preference data and instruction model); false always starts from step 0."""
+    lora: LoraConfig
+    """Adapter settings when method is `lora`."""
+
+
 class JudgeConfig(Section):
     """An LLM that scores the instruction test responses 0-100 (the book's chapter 7), reached
     through an OpenAI-compatible chat endpoint: Ollama's, OpenAI's or any server speaking it."""
@@ -553,6 +584,7 @@ class Params(Section):
     pretrain: PretrainConfig
     finetune_classifier: ClassifierConfig
     finetune_instruct: InstructConfig
+    finetune_preference: PreferenceConfig
     evaluate: EvaluateConfig
     tracking: TrackingConfig
 
@@ -564,7 +596,8 @@ class Params(Section):
         context = self.model.context_length
         for key, length in (("pretrain.seq_len", self.pretrain.seq_len),
                             ("finetune_classifier.max_length", self.finetune_classifier.max_length),
-                            ("finetune_instruct.allowed_max_length", self.finetune_instruct.allowed_max_length)):
+                            ("finetune_instruct.allowed_max_length", self.finetune_instruct.allowed_max_length),
+                            ("finetune_preference.allowed_max_length", self.finetune_preference.allowed_max_length)):
             if length is not None and length > context:
                 raise ValueError(f"{key} ({length}) exceeds model.context_length ({context}), the most tokens the "
                                  f"model reads: set {key} to at most {context}, or raise model.context_length")
