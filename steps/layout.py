@@ -8,6 +8,7 @@ CLASSIFICATION = RAW / "classification.jsonl"
 LABELS = RAW / "labels.json"
 INSTRUCTIONS = RAW / "instructions.json"
 SOURCES = RAW / "sources.json"
+PREFERENCES = RAW / "preferences.json"
 LOCAL_DATA = Path("data/local")
 
 TOKENS = Path("data/tokens")
@@ -21,6 +22,8 @@ PRETRAIN_MODEL = Path("models/pretrain")
 PRETRAIN_CHECKPOINTS = Path("models/pretrain-checkpoints")
 CLASSIFIER_MODEL = Path("models/classifier")
 INSTRUCT_MODEL = Path("models/instruct")
+PREFERENCE_MODEL = Path("models/preference")
+PREFERENCE_CHECKPOINTS = Path("models/preference-checkpoints")
 MODEL_TOKENIZER = "tokenizer.json"
 # In models/pretrain when pretrain.init_from is set: where its starting weights came from.
 INIT_PROVENANCE = "init_from.json"
