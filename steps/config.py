@@ -170,6 +170,25 @@ class InstructionSource(DatasetSource):
     """Source fields mapped to instruction / input / output."""
 
 
+class PreferenceFields(Section):
+    """Which source field fills each part of a preference record."""
+
+    instruction: str = "instruction"
+    """Field holding the task."""
+    input: str | None = "input"
+    """Field holding the optional input; null when the data has none."""
+    chosen: str = "chosen"
+    """Field holding the preferred response."""
+    rejected: str = "rejected"
+    """Field holding the dispreferred response (must differ from the chosen one)."""
+
+
+class PreferenceSource(DatasetSource):
+    fields: PreferenceFields = PreferenceFields()
+    """Source fields mapped to instruction / input / chosen / rejected (other fields, like the
+    book's `output`, are not read)."""
+
+
 class BuiltinSizes(Section):
     """Sizes of the generated offline world (used by datasets whose source is `builtin`)."""
 
@@ -183,10 +202,14 @@ class BuiltinSizes(Section):
     """Generated test records, on held-out inputs."""
     instructions_val: int = Field(ge=5)
     """Generated validation records, on held-out inputs."""
+    preferences: int = Field(ge=20)
+    """Generated preference records in all, split in file order like any preference set (85 %
+    train, 10 % test, the rest validation); the test and validation records ask about held-out
+    subjects."""
 
 
 class DownloadConfig(Section):
-    """The three datasets the pipeline starts from, each from its own source."""
+    """The four datasets the pipeline starts from, each from its own source."""
 
     corpus: CorpusSource
     """Pretraining text."""
@@ -194,6 +217,8 @@ class DownloadConfig(Section):
     """Labelled texts for the classifier."""
     instructions: InstructionSource
     """Instruction / input / output records."""
+    preferences: PreferenceSource
+    """Instruction / input / chosen / rejected records for preference tuning."""
     builtin: BuiltinSizes
     """Sizes of the generated data."""
 
