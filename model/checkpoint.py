@@ -13,8 +13,9 @@ from safetensors.torch import load_file, save_file
 
 from model.atomic import atomic_path, write_json
 from model.config import GPTConfig
-from model.gpt import GPTModel
+from model.gpt import CausalLM, GPTModel
 from model.heads import attach_classifier_head
+from model.llama import LlamaModel
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -22,7 +23,7 @@ TRAINING_STATE = "training_state.safetensors"
 _STRUCTURE = "training_state"  # the metadata key holding the JSON
 
 
-def save_model(folder: str | Path, model: GPTModel, head: dict[str, Any] | None = None) -> None:
+def save_model(folder: str | Path, model: CausalLM, head: dict[str, Any] | None = None) -> None:
     """Write weights and the config needed to rebuild the model; `head` describes a task head.
 
     `head` is `{"kind": "lm"}` (the default) or `{"kind": "classifier", "labels": [...]}`.
@@ -95,9 +96,17 @@ def read_config(folder: str | Path) -> tuple[GPTConfig, dict[str, Any]]:
         raise ValueError(f"{path}: invalid model config ({err})") from err
 
 
-def build_model(cfg: GPTConfig, head: dict[str, Any]) -> GPTModel:
+def new_model(cfg: GPTConfig) -> CausalLM:
+    """A freshly initialised network of the config's family (`arch`): the one place that picks
+    the class, so every stage, head and export works with either."""
+    if cfg.arch == "llama":
+        return LlamaModel(cfg)
+    return GPTModel(cfg)
+
+
+def build_model(cfg: GPTConfig, head: dict[str, Any]) -> CausalLM:
     """The empty network a checkpoint with this config and head fits into."""
-    model = GPTModel(cfg)
+    model = new_model(cfg)
     if head.get("kind") == "classifier":
         attach_classifier_head(model, len(head["labels"]))
     elif head.get("kind") != "lm":
@@ -105,7 +114,7 @@ def build_model(cfg: GPTConfig, head: dict[str, Any]) -> GPTModel:
     return model
 
 
-def load_model(folder: str | Path, map_location: str = "cpu") -> tuple[GPTModel, dict[str, Any]]:
+def load_model(folder: str | Path, map_location: str = "cpu") -> tuple[CausalLM, dict[str, Any]]:
     """Rebuild the model a folder holds; returns it (in eval mode) with its head description."""
     cfg, head = read_config(folder)
     model = build_model(cfg, head)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from model.gpt import BatchKVCache, GPTModel, KVCache
+from model.gpt import BatchKVCache, CausalLM, KVCache
 
 
 @torch.inference_mode()
@@ -56,7 +56,7 @@ def iter_tokens(
     is left, renormalised.
 
     Generation for a batch stops early once every row has produced `eos_id`; rows that finished
-    earlier yield `eos_id` from then on. With `use_cache` (for a GPTModel), the prompt is read once
+    earlier yield `eos_id` from then on. With `use_cache` (for a CausalLM: GPT or Llama), the prompt is read once
     (prefill) and then one token per step; the tokens are the same as without it. The model is in
     eval mode while the iterator runs and gets its training flag back when it ends or is closed.
     """
@@ -80,7 +80,7 @@ def _token_steps(
     """The sampling loop behind iter_tokens."""
     was_training = model.training
     model.eval()
-    cache = KVCache.for_model(model) if use_cache and isinstance(model, GPTModel) else None
+    cache = KVCache.for_model(model) if use_cache and isinstance(model, CausalLM) else None
     finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
     try:
         for _ in range(max_new_tokens):
@@ -204,7 +204,7 @@ class BatchGenerator:
     more compute). Not thread-safe: one thread drives it (the server's generation worker).
     """
 
-    def __init__(self, model: GPTModel, max_batch: int, use_cache: bool = True) -> None:
+    def __init__(self, model: CausalLM, max_batch: int, use_cache: bool = True) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.model = model.eval()

@@ -1,4 +1,5 @@
-"""The book's GPT: token + position embeddings, pre-LayerNorm transformer blocks, a linear head."""
+"""The book's GPT: token + position embeddings, pre-LayerNorm transformer blocks, a linear head;
+the KV caches and the `CausalLM` base that model/llama.py's LlamaModel shares."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ class KVCache:
         self.lengths = [0] * n_layers
 
     @classmethod
-    def for_model(cls, model: GPTModel) -> KVCache:
+    def for_model(cls, model: CausalLM) -> KVCache:
         return cls(model.cfg.n_layers, model.cfg.context_length)
 
     @property
@@ -110,7 +111,7 @@ class BatchKVCache:
         self._mask: torch.Tensor | None = None
 
     @classmethod
-    def for_model(cls, model: GPTModel, rows: int) -> BatchKVCache:
+    def for_model(cls, model: CausalLM, rows: int) -> BatchKVCache:
         return cls(model.cfg.n_layers, model.cfg.context_length, rows, next(model.parameters()).device)
 
     def reset(self, first: int = 0, count: int | None = None) -> None:
@@ -270,12 +271,75 @@ def _dropout(drop: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
     return drop(x) if drop.training and drop.p > 0 else x
 
 
-class GPTModel(nn.Module):
-    """Token ids (B, T) in, one score per output unit per position (B, T, out) out."""
+class CausalLM(nn.Module):
+    """What every network here shares, whatever its family: token ids (B, T) in, one score per
+    output unit per position (B, T, out) out, an optional KV cache, and the same attribute names
+    (`cfg`, `tok_emb`, `trf_blocks`, `final_norm`, `out_head`) that task heads (model/heads.py),
+    the choice of what trains, generation and checkpoints rely on. GPTModel (here) and LlamaModel
+    (model/llama.py) differ only in how positions enter and in their blocks."""
+
+    cfg: GPTConfig
+    tok_emb: nn.Embedding
+    trf_blocks: nn.Sequential
+    final_norm: nn.Module
+    out_head: nn.Module
 
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.activation_checkpointing = False
+        """Recompute each block's activations in the backward pass instead of keeping them: less
+        memory for about a third more compute. A training switch, not architecture: not saved."""
+
+    def positions(self, in_idx: torch.Tensor, kv_cache: Cache | None) -> torch.Tensor:
+        """Positions of the tokens of `in_idx` (B, T): (T,), or (B, T) when the cache's rows have
+        their own lengths. With `kv_cache`, `in_idx` holds only the tokens after the cached ones."""
+        t = in_idx.size(1)
+        if kv_cache is None:
+            if t > self.cfg.context_length:
+                raise ValueError(f"sequence of {t} tokens is longer than context_length={self.cfg.context_length}")
+            return torch.arange(t, device=in_idx.device)  # (T,)
+        return kv_cache.positions(t, in_idx.device)
+
+    def run_blocks(self, x: torch.Tensor, kv_cache: Cache | None, *extra: torch.Tensor) -> torch.Tensor:
+        """Every block in turn on (B, T, C); `extra` is what each block reads besides x (Llama's
+        rotary angles), passed as block(x, *extra, kv_cache, layer)."""
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled() and kv_cache is None
+        for layer, block in enumerate(self.trf_blocks):
+            if recompute:
+                # Non-reentrant checkpointing restores the RNG state, so dropout masks are redrawn
+                # identically in the recomputation and the gradients match the plain path.
+                x = checkpoint(block, x, *extra, use_reentrant=False)
+            else:
+                x = block(x, *extra, kv_cache, layer)
+        return x
+
+    def head_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Final norm and head on the last block's (B, T, C): (B, T, out)."""
+        x = self.final_norm(x)
+        logits = self.out_head(x)  # (B, T, out); out = padded vocab for the LM head
+        if logits.size(-1) == self.cfg.padded_vocab_size != self.cfg.vocab_size:
+            # Cut the padding rows off rather than masking them with -inf: every caller (loss,
+            # sampling, evaluation, export) then sees exactly vocab_size scores, and no padded id
+            # can be sampled or take probability mass. The matmul itself ran at the padded width.
+            logits = logits[..., : self.cfg.vocab_size]  # (B, T, V)
+        return logits
+
+    def tie_head(self) -> None:
+        """Make the head share the token embedding's matrix when the config asks for it."""
+        if self.cfg.tie_embeddings:
+            # One Parameter under two names: parameters() lists it once, state_dict() under both.
+            self.out_head.weight = self.tok_emb.weight
+
+
+class GPTModel(CausalLM):
+    """The book's GPT: token + learned position embeddings, pre-LayerNorm blocks, a linear head."""
+
+    def __init__(self, cfg: GPTConfig) -> None:
+        if cfg.arch != "gpt2":
+            raise ValueError(f"GPTModel builds arch gpt2, not {cfg.arch}: build models with "
+                             "model.checkpoint.new_model(cfg), which picks the class")
+        super().__init__(cfg)
         rows = cfg.padded_vocab_size
         self.tok_emb = nn.Embedding(rows, cfg.emb_dim)
         self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)
@@ -285,40 +349,15 @@ class GPTModel(nn.Module):
         # The head is a plain attribute so task heads can replace it (see model/heads.py).
         self.out_head = nn.Linear(cfg.emb_dim, rows, bias=False)
         self.apply(_init_weights)
-        if cfg.tie_embeddings:
-            # One Parameter under two names: parameters() lists it once, state_dict() under both.
-            self.out_head.weight = self.tok_emb.weight
-        self.activation_checkpointing = False
-        """Recompute each block's activations in the backward pass instead of keeping them: less
-        memory for about a third more compute. A training switch, not architecture: not saved."""
+        self.tie_head()
 
     def forward(self, in_idx: torch.Tensor, kv_cache: Cache | None = None) -> torch.Tensor:
         """With `kv_cache`, `in_idx` holds only the tokens after those already cached."""
-        _, t = in_idx.shape  # (B, T)
-        if kv_cache is None:
-            if t > self.cfg.context_length:
-                raise ValueError(f"sequence of {t} tokens is longer than context_length={self.cfg.context_length}")
-            pos = torch.arange(t, device=in_idx.device)  # (T,)
-        else:
-            pos = kv_cache.positions(t, in_idx.device)  # (T,), or (B, T) when rows have their own lengths
+        pos = self.positions(in_idx, kv_cache)  # (T,), or (B, T) when rows have their own lengths
         x = self.tok_emb(in_idx) + self.pos_emb(pos)  # (B, T, C)
         x = _dropout(self.drop_emb, x)
-        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled() and kv_cache is None
-        for layer, block in enumerate(self.trf_blocks):
-            if recompute:
-                # Non-reentrant checkpointing restores the RNG state, so dropout masks are redrawn
-                # identically in the recomputation and the gradients match the plain path.
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x, kv_cache, layer)
-        x = self.final_norm(x)
-        logits = self.out_head(x)  # (B, T, out); out = padded vocab for the LM head
-        if logits.size(-1) == self.cfg.padded_vocab_size != self.cfg.vocab_size:
-            # Cut the padding rows off rather than masking them with -inf: every caller (loss,
-            # sampling, evaluation, export) then sees exactly vocab_size scores, and no padded id
-            # can be sampled or take probability mass. The matmul itself ran at the padded width.
-            logits = logits[..., : self.cfg.vocab_size]  # (B, T, V)
-        return logits
+        x = self.run_blocks(x, kv_cache)
+        return self.head_logits(x)
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -7,13 +7,13 @@ from typing import Literal
 import torch
 from torch import nn
 
-from model.gpt import GPTModel
+from model.gpt import CausalLM
 
 Trainable = Literal["head", "last_block", "last_two_blocks", "all", "lora"]
 Pooling = Literal["last", "last_non_pad", "mean"]
 
 
-def attach_classifier_head(model: GPTModel, num_classes: int) -> GPTModel:
+def attach_classifier_head(model: CausalLM, num_classes: int) -> CausalLM:
     """Replace the vocabulary head by a fresh `num_classes`-way linear head (the book's ch. 6)."""
     if num_classes < 2:
         raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
@@ -23,7 +23,7 @@ def attach_classifier_head(model: GPTModel, num_classes: int) -> GPTModel:
     return model
 
 
-def set_trainable(model: GPTModel, trainable: Trainable) -> None:
+def set_trainable(model: CausalLM, trainable: Trainable) -> None:
     """Freeze everything, then unfreeze the part that `trainable` names.
 
     `lora` unfreezes only the head here: peft adds (and unfreezes) the adapters afterwards.

@@ -264,7 +264,8 @@ class _ModelSection(Section):
 
     preset: Literal[tuple(PRESETS)] | None  # type: ignore[valid-type]
     """A named architecture from model/presets.py (tiny, gpt2-small, gpt2-medium, gpt2-large,
-    gpt2-xl) whose values the fields left null take; null = every field written out."""
+    gpt2-xl, tiny-llama, llama-3.2-1b, llama-3.2-3b) whose values the fields left null take;
+    null = every field written out."""
 
     @model_validator(mode="before")
     @classmethod
