@@ -34,5 +34,6 @@ STAGES: dict[str, tuple[str, str]] = {
     "pretrain": ("pipelines.pretrain", "pretrain_flow"),
     "finetune_classifier": ("pipelines.finetune_classifier", "finetune_classifier_flow"),
     "finetune_instruct": ("pipelines.finetune_instruct", "finetune_instruct_flow"),
+    "finetune_preference": ("pipelines.finetune_preference", "finetune_preference_flow"),
     "evaluate": ("pipelines.evaluate", "evaluate_flow"),
 }

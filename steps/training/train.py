@@ -53,8 +53,10 @@ Batch = tuple[torch.Tensor, ...]
 BatchStream = Callable[[int], Iterator[Batch]]
 """n -> micro-batches n, n + 1, ... (0-based): a stream a resumed run can restart exactly. After s
 steps of k micro-batches each, the loop asks for the stream from n = s * k."""
-LossFn = Callable[[nn.Module, Batch], tuple[torch.Tensor, int]]
-"""(model, batch on device) -> (scalar loss, tokens the batch holds, for throughput)."""
+LossFn = Callable[[nn.Module, Batch], tuple[torch.Tensor, int] | tuple[torch.Tensor, int, dict[str, torch.Tensor]]]
+"""(model, batch on device) -> (scalar loss, tokens the batch holds, for throughput), optionally with
+named scalar metrics of the step (e.g. DPO's reward margin): the loop reports their mean over the
+logging window beside train_loss, as `train_<name>`."""
 EvalFn = Callable[[nn.Module], dict[str, float]]
 """model -> validation metrics, e.g. {"val_loss": ...}; called in eval mode without grad."""
 MetricsFn = Callable[[dict[str, float], int], None]
@@ -264,6 +266,7 @@ def train(
 
     model.train()
     window_loss = torch.zeros((), device=device)
+    window_extras: dict[str, torch.Tensor] = {}  # the loss function's own metrics, summed like the loss
     first_bad = torch.zeros((), dtype=torch.long, device=device)  # first step whose loss was not finite; 0 = none
     window_steps = window_tokens = 0
     window_start = start = time.perf_counter()
@@ -282,13 +285,15 @@ def train(
             sync = dist.no_sync(net) if micro < accum - 1 else contextlib.nullcontext()
             with sync:
                 with autocast():
-                    loss, n_tokens = loss_fn(step_model, batch)
+                    loss, n_tokens, *extras = loss_fn(step_model, batch)
                 # Each micro-batch's mean loss / accum: the summed gradients are those of the mean
                 # over all accum micro-batches, as if they were one batch.
                 scaler.scale(loss / accum).backward()
             n_tokens *= dist.world_size  # every rank's shard is the same size
             # Accumulate on device: .item() every step would force a sync and stall a GPU.
             window_loss += loss.detach()
+            for name, value in (extras[0] if extras else {}).items():
+                window_extras[name] = window_extras.get(name, 0) + value.detach()
             # Kept on device (no sync): which step first went non-finite, for the error message.
             first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss.detach()), step, first_bad)
             window_tokens += n_tokens
@@ -306,6 +311,8 @@ def train(
         if step % settings.log_interval == 0 or is_eval:
             row = _log_row(check_window(step), scheduler.get_last_lr()[0],
                            window_tokens / max(time.perf_counter() - window_start, 1e-9), settings)
+            row.update({f"train_{name}": dist.all_reduce_mean(total).item() / max(1, window_steps)
+                        for name, total in window_extras.items()})
             if is_eval:
                 row.update(run_eval(step))
             bar.set_postfix(_postfix(row))
@@ -313,6 +320,7 @@ def train(
             if on_metrics:
                 on_metrics(row, step)
             window_loss.zero_()
+            window_extras.clear()
             window_steps = window_tokens = 0
             window_start = time.perf_counter()
         if checkpoints is not None and checkpoints.due(step, settings.max_steps):
@@ -354,6 +362,9 @@ def _postfix(row: dict[str, float]) -> dict[str, str]:
     shown = {"loss": f"{row['train_loss']:.3f}", "tok/s": f"{row['tokens_per_s']:.0f}"}
     if "mfu" in row:
         shown["mfu"] = f"{row['mfu']:.1%}"
+    for name, value in row.items():  # a loss function's own metrics (train_<name>), e.g. DPO's reward margin
+        if name.startswith("train_") and name != "train_loss":
+            shown[name.removeprefix("train_")] = f"{value:.3f}"
     return shown
 
 

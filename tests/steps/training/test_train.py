@@ -487,3 +487,21 @@ def test_no_checkpoint_holds_weights_a_nan_loss_spoiled(tmp_path) -> None:
               checkpoints=checkpoints)
     saved = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
     assert saved == ["step-000002"]  # the step-4 checkpoint, after the NaN, was never written
+
+
+def test_a_loss_functions_own_metrics_are_reported_as_their_window_mean() -> None:
+    """A loss function may return named per-step metrics beside the loss (DPO's reward margin): each
+    logged row holds their mean over the micro-batches since the previous row, as train_<name>."""
+    torch.manual_seed(0)
+    counter = itertools.count(1)
+
+    def loss_with_metrics(model: nn.Module, batch) -> tuple[torch.Tensor, int, dict[str, torch.Tensor]]:
+        loss, tokens = lm_loss(model, batch)
+        return loss, tokens, {"calls": torch.tensor(float(next(counter)))}
+
+    settings = TrainSettings(max_steps=4, lr=1e-3, eval_interval=4, log_interval=2)
+    seen: list[dict[str, float]] = []
+    result = train(GPTModel(CFG), itertools.repeat(fixed_batch()), loss_with_metrics, settings, CPU,
+                   on_metrics=lambda row, step: seen.append(row))
+    assert [row["train_calls"] for row in result.history] == [1.5, 3.5]  # steps 1-2, then 3-4
+    assert seen[-1]["train_calls"] == 3.5
