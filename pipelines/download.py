@@ -1,4 +1,4 @@
-"""Stage `download`: fetch or generate the three datasets and write them, normalized, to data/raw/."""
+"""Stage `download`: fetch or generate the four datasets and write them, normalized, to data/raw/."""
 
 from __future__ import annotations
 
@@ -87,6 +87,11 @@ def write_datasets(ctx: StageContext, staging: Path) -> dict[str, float]:
             datasets.instruction_records)
         metrics.update(datasets.write_instructions(records, staging / layout.INSTRUCTIONS.name, where))
         sizes.check_instructions(int(metrics["instruction_records"]), where)
+
+        records, where, provenance["preferences"] = dataset_input(
+            "preferences", cfg.preferences, ctx, work, datasets.builtin_preferences, datasets.preference_records)
+        metrics.update(datasets.write_preferences(records, staging / layout.PREFERENCES.name, where))
+        sizes.check_preferences(int(metrics["preference_records"]), where)
         datasets.write_provenance(staging / layout.SOURCES.name, provenance)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -1435,10 +1435,12 @@ def _generate_split(rng: random.Random, world: World, pools: Pools, n: int,
     return examples
 
 
-def _generate_examples(seed: int, n_train: int = 1700, n_test: int = 200, n_val: int = 100) -> list[_Example]:
-    """Train examples from the train pools, then test and validation examples from the held-out pools."""
+def _generate_examples(seed: int, n_train: int = 1700, n_test: int = 200, n_val: int = 100,
+                       purpose: str = "instructions") -> list[_Example]:
+    """Train examples from the train pools, then test and validation examples from the held-out
+    pools; `purpose` names the random stream (each dataset draws its questions from its own)."""
     world = _build_world(seed)
-    rng = _rng(seed, "instructions")
+    rng = _rng(seed, purpose)
     train = _generate_split(rng, world, world.train, n_train, banned=set(), seen=set())
     train_keys = {e.key for e in train}
     heldout_seen: set[tuple[str, str]] = set()
@@ -1451,3 +1453,65 @@ def generate_instructions(seed: int, n_train: int = 1700, n_test: int = 200,
                           n_val: int = 100) -> list[dict[str, str]]:
     """Alpaca-style records: n_train train, then n_test test and n_val validation records on held-out items."""
     return [e.record() for e in _generate_examples(seed, n_train, n_test, n_val)]
+
+
+# ---------------------------------------------------------------------------
+# Preference data.
+# ---------------------------------------------------------------------------
+
+# The property the built-in preference set teaches, and that preference_property() checks in a
+# generated reply: courtesy. A chosen response is the instruction set's answer followed by one of
+# COURTEOUS_CLOSINGS; a rejected one is the same answer, either bare (what the instruction model
+# learned to say, so preference tuning must teach it to go on rather than stop) or followed by one
+# of DISMISSIVE_REMARKS (so it learns which way to go on). The closings are made of words the
+# corpus uses, so they cost few tokens of the built-in tokenizer; no instruction output holds any
+# of these sentences, so the instruction model starts near 0 %.
+COURTEOUS_CLOSINGS: tuple[str, ...] = ("Thanks for asking!", "I hope that helps.", "Happy to help!")
+DISMISSIVE_REMARKS: tuple[str, ...] = ("Everyone knows that.", "Stop asking me easy things.",
+                                       "Work it out yourself next time.")
+# Share of rejected responses that are the bare answer (the rest end with a dismissive remark).
+_BARE_SHARE = 0.5
+
+
+def _as_sentence(answer: str) -> str:
+    """The answer with a full stop, unless it ends in one already ("cold" -> "cold.")."""
+    return answer if answer.endswith((".", "!", "?")) else answer + "."
+
+
+def _preference_record(rng: random.Random, example: _Example) -> dict[str, str]:
+    answer = _as_sentence(example.output)
+    chosen = f"{answer} {rng.choice(COURTEOUS_CLOSINGS)}"
+    if rng.random() < _BARE_SHARE:
+        rejected = example.output
+    else:
+        rejected = f"{answer} {rng.choice(DISMISSIVE_REMARKS)}"
+    return {"instruction": example.instruction, "input": example.input, "chosen": chosen, "rejected": rejected}
+
+
+def generate_preferences(seed: int, n_train: int = 850, n_test: int = 100, n_val: int = 50) -> list[dict[str, str]]:
+    """Preference records {instruction, input, chosen, rejected}: n_train on the world's train
+    items, then n_test test and n_val validation records on held-out items (no test or validation
+    prompt, and no word or person a knowledge question asks about, is in the train records), in
+    the file order the 85/10/5 split reads them. The questions are the instruction set's families,
+    drawn afresh from their own random stream; the responses differ in courtesy only (see
+    COURTEOUS_CLOSINGS), which preference_property() checks."""
+    rng = _rng(seed, "preference responses")
+    return [_preference_record(rng, e) for e in _generate_examples(seed, n_train, n_test, n_val, "preferences")]
+
+
+def preference_property(record: Mapping[str, str], response: str) -> bool:
+    """Whether a generated reply to a built-in preference record is courteous, the property its
+    chosen responses have and its rejected ones lack: the reply holds one of COURTEOUS_CLOSINGS
+    after some answer text and none of DISMISSIVE_REMARKS (whitespace runs count as one space, so
+    a tokenizer's spacing does not matter; text after the closing, as when generation runs on to
+    its token limit, is allowed).
+
+    `record` is the preference record (its `instruction` and `input`) the reply answers; courtesy
+    does not depend on the question, so only the reply is read, but evaluation calls the check per
+    record so that a property that does (a correct fact) fits the same call. Every chosen response
+    of generate_preferences() has the property and no rejected one has it (a test checks).
+    """
+    text = " ".join(response.split())
+    if any(remark in text for remark in DISMISSIVE_REMARKS):
+        return False
+    return any(text.find(closing) > 0 for closing in COURTEOUS_CLOSINGS)

@@ -3,7 +3,9 @@
 - corpus: UTF-8 text, documents separated by a line that is exactly `<|endoftext|>` (a folder of
   .txt files gives one document per file; record formats one per record);
 - classification: JSON lines `{"label": ..., "text": ...}`, plus `labels.json` (names in id order);
-- instructions: a JSON list of `{"instruction", "input", "output"}` records, the book's shape.
+- instructions: a JSON list of `{"instruction", "input", "output"}` records, the book's shape;
+- preferences: a JSON list of `{"instruction", "input", "chosen", "rejected"}` records, in file
+  order (finetune_preference splits them 85/10/5 in that order, as the book does).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from steps.config import (
     BuiltinSizes,
     ClassificationSource,
     CorpusSource,
+    DatasetSource,
     InstructionSource,
+    PreferenceSource,
 )
 from steps.data import builtin_data
 from steps.data.readers import (
@@ -35,6 +39,7 @@ from steps.data.readers import (
     text_field,
 )
 from steps.data.sources import Fetched
+from steps.tasks.splits import instruction_splits
 
 DOC_SEPARATOR = "<|endoftext|>"
 MISSING = "(no label)"
@@ -98,11 +103,7 @@ def write_corpus(documents: Iterable[Iterable[str]], out: Path, where: str) -> d
 def classification_records(fetched: Fetched, cfg: ClassificationSource) -> Iterator[tuple[str, str | None, str]]:
     """(where, label, text) of every record; the label is None where the record has none (an
     empty, NaN or null value)."""
-    if fetched.rows is not None:
-        records: Iterable[Record] = records_of_rows(fetched.rows, fetched.where)
-    else:
-        records = (r for path in fetched.files for r in read_records(path, cfg.format, cfg.header, cfg.columns))
-    for record in records:
+    for record in _records(fetched, cfg):
         label = label_field(record, cfg.label_field, "download.classification.label_field")
         text = text_field(record, cfg.text_field, "download.classification.text_field")
         yield record.where, label, text
@@ -173,20 +174,21 @@ def label_counts(path: Path) -> Counter[str]:
 
 def instruction_records(fetched: Fetched, cfg: InstructionSource) -> Iterator[dict[str, str]]:
     """{instruction, input, output} for every record, through the configured field mapping."""
-    if fetched.rows is not None:
-        records: Iterable[Record] = records_of_rows(fetched.rows, fetched.where)
-    else:
-        records = (r for path in fetched.files for r in read_records(path, cfg.format, cfg.header, cfg.columns))
     m = cfg.fields
-    for record in records:
-        # An absent or NaN input (pandas' empty cell) is no input; instruction and output are required.
-        has_input = m.input is not None and not is_missing(record.fields.get(m.input))
+    for record in _records(fetched, cfg):
         yield {
             "instruction": text_field(record, m.instruction, "download.instructions.fields.instruction"),
-            "input": text_field(record, m.input, "download.instructions.fields.input", allow_empty=True)
-            if has_input and m.input else "",
+            "input": optional_input(record, m.input, "download.instructions.fields.input"),
             "output": text_field(record, m.output, "download.instructions.fields.output"),
         }
+
+
+def optional_input(record: Record, field: str | None, param: str) -> str:
+    """The record's input text; "" when the mapping has no input field, or the record has none
+    (absent, null, or NaN: pandas' empty cell). Instruction and response fields are required."""
+    if field is None or is_missing(record.fields.get(field)):
+        return ""
+    return text_field(record, field, param, allow_empty=True)
 
 
 def builtin_instructions(seed: int, sizes: BuiltinSizes) -> list[dict[str, str]]:
@@ -202,6 +204,54 @@ def write_instructions(records: Iterable[dict[str, str]], out: Path, where: str)
     write_text(out, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
     return {"instruction_records": len(data),
             "instruction_records_with_input": sum(1 for r in data if r["input"].strip())}
+
+
+# --- preferences --------------------------------------------------------------------------------
+
+def preference_records(fetched: Fetched, cfg: PreferenceSource) -> Iterator[dict[str, str]]:
+    """{instruction, input, chosen, rejected} for every record, through the configured field
+    mapping; a pair whose two responses are the same text (spaces aside) is an error: it teaches
+    no preference."""
+    m = cfg.fields
+    for record in _records(fetched, cfg):
+        out = {
+            "instruction": text_field(record, m.instruction, "download.preferences.fields.instruction"),
+            "input": optional_input(record, m.input, "download.preferences.fields.input"),
+            "chosen": text_field(record, m.chosen, "download.preferences.fields.chosen"),
+            "rejected": text_field(record, m.rejected, "download.preferences.fields.rejected"),
+        }
+        if out["chosen"].split() == out["rejected"].split():
+            raise DataError(f"{record.where}: fields {m.chosen!r} and {m.rejected!r} hold the same response "
+                            f"({_excerpt(out['chosen'])}); a preference pair needs a preferred and a "
+                            f"dispreferred response that differ: fix the record or remove it")
+        yield out
+
+
+def builtin_preferences(seed: int, sizes: BuiltinSizes) -> list[dict[str, str]]:
+    """The generated preference set, its train / test / validation counts those the 85/10/5 split
+    in file order gives, so the held-out records land exactly in the test and validation splits."""
+    splits = instruction_splits(sizes.preferences)
+    return builtin_data.generate_preferences(seed, n_train=splits.train, n_test=splits.test, n_val=splits.val)
+
+
+def write_preferences(records: Iterable[dict[str, str]], out: Path, where: str) -> dict[str, float]:
+    data = list(records)
+    if not data:
+        raise DataError(f"{where}: no preference records")
+    write_text(out, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    return {"preference_records": len(data),
+            "preference_records_with_input": sum(1 for r in data if r["input"].strip())}
+
+
+def _records(fetched: Fetched, cfg: DatasetSource) -> Iterable[Record]:
+    """The records of a fetched source: its rows, or its files' records in order."""
+    if fetched.rows is not None:
+        return records_of_rows(fetched.rows, fetched.where)
+    return (r for path in fetched.files for r in read_records(path, cfg.format, cfg.header, cfg.columns))
+
+
+def _excerpt(text: str, limit: int = 60) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def write_provenance(out: Path, provenance: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ from steps.data.sources import MAX_LISTED_FILES, hf_revision, local_files
 from steps.hashing import sha256_file
 
 log = logging.getLogger("gptpipe.refresh")
-DATASETS = ("corpus", "classification", "instructions")
+DATASETS = ("corpus", "classification", "instructions", "preferences")
 SHOWN = 3  # changed file names listed in a reason
 
 

@@ -62,13 +62,23 @@ def check_classification(counts: Mapping[str, int], labels: Sequence[str], train
 
 def check_instructions(n: int, where: str) -> Splits:
     """Each split of finetune_instruct gets at least one record."""
+    return _check_in_order(n, "finetune_instruct", where)
+
+
+def check_preferences(n: int, where: str) -> Splits:
+    """Each split of finetune_preference gets at least one record (it splits preference records in
+    file order as finetune_instruct splits instructions, the book's 85/10/5)."""
+    return _check_in_order(n, "finetune_preference", where)
+
+
+def _check_in_order(n: int, stage: str, where: str) -> Splits:
     splits = instruction_splits(n)
     short = splits.empty()
     if short is None:
         return splits
     fits = _smallest_pool(1, lambda k: instruction_splits(k).empty() is None)
     raise DataError(
-        f"{where}: too few records for finetune_instruct: {n} records split in file order "
+        f"{where}: too few records for {stage}: {n} records split in file order "
         f"({INSTRUCTION_TRAIN_SHARE:.0%} train, {INSTRUCTION_TEST_SHARE:.0%} test, the rest validation) give "
         f"train {splits.train}, validation {splits.val}, test {splits.test}, so the {short} split is empty; "
         f"add records (at least {fits})"

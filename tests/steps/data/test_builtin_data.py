@@ -1,4 +1,4 @@
-"""Tests for the seeded built-in world: corpus, SMS spam set and instruction set."""
+"""Tests for the seeded built-in world: corpus, SMS spam set, instruction set and preference set."""
 
 from __future__ import annotations
 
@@ -309,8 +309,77 @@ def test_answers_are_exact_and_checkable(examples: list) -> None:
     assert set(by_family) == set(bd._FAMILIES)
 
 
+# --- preferences ------------------------------------------------------------------------------
+
+P_TRAIN, P_TEST, P_VAL = 850, 100, 50
+
+
+@pytest.fixture(scope="module")
+def preferences(timed: dict[str, float]) -> list[dict[str, str]]:
+    start = time.perf_counter()
+    out = bd.generate_preferences(SEED, P_TRAIN, P_TEST, P_VAL)
+    timed["preferences"] = time.perf_counter() - start
+    return out
+
+
+def test_preference_records_shape_and_determinism(preferences: list[dict[str, str]]) -> None:
+    assert len(preferences) == P_TRAIN + P_TEST + P_VAL
+    for r in preferences:
+        assert set(r) == {"instruction", "input", "chosen", "rejected"}
+        assert all(isinstance(v, str) for v in r.values())
+        assert r["instruction"].strip() and r["chosen"].strip() and r["rejected"].strip()
+        assert r["chosen"] != r["rejected"]
+    assert bd.generate_preferences(SEED, P_TRAIN, P_TEST, P_VAL) == preferences
+    assert bd.generate_preferences(SEED + 1, P_TRAIN, P_TEST, P_VAL) != preferences
+
+
+def test_chosen_and_rejected_give_the_same_answer_and_differ_in_courtesy(preferences: list[dict[str, str]]) -> None:
+    examples = bd._generate_examples(SEED, P_TRAIN, P_TEST, P_VAL, "preferences")
+    bare = 0
+    for r, e in zip(preferences, examples, strict=True):
+        assert (r["instruction"], r["input"]) == e.key
+        answer = bd._as_sentence(e.output)
+        assert r["chosen"] in {f"{answer} {c}" for c in bd.COURTEOUS_CLOSINGS}
+        assert r["rejected"] in {e.output} | {f"{answer} {d}" for d in bd.DISMISSIVE_REMARKS}
+        bare += r["rejected"] == e.output
+        assert bd.preference_property(r, r["chosen"])
+        assert not bd.preference_property(r, r["rejected"])
+    # Both kinds of rejected response are common: the bare answer and the dismissive one.
+    assert 0.4 < bare / len(preferences) < 0.6
+    assert {c for c in bd.COURTEOUS_CLOSINGS if any(r["chosen"].endswith(c) for r in preferences)} \
+        == set(bd.COURTEOUS_CLOSINGS)
+
+
+def test_preference_test_and_validation_prompts_are_held_out(preferences: list[dict[str, str]]) -> None:
+    examples = bd._generate_examples(SEED, P_TRAIN, P_TEST, P_VAL, "preferences")
+    train, held_out = examples[:P_TRAIN], examples[P_TRAIN:]
+    assert not {e.key for e in train} & {e.key for e in held_out}
+    train_subjects = {(e.family, e.subject) for e in train}
+    knowledge = [e for e in held_out if e.family in KNOWLEDGE_FAMILIES]
+    assert len(knowledge) > 0.5 * len(held_out)
+    assert not {(e.family, e.subject) for e in knowledge} & train_subjects
+    assert len(Counter(e.family for e in examples[P_TRAIN:P_TRAIN + P_TEST])) == len(bd._FAMILIES)
+
+
+@pytest.mark.parametrize(("response", "has"), [
+    ("cold. Thanks for asking!", True),
+    ("cold.  I hope\nthat helps.", True),             # spacing is not the property
+    ("Ashford. Happy to help! Happy to", True),        # generation ran on to its token limit
+    ("cold", False),                                   # terse
+    ("cold. Everyone knows that.", False),             # dismissive
+    ("cold. Thanks for asking! Everyone knows that.", False),
+    ("Thanks for asking!", False),                     # a closing with no answer before it
+    ("cold. thanks for asking", False),
+    ("", False),
+])
+def test_preference_property(response: str, has: bool) -> None:
+    record = {"instruction": "What is the opposite of 'hot'?", "input": ""}
+    assert bd.preference_property(record, response) is has
+
+
 # --- speed ------------------------------------------------------------------------------------
 
-def test_generators_are_fast(corpus: str, sms: list, records: list, timed: dict[str, float]) -> None:
-    for name in ("corpus", "sms", "instructions"):
+def test_generators_are_fast(corpus: str, sms: list, records: list, preferences: list,
+                             timed: dict[str, float]) -> None:
+    for name in ("corpus", "sms", "instructions", "preferences"):
         assert timed[name] < 3.0, (name, timed[name])

@@ -13,25 +13,31 @@ from steps.config import (
     ClassificationSource,
     CorpusSource,
     InstructionSource,
+    PreferenceSource,
 )
+from steps.data.builtin_data import preference_property
 from steps.data.datasets import (
     DOC_SEPARATOR,
     builtin_classification,
     builtin_documents,
     builtin_instructions,
+    builtin_preferences,
     classification_records,
     corpus_documents,
     instruction_records,
+    preference_records,
     write_classification,
     write_corpus,
     write_instructions,
+    write_preferences,
 )
 from steps.data.readers import DataError
 from steps.data.sources import Fetched
+from steps.tasks.splits import instruction_splits
 
 BUILTIN = BuiltinSource()  # the reading options under test apply to any source
 SIZES = BuiltinSizes(corpus_bytes=20_000, sms_messages=60, instructions_train=20, instructions_test=5,
-                     instructions_val=5)
+                     instructions_val=5, preferences=40)
 
 
 def files(*paths: Path) -> Fetched:
@@ -161,6 +167,7 @@ def test_builtin_world_goes_through_the_same_writers(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "labels.json").read_text()) == ["ham", "spam"]
     assert stats["classification_records"] == 60
     assert write_instructions(builtin_instructions(1, SIZES), tmp_path / "i.json", "b")["instruction_records"] == 30
+    assert write_preferences(builtin_preferences(1, SIZES), tmp_path / "p.json", "b")["preference_records"] == 40
 
 
 def test_a_numeric_output_is_an_error_naming_the_record(tmp_path: Path) -> None:
@@ -222,3 +229,92 @@ def test_a_corpus_with_a_byte_order_mark_keeps_it_out_of_the_text(tmp_path: Path
 def test_dropping_unlisted_labels_needs_the_list() -> None:
     with pytest.raises(ValueError, match="unlisted_labels: drop needs `labels`"):
         ClassificationSource(source=BUILTIN, unlisted_labels="drop")
+
+
+# --- preferences ----------------------------------------------------------------------------------
+
+PREFERENCES = PreferenceSource(source=BUILTIN)
+
+
+def preference_file(tmp_path: Path, records: str, name: str = "prefs.json") -> Path:
+    path = tmp_path / name
+    path.write_text(records)
+    return path
+
+
+def test_preferences_through_a_field_mapping(tmp_path: Path) -> None:
+    src = preference_file(tmp_path, '{"q": "Say hi", "ctx": "to Bob", "good": "Hi Bob!", "bad": "No.", "output": "x"}\n'
+                                    '{"q": "Count", "ctx": null, "good": "1 2 3", "bad": "Count yourself."}\n',
+                          "prefs.jsonl")
+    cfg = PreferenceSource.model_validate({"source": {"kind": "builtin"}, "fields": {
+        "instruction": "q", "input": "ctx", "chosen": "good", "rejected": "bad"}})
+    out = tmp_path / "preferences.json"
+    stats = write_preferences(preference_records(files(src), cfg), out, "test")
+    assert json.loads(out.read_text()) == [
+        {"instruction": "Say hi", "input": "to Bob", "chosen": "Hi Bob!", "rejected": "No."},
+        {"instruction": "Count", "input": "", "chosen": "1 2 3", "rejected": "Count yourself."}]
+    assert stats == {"preference_records": 2, "preference_records_with_input": 1}
+
+
+def test_preferences_from_rows_keep_their_order() -> None:
+    rows = [{"instruction": f"q{i}", "input": "", "chosen": f"yes {i}", "rejected": f"no {i}"} for i in range(5)]
+    got = list(preference_records(Fetched(where="hf:x[train]", rows=rows), PREFERENCES))
+    assert [r["instruction"] for r in got] == ["q0", "q1", "q2", "q3", "q4"]
+
+
+@pytest.mark.parametrize("missing", ["chosen", "rejected"])
+def test_a_preference_missing_a_response_is_named(tmp_path: Path, missing: str) -> None:
+    record = {"instruction": "a", "input": "", "chosen": "good", "rejected": "bad"}
+    del record[missing]
+    src = preference_file(tmp_path, json.dumps([{"instruction": "q", "chosen": "c", "rejected": "r"}, record]))
+    with pytest.raises(DataError, match=rf"prefs.json: record 1: missing field '{missing}' \(fields present: "
+                                        rf".*\); fix the record or set download.preferences.fields.{missing}"):
+        write_preferences(preference_records(files(src), PREFERENCES), tmp_path / "p.json", "test")
+    assert not (tmp_path / "p.json").exists()
+
+
+@pytest.mark.parametrize("rejected", ["Paris.", "  Paris.\n", "Paris. "])
+def test_identical_chosen_and_rejected_is_an_error_naming_the_record(tmp_path: Path, rejected: str) -> None:
+    src = preference_file(tmp_path, json.dumps({"instruction": "Capital?", "chosen": "Paris.", "rejected": rejected})
+                          + "\n", "prefs.jsonl")
+    with pytest.raises(DataError) as err:
+        list(preference_records(files(src), PREFERENCES))
+    assert str(err.value) == (
+        f"{src}:1: fields 'chosen' and 'rejected' hold the same response ('Paris.'); a preference pair needs "
+        f"a preferred and a dispreferred response that differ: fix the record or remove it")
+
+
+@pytest.mark.parametrize(("value", "says"), [
+    ("3", r"field 'rejected' is 3, not text"),
+    ('["a", "b"]', r"field 'rejected' is a list, expected text"),
+    ("null", r"field 'rejected' is None \(a missing value\)"),
+    ('"  "', r"field 'rejected' is empty"),
+])
+def test_a_preference_field_that_is_not_text_is_named(tmp_path: Path, value: str, says: str) -> None:
+    src = preference_file(tmp_path, f'[{{"instruction": "q", "chosen": "c", "rejected": {value}}}]')
+    with pytest.raises(DataError, match=rf"prefs.json: record 0: {says}"):
+        list(preference_records(files(src), PREFERENCES))
+
+
+def test_a_non_text_instruction_or_input_is_named(tmp_path: Path) -> None:
+    src = preference_file(tmp_path, '[{"instruction": "q", "input": 7, "chosen": "c", "rejected": "r"}]')
+    with pytest.raises(DataError, match=r"prefs.json: record 0: field 'input' is 7, not text"):
+        list(preference_records(files(src), PREFERENCES))
+    src = preference_file(tmp_path, '[{"instruction": {"a": 1}, "chosen": "c", "rejected": "r"}]')
+    with pytest.raises(DataError, match=r"prefs.json: record 0: field 'instruction' is a dict, expected text"):
+        list(preference_records(files(src), PREFERENCES))
+
+
+def test_no_preference_records_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="data/local/p.json: no preference records"):
+        write_preferences(iter([]), tmp_path / "p.json", "data/local/p.json")
+
+
+def test_builtin_preferences_put_the_held_out_records_where_the_split_reads_them() -> None:
+    records = builtin_preferences(3, SIZES)
+    splits = instruction_splits(len(records))  # the 85/10/5 split in file order the stage makes
+    train = records[:splits.train]
+    held_out = records[splits.train:]
+    assert (len(train), len(held_out)) == (34, 6)
+    assert not {(r["instruction"], r["input"]) for r in train} & {(r["instruction"], r["input"]) for r in held_out}
+    assert all(preference_property(r, r["chosen"]) and not preference_property(r, r["rejected"]) for r in records)

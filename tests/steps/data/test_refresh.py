@@ -29,11 +29,12 @@ def sha(data: bytes) -> str:
 def test_before_the_first_download_everything_counts_as_changed(tmp_path: Path) -> None:
     checks = check_sources(shipped_params().download, read_recorded(tmp_path / "sources.json"), tmp_path)
     assert [(c.dataset, c.kind, c.changed) for c in checks] == [
-        ("corpus", "builtin", True), ("classification", "builtin", True), ("instructions", "builtin", True)]
+        ("corpus", "builtin", True), ("classification", "builtin", True), ("instructions", "builtin", True),
+        ("preferences", "builtin", True)]
 
 
 def test_builtin_sources_never_change_and_a_new_kind_does(tmp_path: Path) -> None:
-    recorded = {name: {"kind": "builtin", "seed": 1} for name in ("corpus", "classification", "instructions")}
+    recorded = {name: {"kind": "builtin", "seed": 1} for name in ("corpus", "classification", "instructions", "preferences")}
     assert not any(c.changed for c in check_sources(shipped_params().download, recorded, tmp_path))
     local = DatasetSource(source=LocalSource(path="data/local/x.txt"))
     check = check_source("corpus", local, {"kind": "builtin"}, tmp_path)

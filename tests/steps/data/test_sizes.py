@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 
 from steps.data.readers import DataError
-from steps.data.sizes import check_classification, check_corpus, check_instructions
+from steps.data.sizes import (
+    check_classification,
+    check_corpus,
+    check_instructions,
+    check_preferences,
+)
 from steps.tasks.classification import Example, split_examples
 from steps.tasks.instruction import split_in_order
 from steps.tasks.splits import classification_splits, instruction_splits
@@ -71,6 +76,16 @@ def test_instruction_splits_need_ten_records() -> None:
         "the rest validation) give train 7, validation 2, test 0, so the test split is empty; add records "
         "(at least 10)")
     assert check_instructions(10, "data.json").val == 1
+
+
+def test_preference_splits_need_ten_records_and_name_their_stage() -> None:
+    with pytest.raises(DataError) as err:
+        check_preferences(9, "prefs.json")
+    assert str(err.value) == (
+        "prefs.json: too few records for finetune_preference: 9 records split in file order (85% train, 10% test, "
+        "the rest validation) give train 7, validation 2, test 0, so the test split is empty; add records "
+        "(at least 10)")
+    assert check_preferences(1100, "prefs.json") == instruction_splits(1100)
 
 
 def corpus(tmp_path: Path, text: str) -> Path:
