@@ -21,6 +21,7 @@ def apply_lora(
     `modules_to_save` lists modules trained in full next to the adapters (a new task head).
     peft initialises B to zero, so the wrapped model starts out computing exactly what `model` did.
     """
+    check_targets(model, target_modules)
     config = LoraConfig(
         r=rank,
         lora_alpha=alpha,
@@ -30,6 +31,25 @@ def apply_lora(
         bias="none",
     )
     return get_peft_model(model, config)
+
+
+def linear_names(model: nn.Module) -> list[str]:
+    """The last part of the name of every Linear layer of `model`, once each, in model order:
+    what `target_modules` may name (GPT: W_query, W_key, W_value, out_proj, ...; Llama adds
+    gate_proj, up_proj, down_proj)."""
+    names = [name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    return list(dict.fromkeys(names))
+
+
+def check_targets(model: nn.Module, target_modules: Sequence[str]) -> None:
+    """Every target must name a Linear layer of `model`: a name the other architecture uses (or a
+    typo) would otherwise get no adapter, or peft's error without the names there are."""
+    known = linear_names(model)
+    missing = [t for t in target_modules if t.rsplit(".", 1)[-1] not in known]
+    if missing:
+        arch = getattr(getattr(model, "cfg", None), "arch", type(model).__name__)
+        raise ValueError(f"lora.target_modules {missing} name no Linear layer of this {arch} model; its Linear "
+                         f"layers are {known}: set target_modules in params.yaml to some of them")
 
 
 def save_adapter(model: PeftModel, folder: str) -> None:

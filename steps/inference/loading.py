@@ -20,7 +20,7 @@ import torch
 from tokenizers import Tokenizer
 
 from model.checkpoint import CONFIG, load_model
-from model.gpt import GPTModel
+from model.gpt import CausalLM
 from model.heads import Pooling
 from steps import layout
 from steps.tasks.instruction import PromptStyle
@@ -56,7 +56,7 @@ class LoadedModel:
     """What a user or an API lists it as: the folder's name, or the URI as given."""
     kind: Kind
     """`lm` (plain language model), `instruct` (instruction-finetuned) or `classifier`."""
-    model: GPTModel
+    model: CausalLM
     """In eval mode, on `device`; LoRA adapters are already merged into its weights."""
     tokenizer: Tokenizer
     eot_id: int
@@ -178,7 +178,7 @@ def read_tokenizer(folder: Path) -> Tokenizer:
     return Tokenizer.from_file(str(path))
 
 
-def check_vocabulary(folder: Path, tokenizer: Tokenizer, model: GPTModel) -> None:
+def check_vocabulary(folder: Path, tokenizer: Tokenizer, model: CausalLM) -> None:
     if tokenizer.get_vocab_size() > model.cfg.vocab_size:
         raise ModelSpecError(f"{folder / layout.MODEL_TOKENIZER}: {tokenizer.get_vocab_size()} tokens, but the model "
                              f"knows {model.cfg.vocab_size}: this tokenizer is not the one the model was trained with")

@@ -10,12 +10,12 @@ from typing import Any
 from torch import nn
 
 from model.checkpoint import save_model
-from model.gpt import GPTModel
+from model.gpt import CausalLM
 from steps import layout
 from steps.config import LoraConfig
 
 
-def with_lora(model: GPTModel, cfg: LoraConfig, modules_to_save: list[str]) -> nn.Module:
+def with_lora(model: CausalLM, cfg: LoraConfig, modules_to_save: list[str]) -> nn.Module:
     from model.lora import apply_lora  # peft (and transformers) only for a LoRA finetune
 
     return apply_lora(model, cfg.rank, cfg.alpha, cfg.target_modules, cfg.dropout, modules_to_save)
@@ -38,7 +38,7 @@ def require_examples(splits: Mapping[str, Sized], where: str, fix: str) -> None:
 
 def save_finetuned(
     folder: Path, model: nn.Module, head: dict[str, Any], tokenizer: Path, adapter: bool
-) -> GPTModel:
+) -> CausalLM:
     """Save the adapter on its own (when there is one), then the merged full model + tokenizer."""
     folder.mkdir(parents=True, exist_ok=True)
     model = model.to("cpu")
@@ -48,7 +48,7 @@ def save_finetuned(
         save_adapter(model, str(folder / layout.ADAPTER))  # peft's own format
 
     merged = merge_lora(model)
-    assert isinstance(merged, GPTModel)
+    assert isinstance(merged, CausalLM)
     save_model(folder, merged, head)
     shutil.copy(tokenizer, folder / layout.MODEL_TOKENIZER)
     return merged

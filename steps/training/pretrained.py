@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from model.config import GPTConfig
-from model.gpt import GPTModel
+from model.checkpoint import new_model
+from model.gpt import CausalLM
 from model.hf_gpt2 import HF_CONFIG, HF_SAFETENSORS, load_gpt2_files, weights_file
 from model.presets import PRESETS
 from steps import layout
@@ -118,8 +119,8 @@ def preset_of(cfg: GPTConfig) -> str | None:
     return None
 
 
-def pretrained_model(cfg: PretrainConfig, wanted: GPTConfig, files: WeightFiles) -> GPTModel:
-    """Our GPTModel holding the weights of `files`, whose architecture must be `wanted`'s."""
+def pretrained_model(cfg: PretrainConfig, wanted: GPTConfig, files: WeightFiles) -> CausalLM:
+    """Our model holding the weights of `files`, whose architecture must be `wanted`'s."""
     model = load_gpt2_files(files.config, files.weights, drop_rate=wanted.drop_rate,
                             tie_embeddings=wanted.tie_embeddings, vocab_multiple=wanted.vocab_multiple)
     check_architecture(model.cfg, wanted, repr(cfg.init_from))
@@ -127,12 +128,12 @@ def pretrained_model(cfg: PretrainConfig, wanted: GPTConfig, files: WeightFiles)
 
 
 def initial_model(cfg: PretrainConfig, wanted: GPTConfig,
-                  locate: Callable[[PretrainConfig], WeightFiles] | None = None) -> tuple[GPTModel, dict[str, Any] | None]:
+                  locate: Callable[[PretrainConfig], WeightFiles] | None = None) -> tuple[CausalLM, dict[str, Any] | None]:
     """Random weights, or `init_from`'s with their provenance when it is set. `locate` finds the
     weight files (default: `locate_weights` with the download cache); the pretrain flow passes
     a version that retries network errors."""
     if cfg.init_from is None:
-        return GPTModel(wanted), None
+        return new_model(wanted), None  # the class of params.yaml's model.arch
     files = locate(cfg) if locate is not None else locate_weights(cfg, default_cache_dir())
     log.info("starting from %s (%s)", cfg.init_from, files.weights)
     return pretrained_model(cfg, wanted, files), files.provenance

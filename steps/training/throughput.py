@@ -43,17 +43,28 @@ def non_embedding_params(cfg: GPTConfig) -> int:
     are lookups, not matmuls, so they are left out; a tied head still counts, since the head's
     matmul runs either way."""
     c = cfg.emb_dim
-    attention = 4 * c * c + c + (3 * c if cfg.qkv_bias else 0)  # W_query/key/value, out_proj (+bias)
-    feed_forward = 2 * 4 * c * c + 4 * c + c  # two Linear layers with biases
-    norms = 2 * 2 * c  # two LayerNorms (scale, shift)
+    if cfg.arch == "llama":
+        assert cfg.n_kv_heads is not None and cfg.ffn_hidden is not None
+        kv = cfg.n_kv_heads * (c // cfg.n_heads)  # grouped-query: narrower key/value projections
+        attention = 2 * c * c + 2 * c * kv  # W_query, out_proj, W_key, W_value; no biases
+        feed_forward = 3 * c * cfg.ffn_hidden  # SwiGLU: gate_proj, up_proj, down_proj
+        norms = 2 * c  # two RMSNorms (scale only)
+        final_norm = c
+    else:
+        attention = 4 * c * c + c + (3 * c if cfg.qkv_bias else 0)  # W_query/key/value, out_proj (+bias)
+        feed_forward = 2 * 4 * c * c + 4 * c + c  # two Linear layers with biases
+        norms = 2 * 2 * c  # two LayerNorms (scale, shift)
+        final_norm = 2 * c
     block = attention + feed_forward + norms
-    return cfg.n_layers * block + 2 * c + cfg.padded_vocab_size * c
+    return cfg.n_layers * block + final_norm + cfg.padded_vocab_size * c
 
 
 def flops_per_token(cfg: GPTConfig, seq_len: int) -> float:
     """Training FLOPs per token: 6 N (forward 2 N + backward 4 N, N = `non_embedding_params`) plus
     attention's scores and weighted sum, 12 * n_layers * emb_dim * seq_len (2 matmuls of 2 T C
-    FLOPs each per token forward, times 3 for forward + backward; the causal mask is ignored)."""
+    FLOPs each per token forward, times 3 for forward + backward; the causal mask is ignored).
+    Grouped-query attention shares keys and values, not scores: every query head still computes
+    its own, so that term is the same for llama; RoPE and RMSNorm are elementwise, not counted."""
     return 6.0 * non_embedding_params(cfg) + 12.0 * cfg.n_layers * cfg.emb_dim * seq_len
 
 

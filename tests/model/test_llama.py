@@ -177,3 +177,35 @@ def test_tiny_llama_preset_builds() -> None:
     cfg = PRESETS["tiny-llama"].gpt_config(vocab_size=300)
     model = new_model(cfg)
     assert isinstance(model, LlamaModel) and count_parameters(model) == parameter_count(cfg)
+
+
+def test_lora_targets_the_attention_and_swiglu_projections_by_name() -> None:
+    from model.lora import apply_lora, merge_lora
+    from model.llama import LORA_TARGETS
+
+    torch.manual_seed(6)
+    model = LlamaModel(llama_config()).eval()
+    x = torch.randint(0, V, (1, 7))
+    before = model(x)
+    wrapped = apply_lora(model, rank=2, alpha=4.0, target_modules=LORA_TARGETS)
+    adapted = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in wrapped.named_parameters() if ".lora_A" in n}
+    assert adapted == set(LORA_TARGETS)
+    torch.testing.assert_close(wrapped(x), before)  # B starts at zero
+    assert isinstance(merge_lora(wrapped), LlamaModel)
+
+
+def test_a_lora_target_the_model_lacks_is_named_with_the_names_it_has() -> None:
+    from model.lora import apply_lora
+
+    with pytest.raises(ValueError, match=r"\['q_proj'\] name no Linear layer of this llama model.*gate_proj"):
+        apply_lora(LlamaModel(llama_config()), rank=2, alpha=4.0, target_modules=["q_proj", "W_key"])
+
+
+def test_flops_count_the_llama_shape() -> None:
+    from steps.training.throughput import flops_per_token, non_embedding_params
+
+    cfg = llama_config(vocab_multiple=8)
+    model = LlamaModel(cfg)
+    # Every parameter but the token embedding's takes part in a matmul (the head at padded width).
+    assert non_embedding_params(cfg) == count_parameters(model) - model.tok_emb.weight.numel()
+    assert flops_per_token(cfg, 16) == 6.0 * non_embedding_params(cfg) + 12.0 * 2 * 32 * 16
