@@ -11,17 +11,32 @@ from model.atomic import write_json, write_text
 from model.checkpoint import load_model, read_config, read_training_step
 from pipelines.stage import StageContext, io_task, run_stage, stage_flow, stage_task
 from steps import layout
+from steps.data.builtin_data import preference_property
 from steps.evaluation import plots
 from steps.evaluation.judge import JudgeOutcome, judge_instruct, judged_records
 from steps.evaluation.metrics import compute
 from steps.evaluation.report import StartingPoints, pretrained_origin, summary_markdown
-from steps.tasks.classification import encode_examples, initial_classifier, loader, predict, read_labeled
-from steps.tasks.instruction import generate_responses
+from steps.tasks.classification import (
+    encode_examples,
+    initial_classifier,
+    loader,
+    predict,
+    read_labeled,
+)
+from steps.tasks.instruction import generate_responses, split_in_order
 from steps.tasks.language_modeling import fixed_windows, lm_loss, unigram_cross_entropy
+from steps.tasks.preference import (
+    collate_pairs,
+    fit_pairs,
+    fixed_batches,
+    frozen_reference,
+    preference_metrics,
+    read_preferences,
+)
 from steps.tokenization.tokenizer import eot_id, load_tokenizer, read_tokens
 from steps.training.hardware import resolve_device
 
-SECTIONS = ["seed", "evaluate", "finetune_classifier", "finetune_instruct", "tracking"]
+SECTIONS = ["seed", "evaluate", "finetune_classifier", "finetune_instruct", "finetune_preference", "tracking"]
 log = logging.getLogger("gptpipe.evaluate")
 
 
@@ -95,6 +110,34 @@ def evaluate_instruct(ctx: StageContext, device: torch.device) -> tuple[dict[str
     return metrics, responses, baseline
 
 
+@stage_task
+def evaluate_preference(ctx: StageContext, device: torch.device) -> tuple[dict[str, float], list[dict]]:
+    """The DPO model on the held-out preference pairs (test split), against models/instruct as its
+    reference: DPO loss, mean reward margin and reward accuracy. For the built-in preference set,
+    also how often the instruction model's and the DPO model's own test responses have the property
+    its chosen responses have (steps/data/builtin_data.py: preference_property). Returns the metrics
+    and the side-by-side test responses."""
+    cfg = ctx.params.finetune_preference
+    policy, head = load_model(layout.PREFERENCE_MODEL)
+    reference_model, _ = load_model(layout.INSTRUCT_MODEL)
+    tok = load_tokenizer(layout.PREFERENCE_MODEL / layout.MODEL_TOKENIZER)
+    splits = split_in_order(read_preferences(layout.PREFERENCES))
+    first_test = len(splits["train"])
+    fitted = fit_pairs(tok, splits["test"], cfg.allowed_max_length, head.get("prompt_style", "alpaca"),
+                       cfg.long_records, f"{layout.PREFERENCES} (test split)", first_test)
+    batches = fixed_batches(fitted.pairs, ctx.params.evaluate.batch_size,
+                            lambda pairs: collate_pairs(pairs, eot_id(tok), cfg.allowed_max_length))
+    scores = preference_metrics(policy.to(device), batches, frozen_reference(reference_model, cfg.logprob), cfg.beta,
+                                cfg.logprob, device)
+    metrics = {f"preference_test_{name}": value for name, value in scores.items()}
+    responses = json.loads((layout.PREFERENCE_MODEL / layout.RESPONSES).read_text(encoding="utf-8"))
+    if ctx.params.download.preferences.source.kind == "builtin":
+        for model in ("sft", "dpo"):
+            has = [preference_property(r, r[f"{model}_response"]) for r in responses]
+            metrics[f"preference_{model}_property_rate"] = sum(has) / len(has)
+    return metrics, responses
+
+
 # Network I/O: JudgeUnavailable is caught inside (it becomes a warning and a metric), so the
 # task's retries only cover surprises, never a judge already known to be down.
 @io_task
@@ -138,6 +181,8 @@ def _body(ctx: StageContext) -> dict[str, float]:
     metrics.update(tfidf_baseline())
     inst_metrics, responses, baseline = evaluate_instruct(ctx, device)
     metrics.update(inst_metrics)
+    pref_metrics, pref_responses = evaluate_preference(ctx, device)
+    metrics.update(pref_metrics)
     judge = ctx.params.evaluate.judge
     outcome = judge_responses(ctx, responses, baseline) if judge.enabled else None
     if outcome is not None:
@@ -164,12 +209,14 @@ def _body(ctx: StageContext) -> dict[str, float]:
     )
     write_text(layout.SUMMARY, summary_markdown(metrics, confusion, instruct_examples(responses, baseline),
                                                 starting_points(ctx),
-                                                judge=f"{judge.model} at {judge.endpoint}" if judge.enabled else None))
+                                                judge=f"{judge.model} at {judge.endpoint}" if judge.enabled else None,
+                                                preference_examples=pref_responses[:6]))
     ctx.run.log_artifact(layout.SUMMARY)
     return metrics
 
 
 @stage_flow("evaluate")
 def evaluate_flow(params_path: str = "params.yaml") -> dict[str, float]:
-    inputs = [layout.PRETRAIN_MODEL, layout.CLASSIFIER_MODEL, layout.INSTRUCT_MODEL, layout.TOKENS]
+    inputs = [layout.PRETRAIN_MODEL, layout.CLASSIFIER_MODEL, layout.INSTRUCT_MODEL, layout.PREFERENCE_MODEL,
+              layout.PREFERENCES, layout.TOKENS]
     return run_stage("evaluate", params_path, SECTIONS, inputs, _body)

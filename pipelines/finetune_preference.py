@@ -8,6 +8,7 @@ checkpoints in models/preference-checkpoints/, deleted once it succeeds.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -30,7 +31,8 @@ from steps.tasks.preference import (
     collate_pairs,
     dpo_loss_fn,
     fit_pairs,
-    frozen_copy_reference,
+    fixed_batches,
+    frozen_reference,
     pair_stream,
     preference_metrics,
     read_preferences,
@@ -64,7 +66,7 @@ def policy_and_reference(model: nn.Module, ctx: StageContext) -> tuple[nn.Module
     if cfg.method == "lora":
         net = with_lora(model, cfg.lora, [])
         return net, adapters_disabled_reference(net, cfg.logprob)
-    return model, frozen_copy_reference(model, cfg.logprob)
+    return model, frozen_reference(copy.deepcopy(model), cfg.logprob)  # the policy moves, the copy stays
 
 
 @stage_task
@@ -86,8 +88,7 @@ def finetune(ctx: StageContext) -> dict[str, float]:
     if cut:
         log.warning("%d responses were cut to fit allowed_max_length %d (their prompt first)", cut, max_len)
     collate_fn = functools.partial(collate_pairs, pad_id=pad, allowed_max_length=max_len)
-    val = fitted["val"].pairs
-    val_batches = [collate_fn(val[i : i + cfg.batch_size]) for i in range(0, len(val), cfg.batch_size)]
+    val_batches = fixed_batches(fitted["val"].pairs, cfg.batch_size, collate_fn)
 
     net, reference = policy_and_reference(model, ctx)
     device = resolve_device(cfg.device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -103,9 +104,42 @@ def _baseline_section(m: dict[str, float], starts: StartingPoints) -> list[str]:
     ]
 
 
+def _preference_section(m: dict[str, float], examples: Sequence[dict[str, str]]) -> list[str]:
+    """DPO on the held-out preference pairs, the property rates of both models' own responses (built-in
+    set only) and a few responses side by side; nothing when no preference metrics were measured."""
+    if "preference_test_reward_accuracy" not in m:
+        return []
+    lines = [
+        "## Preference tuning (DPO) vs the instruction model (test split)",
+        "",
+        "Rewards are beta x the change of a response's log-probability from the instruction model (the",
+        "reference); a pair counts as right when the chosen response's reward is above the rejected one's.",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| held-out reward accuracy | {m['preference_test_reward_accuracy']:.4f} |",
+        f"| held-out mean reward margin | {m['preference_test_reward_margin']:.4f} |",
+        f"| held-out DPO loss (ln 2 = {math.log(2):.4f} before tuning) | {m['preference_test_loss']:.4f} |",
+    ]
+    if "preference_dpo_property_rate" in m:
+        sft, dpo = m["preference_sft_property_rate"], m["preference_dpo_property_rate"]
+        lines += ["", "Generated test responses with the built-in set's checked property (a courteous answer):", "",
+                  "| instruction model | DPO model | change |", "|---|---|---|",
+                  f"| {sft:.1%} | {dpo:.1%} | {100 * (dpo - sft):+.1f} points |"]
+    lines += ["", "![DPO loss](plots/finetune_preference/loss.png)",
+              "![DPO reward margin](plots/finetune_preference/reward_margin.png)"]
+    if examples:
+        lines += ["", "| instruction | chosen | instruction model | DPO model |", "|---|---|---|---|"]
+        lines += ["| " + " | ".join([_cell(ex["instruction"]), _cell(ex["chosen"]), _reply(ex["sft_response"]),
+                                     _reply(ex["dpo_response"])]) + " |" for ex in examples]
+    return [*lines, ""]
+
+
 def summary_markdown(metrics: dict[str, float], confusion: dict[str, Any], examples: Sequence[dict[str, str]],
-                     starts: StartingPoints, judge: str | None = None) -> str:
-    """The report's markdown; `judge` names the judging model (e.g. "llama3 at http://...")."""
+                     starts: StartingPoints, judge: str | None = None,
+                     preference_examples: Sequence[dict[str, str]] = ()) -> str:
+    """The report's markdown; `judge` names the judging model (e.g. "llama3 at http://..."); the
+    preference section shows when `metrics` holds the evaluate stage's preference metrics."""
     m = metrics
     labels = confusion["labels"]
     lines = [
@@ -162,7 +196,8 @@ def summary_markdown(metrics: dict[str, float], confusion: dict[str, Any], examp
         cells = [_cell(ex["instruction"]), _cell(ex["input"]) or "(none)", _cell(ex["output"]),
                  _reply(ex["finetuned"]), _reply(ex["pretrained_only"])]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    lines += ["", *_preference_section(m, preference_examples)]
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 EMPTY_REPLY = "(empty reply: end-of-text or only whitespace first)"

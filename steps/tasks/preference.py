@@ -11,7 +11,6 @@ policy is tuned on the prompts the instruction model learned to answer.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -95,6 +94,11 @@ def collate_pairs(pairs: Sequence[Pair], pad_id: int, allowed_max_length: int) -
     items = [c for c, _ in pairs] + [r for _, r in pairs]
     return collate([ids for ids, _ in items], pad_id, allowed_max_length,
                    prompt_lengths=[n for _, n in items])
+
+
+def fixed_batches(pairs: Sequence[Pair], batch_size: int, collate_fn: Callable[[Sequence[Pair]], Batch]) -> list[Batch]:
+    """`pairs` in file order, batch_size at a time: validation and test batches."""
+    return [collate_fn(pairs[i : i + batch_size]) for i in range(0, len(pairs), batch_size)]
 
 
 def pair_stream(pairs: Sequence[Pair], batch_size: int, seed: int,
@@ -184,14 +188,15 @@ def adapters_disabled_reference(peft_model: nn.Module, reduction: LogprobReducti
     return reference
 
 
-def frozen_copy_reference(model: nn.Module, reduction: LogprobReduction) -> Reference:
-    """The reference of a fully finetuned policy: a frozen copy of the starting weights."""
-    frozen = copy.deepcopy(model).eval().requires_grad_(False)
+def frozen_reference(reference_model: nn.Module, reduction: LogprobReduction) -> Reference:
+    """The reference of a fully finetuned policy (or of a saved one being evaluated): a separate
+    model, frozen here; training passes a copy of the starting weights, since the policy moves."""
+    reference_model.eval().requires_grad_(False)
 
     @torch.no_grad()
     def reference(_: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        frozen.to(inputs.device)
-        return response_logprobs(frozen(inputs), targets, reduction)
+        reference_model.to(inputs.device)
+        return response_logprobs(reference_model(inputs), targets, reduction)
 
     return reference
 

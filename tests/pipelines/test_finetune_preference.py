@@ -16,22 +16,22 @@ from safetensors.torch import load_file
 from model.atomic import write_json
 from model.checkpoint import save_model
 from model.gpt import GPTModel
+from pipelines.evaluate import evaluate_preference
 from pipelines.finetune_preference import finetune
 from pipelines.stage import NoTracking, StageContext
+from steps.config import Params
 from steps import layout
-from steps.data.builtin_data import generate_instructions
+from steps.data.builtin_data import generate_preferences
 from steps.tasks.instruction import format_prompt
 from steps.tokenization.tokenizer import train_bpe
 from tests.params import gpt_config, shipped_params
 
 CONTEXT = 64
-REFUSAL = "No. Ask someone else."
 
 
 def preference_records() -> list[dict[str, str]]:
-    """40 records (34 train, 4 test, 2 val): the built-in instruction's answer is chosen, a refusal rejected."""
-    return [{"instruction": r["instruction"], "input": r["input"], "chosen": r["output"], "rejected": REFUSAL}
-            for r in generate_instructions(seed=1, n_train=34, n_test=4, n_val=2)]
+    """40 built-in records (34 train, 4 test, 2 val): a courteous answer chosen, a bare or dismissive one rejected."""
+    return generate_preferences(seed=1, n_train=34, n_test=4, n_val=2)
 
 
 @pytest.fixture
@@ -48,20 +48,23 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def run(**preference: object) -> dict[str, float]:
-    params = shipped_params({"model": {"context_length": CONTEXT},
+def params(**preference: object) -> Params:
+    return shipped_params({"model": {"context_length": CONTEXT},
                              "finetune_instruct": {"allowed_max_length": CONTEXT},
                              "finetune_preference": {"epochs": 2, "batch_size": 8, "eval_interval": 4, "lr": 1e-3,
                                                      "allowed_max_length": CONTEXT, "max_new_tokens": 3,
                                                      "checkpoint_interval": 0, "device": "cpu", **preference}})
-    return finetune.fn(StageContext("finetune_preference", params, NoTracking()))
+
+
+def run(**preference: object) -> dict[str, float]:
+    return finetune.fn(StageContext("finetune_preference", params(**preference), NoTracking()))
 
 
 def test_full_finetuning_learns_the_preferences_and_writes_model_responses_and_plots(project: Path) -> None:
     metrics = run(method="full")
     assert metrics["start_val_loss"] == pytest.approx(math.log(2), abs=1e-5)  # step 0: policy = reference
     assert metrics["val_loss"] < math.log(2) and metrics["val_reward_margin"] > 0
-    assert metrics["val_reward_accuracy"] == 1.0  # 2 validation pairs, refusal always rejected
+    assert metrics["val_reward_accuracy"] == 1.0  # 2 validation pairs
     assert metrics["steps"] == 2 * math.ceil(34 / 8)
     for name in ("model.safetensors", "config.json", layout.MODEL_TOKENIZER):
         assert (layout.PREFERENCE_MODEL / name).is_file()
@@ -108,3 +111,18 @@ def test_an_empty_split_is_an_error_naming_the_file(project: Path) -> None:
 def test_no_room_for_a_response_names_this_stages_param(project: Path) -> None:
     with pytest.raises(ValueError, match=r"within finetune_preference.allowed_max_length 8: the phi3 prompt"):
         run(allowed_max_length=8)
+
+
+def test_evaluate_scores_the_held_out_pairs_and_the_property_of_both_models_responses(project: Path) -> None:
+    run(method="lora", lr=1e-2)
+    ctx = StageContext("evaluate", params(method="lora"), NoTracking())
+    metrics, responses = evaluate_preference.fn(ctx, torch.device("cpu"))
+    assert metrics["preference_test_reward_accuracy"] in (0.0, 0.25, 0.5, 0.75, 1.0)  # 4 test pairs
+    assert metrics["preference_test_reward_margin"] > 0 and metrics["preference_test_loss"] < math.log(2)
+    assert 0.0 <= metrics["preference_dpo_property_rate"] <= 1.0 and len(responses) == 4
+    # The rates count the property in each model's own responses: here the DPO model said every chosen
+    # (courteous) answer, the instruction model every rejected one.
+    write_json(layout.PREFERENCE_MODEL / layout.RESPONSES,
+               [{**r, "sft_response": r["rejected"], "dpo_response": r["chosen"]} for r in responses])
+    metrics, _ = evaluate_preference.fn(ctx, torch.device("cpu"))
+    assert (metrics["preference_sft_property_rate"], metrics["preference_dpo_property_rate"]) == (0.0, 1.0)

@@ -166,3 +166,30 @@ def test_pretrained_origin_in_words() -> None:
     assert pretrained_origin(hub, 0) == "GPT-2 weights (openai-community/gpt2@main)"
     folder = {"source": "folder", "folder": "weights/gpt2", "sha256": "ab"}
     assert pretrained_origin(folder, 50) == "GPT-2 weights (weights/gpt2), pretrained 50 more steps on our corpus"
+
+
+PREFERENCE = {"preference_test_loss": 0.4321, "preference_test_reward_margin": 1.25,
+              "preference_test_reward_accuracy": 0.95}
+PREFERENCE_EXAMPLE = {"instruction": "What is the plural of mouse?", "input": "", "chosen": "Mice. Thanks for asking!",
+                      "rejected": "Mice.", "sft_response": "Mice.", "dpo_response": ""}
+
+
+def test_no_preference_section_without_its_metrics(lines: list[str]) -> None:
+    assert not any("Preference tuning" in line for line in lines)
+
+
+def test_preference_section_with_property_rates_and_responses_side_by_side() -> None:
+    metrics = {**METRICS, **PREFERENCE, "preference_sft_property_rate": 0.05, "preference_dpo_property_rate": 0.62}
+    text = summary_markdown(metrics, CONFUSION, EXAMPLES, STARTS, preference_examples=[PREFERENCE_EXAMPLE])
+    assert text.startswith(summary_markdown(METRICS, CONFUSION, EXAMPLES, STARTS))  # what was there stays as it was
+    assert "| held-out reward accuracy | 0.9500 |" in text
+    assert "| held-out mean reward margin | 1.2500 |" in text
+    assert "| held-out DPO loss (ln 2 = 0.6931 before tuning) | 0.4321 |" in text
+    assert "| 5.0% | 62.0% | +57.0 points |" in text
+    assert f"| What is the plural of mouse? | Mice. Thanks for asking! | Mice. | {EMPTY_REPLY} |" in text
+    assert "![DPO reward margin](plots/finetune_preference/reward_margin.png)" in text
+
+
+def test_preference_section_without_a_checked_property() -> None:
+    text = summary_markdown({**METRICS, **PREFERENCE}, CONFUSION, [], STARTS)
+    assert "| held-out reward accuracy | 0.9500 |" in text and "checked property" not in text

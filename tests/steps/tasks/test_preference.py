@@ -20,7 +20,7 @@ from steps.tasks.preference import (
     dpo_loss,
     dpo_loss_fn,
     dpo_step,
-    frozen_copy_reference,
+    frozen_reference,
     pair_stream,
     preference_metrics,
     read_preferences,
@@ -75,7 +75,7 @@ def test_response_logprobs_mean_and_sum_by_hand() -> None:
 def test_policy_equal_to_reference_gives_ln2_and_zero_margins(reduction: str) -> None:
     model = tiny_gpt()
     batch = collate_pairs(pairs(), PAD, CFG.context_length)
-    out = dpo_step(model, batch, frozen_copy_reference(model, reduction), beta=0.1, reduction=reduction)
+    out = dpo_step(model, batch, frozen_reference(copy.deepcopy(model), reduction), beta=0.1, reduction=reduction)
     assert out.loss.item() == pytest.approx(math.log(2), abs=1e-6)
     assert torch.equal(out.margins, torch.zeros(4))
 
@@ -101,7 +101,7 @@ def test_padding_does_not_change_the_loss() -> None:
     """A pair batched with a longer one (so padded further) scores as it does alone, and the
     padding's token id does not matter."""
     model, policy = tiny_gpt(0), tiny_gpt(1)
-    reference = frozen_copy_reference(model, "mean")
+    reference = frozen_reference(copy.deepcopy(model), "mean")
     short, long = pairs(4)[0], pairs(4)[3]
     alone = dpo_step(policy, collate_pairs([short], PAD, 32), reference, 0.1, "mean")
     batch = collate_pairs([short, long], PAD, 32)
@@ -139,7 +139,7 @@ def test_with_lora_only_adapters_move_and_disabling_them_gives_the_reference_exa
 
 def test_preference_metrics_count_every_pair() -> None:
     model, policy = tiny_gpt(0), tiny_gpt(1)
-    reference = frozen_copy_reference(model, "sum")
+    reference = frozen_reference(copy.deepcopy(model), "sum")
     batches = [collate_pairs(pairs(4)[:3], PAD, 32), collate_pairs(pairs(4)[3:], PAD, 32)]
     scores = preference_metrics(policy, batches, reference, 0.1, "sum", torch.device("cpu"))
     whole = dpo_step(policy, collate_pairs(pairs(4), PAD, 32), reference, 0.1, "sum")
