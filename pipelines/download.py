@@ -90,7 +90,8 @@ def write_datasets(ctx: StageContext, staging: Path) -> dict[str, float]:
 
         records, where, provenance["preferences"] = dataset_input(
             "preferences", cfg.preferences, ctx, work, datasets.builtin_preferences, datasets.preference_records)
-        metrics.update(datasets.write_preferences(records, staging / layout.PREFERENCES.name, where))
+        metrics.update(datasets.write_preferences(records, staging / layout.PREFERENCES.name, where,
+                                                  identical_pairs=cfg.preferences.identical_pairs))
         sizes.check_preferences(int(metrics["preference_records"]), where)
         datasets.write_provenance(staging / layout.SOURCES.name, provenance)
     finally:

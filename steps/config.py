@@ -187,6 +187,11 @@ class PreferenceSource(DatasetSource):
     fields: PreferenceFields = PreferenceFields()
     """Source fields mapped to instruction / input / chosen / rejected (other fields, like the
     book's `output`, are not read)."""
+    identical_pairs: Literal["error", "drop", "keep"] = "error"
+    """A record whose chosen and rejected responses are the same text (spaces aside): stop with an
+    error naming it, `drop` it, or `keep` it as the book does (6 of its 1,100 records; such a pair
+    teaches nothing: its DPO loss is ln 2 whatever the model). Dropped and kept pairs are counted
+    (preference_identical_pairs)."""
 
 
 class BuiltinSizes(Section):

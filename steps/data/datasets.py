@@ -208,39 +208,58 @@ def write_instructions(records: Iterable[dict[str, str]], out: Path, where: str)
 
 # --- preferences --------------------------------------------------------------------------------
 
-def preference_records(fetched: Fetched, cfg: PreferenceSource) -> Iterator[dict[str, str]]:
-    """{instruction, input, chosen, rejected} for every record, through the configured field
-    mapping; a pair whose two responses are the same text (spaces aside) is an error: it teaches
-    no preference."""
+def preference_records(fetched: Fetched, cfg: PreferenceSource) -> Iterator[tuple[str, dict[str, str]]]:
+    """(where, {instruction, input, chosen, rejected}) of every record, through the configured
+    field mapping."""
     m = cfg.fields
     for record in _records(fetched, cfg):
-        out = {
+        yield record.where, {
             "instruction": text_field(record, m.instruction, "download.preferences.fields.instruction"),
             "input": optional_input(record, m.input, "download.preferences.fields.input"),
             "chosen": text_field(record, m.chosen, "download.preferences.fields.chosen"),
             "rejected": text_field(record, m.rejected, "download.preferences.fields.rejected"),
         }
-        if out["chosen"].split() == out["rejected"].split():
-            raise DataError(f"{record.where}: fields {m.chosen!r} and {m.rejected!r} hold the same response "
-                            f"({_excerpt(out['chosen'])}); a preference pair needs a preferred and a "
-                            f"dispreferred response that differ: fix the record or remove it")
-        yield out
 
 
-def builtin_preferences(seed: int, sizes: BuiltinSizes) -> list[dict[str, str]]:
+def builtin_preferences(seed: int, sizes: BuiltinSizes) -> Iterator[tuple[str, dict[str, str]]]:
     """The generated preference set, its train / test / validation counts those the 85/10/5 split
     in file order gives, so the held-out records land exactly in the test and validation splits."""
     splits = instruction_splits(sizes.preferences)
-    return builtin_data.generate_preferences(seed, n_train=splits.train, n_test=splits.test, n_val=splits.val)
+    records = builtin_data.generate_preferences(seed, n_train=splits.train, n_test=splits.test, n_val=splits.val)
+    for i, record in enumerate(records):
+        yield f"builtin preferences record {i}", record
 
 
-def write_preferences(records: Iterable[dict[str, str]], out: Path, where: str) -> dict[str, float]:
-    data = list(records)
+def write_preferences(pairs: Iterable[tuple[str, dict[str, str]]], out: Path, where: str,
+                      identical_pairs: str = "error") -> dict[str, float]:
+    """A JSON list of the records in file order. A record whose chosen and rejected responses are
+    the same text (spaces aside) teaches no preference: an error naming it, or with
+    `identical_pairs: drop` left out, or with `keep` written as it is; both counted."""
+    data: list[dict[str, str]] = []
+    identical = 0
+    for rec_where, record in pairs:
+        if record["chosen"].split() == record["rejected"].split():
+            if identical_pairs == "error":
+                raise DataError(
+                    f"{rec_where}: the chosen and rejected responses (download.preferences.fields.chosen and "
+                    f".rejected) are the same text ({_excerpt(record['chosen'])}); "
+                    f"a preference pair needs a preferred and a dispreferred response that differ: fix the record "
+                    f"or remove it, or set download.preferences.identical_pairs: drop (leave such records out) or "
+                    f"keep (train on them as they are, as the book does)")
+            identical += 1
+            if identical_pairs == "drop":
+                continue
+        data.append(record)
+    if identical:
+        log.warning("%s: %s %d record(s) whose chosen and rejected responses are the same "
+                    "(download.preferences.identical_pairs: %s)", where,
+                    "dropped" if identical_pairs == "drop" else "kept", identical, identical_pairs)
     if not data:
         raise DataError(f"{where}: no preference records")
     write_text(out, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
     return {"preference_records": len(data),
-            "preference_records_with_input": sum(1 for r in data if r["input"].strip())}
+            "preference_records_with_input": sum(1 for r in data if r["input"].strip()),
+            "preference_identical_pairs": identical}
 
 
 def _records(fetched: Fetched, cfg: DatasetSource) -> Iterable[Record]:

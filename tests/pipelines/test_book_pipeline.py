@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 STAGES = ["download", "tokenize", "pretrain", "finetune_classifier", "finetune_instruct", "evaluate"]
 FILES = {"corpus": "the-verdict.txt", "classification": "sms+spam+collection.zip",
-         "instructions": "instruction-data.json"}
+         "instructions": "instruction-data.json", "preferences": "instruction-data-with-preference.json"}
 
 # A model small enough for CI; the data, tokenizer and splits are the book's.
 TINY = {

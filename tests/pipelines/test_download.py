@@ -25,7 +25,7 @@ def _stage_dir(tmp_path: Path, server_url: str, corpus_name: str = "the-verdict.
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     book = yaml.safe_load((ROOT / "profiles" / "book.yaml").read_text())["download"]
     names = {"corpus": corpus_name, "classification": "sms+spam+collection.zip",
-             "instructions": "instruction-data.json"}
+             "instructions": "instruction-data.json", "preferences": "instruction-data-with-preference.json"}
     for dataset, name in names.items():
         book[dataset]["source"].update(url=f"{server_url}/{name}", retries=retries, retry_delay_s=0.2)
         params["download"][dataset] = book[dataset]
@@ -51,15 +51,16 @@ def test_book_sources_download_with_a_retry_after_a_503(shared_data: Path, serve
     proc = _download(work, env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert server.requests[:2] == ["/the-verdict.txt", "/the-verdict.txt"]  # retried by Prefect
-    assert len(server.requests) == 4  # then each file once
+    assert len(server.requests) == 5  # then each file once
 
     raw = work / "data" / "raw"
     assert sorted(p.name for p in raw.iterdir()) == ["classification.jsonl", "corpus.txt", "instructions.json",
-                                                    "labels.json", "sources.json"]
+                                                    "labels.json", "preferences.json", "sources.json"]
     metrics = json.loads((work / "reports" / "download.json").read_text())
     assert metrics["corpus_documents"] == 1
     assert metrics["classification_records"] == 5574
     assert metrics["instruction_records"] == 1100
+    assert (metrics["preference_records"], metrics["preference_identical_pairs"]) == (1100, 6)
     sources = json.loads((raw / "sources.json").read_text())
     assert sources["corpus"]["sha256"] == "b41e41a68f0398a3154ae69e2e4c0e2694e17fe0d66730536837f1b01935b31f"
     assert sources["classification"]["member"] == "SMSSpamCollection"

@@ -51,6 +51,10 @@ def test_book_profile_is_the_books_setup(params: Path) -> None:
     assert cls.source.member == "SMSSpamCollection"
     assert p.download.corpus.source.sha256 == "b41e41a68f0398a3154ae69e2e4c0e2694e17fe0d66730536837f1b01935b31f"
     assert p.download.instructions.source.sha256 == "7e09a9af353722ca15c18bc580f093f9c39d3178335a75177319cb1e1d163944"
+    prefs = p.download.preferences
+    assert prefs.source.sha256 == "305315abf14f65fa42c01a0877572f832606571c2a7d49f152ac1d758b16756e"
+    assert prefs.source.url.endswith("/ch07/04_preference-tuning-with-dpo/instruction-data-with-preference.json")
+    assert (prefs.format, prefs.fields.chosen, prefs.fields.rejected) == ("json", "chosen", "rejected")
     fc = p.finetune_classifier
     assert (fc.balance, fc.train_fraction, fc.val_fraction, fc.trainable) == (True, 0.7, 0.1, "last_block")
     assert changed["model.emb_dim"] == (128, 768)

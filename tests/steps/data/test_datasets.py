@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -253,13 +254,13 @@ def test_preferences_through_a_field_mapping(tmp_path: Path) -> None:
     assert json.loads(out.read_text()) == [
         {"instruction": "Say hi", "input": "to Bob", "chosen": "Hi Bob!", "rejected": "No."},
         {"instruction": "Count", "input": "", "chosen": "1 2 3", "rejected": "Count yourself."}]
-    assert stats == {"preference_records": 2, "preference_records_with_input": 1}
+    assert stats == {"preference_records": 2, "preference_records_with_input": 1, "preference_identical_pairs": 0}
 
 
 def test_preferences_from_rows_keep_their_order() -> None:
     rows = [{"instruction": f"q{i}", "input": "", "chosen": f"yes {i}", "rejected": f"no {i}"} for i in range(5)]
     got = list(preference_records(Fetched(where="hf:x[train]", rows=rows), PREFERENCES))
-    assert [r["instruction"] for r in got] == ["q0", "q1", "q2", "q3", "q4"]
+    assert [(where, r["instruction"]) for where, r in got] == [(f"hf:x[train] row {i}", f"q{i}") for i in range(5)]
 
 
 @pytest.mark.parametrize("missing", ["chosen", "rejected"])
@@ -273,15 +274,34 @@ def test_a_preference_missing_a_response_is_named(tmp_path: Path, missing: str) 
     assert not (tmp_path / "p.json").exists()
 
 
+IDENTICAL = [{"instruction": "Capital?", "chosen": "Paris.", "rejected": "It is Paris, obviously."},
+             {"instruction": "Sum?", "chosen": "4.", "rejected": "  4.\n"}]
+
+
 @pytest.mark.parametrize("rejected", ["Paris.", "  Paris.\n", "Paris. "])
 def test_identical_chosen_and_rejected_is_an_error_naming_the_record(tmp_path: Path, rejected: str) -> None:
     src = preference_file(tmp_path, json.dumps({"instruction": "Capital?", "chosen": "Paris.", "rejected": rejected})
                           + "\n", "prefs.jsonl")
     with pytest.raises(DataError) as err:
-        list(preference_records(files(src), PREFERENCES))
+        write_preferences(preference_records(files(src), PREFERENCES), tmp_path / "p.json", str(src))
     assert str(err.value) == (
-        f"{src}:1: fields 'chosen' and 'rejected' hold the same response ('Paris.'); a preference pair needs "
-        f"a preferred and a dispreferred response that differ: fix the record or remove it")
+        f"{src}:1: the chosen and rejected responses (download.preferences.fields.chosen and .rejected) are the "
+        f"same text ('Paris.'); a preference pair needs a preferred and a dispreferred response that differ: fix "
+        f"the record or remove it, or set download.preferences.identical_pairs: drop (leave such records out) or "
+        f"keep (train on them as they are, as the book does)")
+    assert not (tmp_path / "p.json").exists()
+
+
+@pytest.mark.parametrize(("policy", "kept"), [("drop", ["Capital?"]), ("keep", ["Capital?", "Sum?"])])
+def test_identical_pairs_can_be_dropped_or_kept_and_are_counted(tmp_path: Path, caplog, policy: str,
+                                                                 kept: list[str]) -> None:
+    src = preference_file(tmp_path, json.dumps(IDENTICAL))
+    out = tmp_path / "p.json"
+    with caplog.at_level(logging.WARNING, logger="gptpipe.datasets"):
+        stats = write_preferences(preference_records(files(src), PREFERENCES), out, "prefs.json", policy)
+    assert [r["instruction"] for r in json.loads(out.read_text())] == kept
+    assert (stats["preference_records"], stats["preference_identical_pairs"]) == (len(kept), 1)
+    assert f"prefs.json: {policy.replace('drop', 'dropped').replace('keep', 'kept')} 1 record(s)" in caplog.text
 
 
 @pytest.mark.parametrize(("value", "says"), [
@@ -311,7 +331,7 @@ def test_no_preference_records_is_an_error(tmp_path: Path) -> None:
 
 
 def test_builtin_preferences_put_the_held_out_records_where_the_split_reads_them() -> None:
-    records = builtin_preferences(3, SIZES)
+    records = [r for _, r in builtin_preferences(3, SIZES)]
     splits = instruction_splits(len(records))  # the 85/10/5 split in file order the stage makes
     train = records[:splits.train]
     held_out = records[splits.train:]
