@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # Params small enough for a whole `dvc repro` in a minute or two on a small CPU.
 TINY = {
     "download": {"builtin": {"corpus_bytes": 150_000, "sms_messages": 400, "instructions_train": 170,
-                             "instructions_test": 20, "instructions_val": 10}},
+                             "instructions_test": 20, "instructions_val": 10, "preferences": 60}},
     "tokenize": {"vocab_size": 512},
     "model": {"context_length": 64, "emb_dim": 32, "n_heads": 2, "n_layers": 1},
     "pretrain": {"max_steps": 30, "batch_size": 8, "eval_interval": 10, "eval_batches": 2, "sample_tokens": 8},
@@ -33,6 +33,8 @@ TINY = {
     # stage refuses (it used to train on no response token at all, loss NaN).
     "finetune_instruct": {"epochs": 1, "batch_size": 16, "eval_interval": 5, "allowed_max_length": 64,
                           "max_new_tokens": 4, "prompt_style": "phi3"},
+    "finetune_preference": {"epochs": 1, "batch_size": 16, "eval_interval": 2, "allowed_max_length": 64,
+                            "max_new_tokens": 4},
     "evaluate": {"val_batches": 2},
 }
 

@@ -19,7 +19,8 @@ from tests.pipelines.conftest import TINY, ran_stages, run, shrink_params
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["download", "tokenize", "pretrain", "finetune_classifier", "finetune_instruct", "evaluate"]
+STAGES = ["download", "tokenize", "pretrain", "finetune_classifier", "finetune_instruct", "finetune_preference",
+          "evaluate"]
 
 @pytest.fixture(scope="module")
 def project(project_copy):
@@ -38,16 +39,19 @@ def first_repro(project):
 def test_every_stage_runs_and_writes_its_outputs(project, first_repro):
     work, _ = project
     assert ran_stages(first_repro.stdout) == STAGES
-    for path in (layout.CORPUS, layout.CLASSIFICATION, layout.LABELS, layout.INSTRUCTIONS, layout.SOURCES, layout.TOKENIZER, layout.TRAIN_BIN,
-                 layout.VAL_BIN, layout.SUMMARY):
+    for path in (layout.CORPUS, layout.CLASSIFICATION, layout.LABELS, layout.INSTRUCTIONS, layout.PREFERENCES,
+                 layout.SOURCES, layout.TOKENIZER, layout.TRAIN_BIN, layout.VAL_BIN, layout.SUMMARY):
         assert (work / path).stat().st_size > 0, path
-    for folder in (layout.PRETRAIN_MODEL, layout.CLASSIFIER_MODEL, layout.INSTRUCT_MODEL):
+    for folder in (layout.PRETRAIN_MODEL, layout.CLASSIFIER_MODEL, layout.INSTRUCT_MODEL, layout.PREFERENCE_MODEL):
         for name in ("model.safetensors", "config.json", layout.MODEL_TOKENIZER):
             assert (work / folder / name).is_file(), folder / name
     assert (work / layout.PRETRAIN_MODEL / "training_state.safetensors").is_file()
     responses = json.loads((work / layout.INSTRUCT_MODEL / layout.RESPONSES).read_text())
     assert len(responses) == TINY["download"]["builtin"]["instructions_test"]
     assert all({"instruction", "input", "output", "model_response"} <= set(r) for r in responses)
+    side_by_side = json.loads((work / layout.PREFERENCE_MODEL / layout.RESPONSES).read_text())
+    assert len(side_by_side) == 6  # 10 % of the 60 built-in preference records
+    assert all({"chosen", "rejected", "sft_response", "dpo_response"} <= set(r) for r in side_by_side)
     lock = yaml.safe_load((work / "dvc.lock").read_text())
     assert sorted(lock["stages"]) == sorted(STAGES)
 
@@ -76,8 +80,12 @@ def test_metrics_and_plots_of_every_stage(project, first_repro):
         "pretrain": ["train_loss", "val_loss", "val_perplexity", "unigram_val_loss"],
         "finetune_classifier": ["train_accuracy", "val_accuracy", "test_accuracy", "test_f1"],
         "finetune_instruct": ["train_loss", "val_loss", "trainable_parameters"],
+        "finetune_preference": ["train_loss", "train_reward_margin", "val_loss", "val_reward_margin",
+                                "val_reward_accuracy"],
         "evaluate": ["pretrain_val_perplexity", "classifier_test_accuracy", "classifier_start_test_accuracy",
-                     "instruct_exact_match", "instruct_rougeL", "instruct_start_exact_match"],
+                     "instruct_exact_match", "instruct_rougeL", "instruct_start_exact_match",
+                     "preference_test_reward_accuracy", "preference_test_reward_margin",
+                     "preference_sft_property_rate", "preference_dpo_property_rate"],
     }
     for stage, keys in expected.items():
         metrics = json.loads((work / layout.metrics_file(stage)).read_text())
