@@ -297,13 +297,19 @@ def export_hf(model: GPTModel, folder: str | Path) -> Path:
 
 
 def export_model_folder(src: str | Path, dest: str | Path) -> Path:
-    """A gptpipe model folder (e.g. models/pretrain) as a Hugging Face GPT-2 folder; its
-    `tokenizer.json` (a `tokenizers` file) is copied along when there is one."""
+    """A gptpipe model folder (e.g. models/pretrain) as a Hugging Face GPT-2 folder, or a Llama
+    one for a model of arch llama; its `tokenizer.json` (a `tokenizers` file) is copied along
+    when there is one."""
     model, head = load_model(src)
     if head.get("kind") != "lm":
         raise ValueError(f"{src}: holds a {head.get('kind')} model; only a language model (e.g. models/pretrain "
-                         "or models/instruct) can be exported to GPT-2's format")
-    export_hf(model, dest)
+                         "or models/instruct) can be exported to Hugging Face's format")
+    if model.cfg.arch == "llama":
+        from model import hf_llama  # imported here: hf_llama builds on this module's folder helpers
+
+        hf_llama.export_hf(model, dest)  # type: ignore[arg-type]
+    else:
+        export_hf(model, dest)  # type: ignore[arg-type]
     tokenizer = Path(src) / "tokenizer.json"
     if tokenizer.is_file():
         shutil.copy(tokenizer, Path(dest) / tokenizer.name)

@@ -74,8 +74,9 @@ def cli(argv: list[str] | None = None) -> int:
     prof = sub.add_parser("profile", help="switch params.yaml to a shipped profile (builtin, book, book-small)")
     prof.add_argument("name", nargs="?", help="profile name; omit to list them")
     prof.add_argument("--params", default="params.yaml", help="params file to edit (default: params.yaml)")
-    exp = sub.add_parser("export-hf", help="write a model folder in Hugging Face's GPT-2 format "
-                                           "(GPT2LMHeadModel.from_pretrained loads it)")
+    exp = sub.add_parser("export-hf", help="write a model folder in Hugging Face's GPT-2 format, or Llama's for "
+                                           "model.arch llama (GPT2LMHeadModel / LlamaForCausalLM.from_pretrained "
+                                           "loads it)")
     exp.add_argument("model", type=Path, help="a gptpipe model folder, e.g. models/pretrain")
     exp.add_argument("out", type=Path, help="folder to write config.json + model.safetensors into")
     add_compare_parser(sub)

@@ -1,5 +1,6 @@
-"""GPT-2 weights for `pretrain.init_from`: a local Hugging Face folder or a hub download through
-the download cache, checked against params.yaml's architecture before training starts from them."""
+"""GPT-2 (or Llama) weights for `pretrain.init_from`: a local Hugging Face folder or a hub download
+through the download cache, checked against params.yaml's architecture before training starts
+from them."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from typing import Any
 from model.config import GPTConfig
 from model.checkpoint import new_model
 from model.gpt import CausalLM
-from model.hf_gpt2 import HF_CONFIG, HF_SAFETENSORS, load_gpt2_files, weights_file
+from model.hf_gpt2 import HF_CONFIG, HF_SAFETENSORS, load_gpt2_files, read_hf_config, weights_file
+from model.hf_llama import load_llama_files
 from model.presets import PRESETS
 from steps import layout
 from steps.config import PretrainConfig
@@ -120,9 +122,14 @@ def preset_of(cfg: GPTConfig) -> str | None:
 
 
 def pretrained_model(cfg: PretrainConfig, wanted: GPTConfig, files: WeightFiles) -> CausalLM:
-    """Our model holding the weights of `files`, whose architecture must be `wanted`'s."""
-    model = load_gpt2_files(files.config, files.weights, drop_rate=wanted.drop_rate,
-                            tie_embeddings=wanted.tie_embeddings, vocab_multiple=wanted.vocab_multiple)
+    """Our model holding the weights of `files`, whose architecture must be `wanted`'s: a GPT-2
+    or, when its config.json says model_type llama, a Llama (LlamaForCausalLM's format)."""
+    if read_hf_config(files.config).get("model_type") == "llama":
+        model: CausalLM = load_llama_files(files.config, files.weights, drop_rate=wanted.drop_rate,
+                                           tie_embeddings=wanted.tie_embeddings, vocab_multiple=wanted.vocab_multiple)
+    else:
+        model = load_gpt2_files(files.config, files.weights, drop_rate=wanted.drop_rate,
+                                tie_embeddings=wanted.tie_embeddings, vocab_multiple=wanted.vocab_multiple)
     check_architecture(model.cfg, wanted, repr(cfg.init_from))
     return model
 

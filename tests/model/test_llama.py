@@ -180,8 +180,8 @@ def test_tiny_llama_preset_builds() -> None:
 
 
 def test_lora_targets_the_attention_and_swiglu_projections_by_name() -> None:
-    from model.lora import apply_lora, merge_lora
     from model.llama import LORA_TARGETS
+    from model.lora import apply_lora, merge_lora
 
     torch.manual_seed(6)
     model = LlamaModel(llama_config()).eval()
