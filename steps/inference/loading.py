@@ -134,7 +134,8 @@ def model_folder_in(root: Path, uri: str) -> Path:
 
 
 def load_folder(folder: Path, name: str, device: torch.device, source: str | None = None) -> LoadedModel:
-    """A gptpipe model folder (`save_model`'s) or a Hugging Face GPT-2 one (`gptpipe export-hf`'s)."""
+    """A gptpipe model folder (`save_model`'s) or a Hugging Face GPT-2 or Llama one (`gptpipe
+    export-hf`'s)."""
     source = source or str(folder)
     config = read_json_config(folder)
     tokenizer = read_tokenizer(folder)
@@ -144,9 +145,13 @@ def load_folder(folder: Path, name: str, device: torch.device, source: str | Non
         from model.hf_gpt2 import load_gpt2
 
         model, head = load_gpt2(folder), {"kind": "lm"}
+    elif config.get("model_type") == "llama":
+        from model.hf_llama import load_llama
+
+        model, head = load_llama(folder), {"kind": "lm"}
     else:
         raise ModelSpecError(f"{folder / CONFIG}: neither a gptpipe model config (a 'gpt' section) nor a "
-                             "Hugging Face GPT-2 one (model_type 'gpt2')")
+                             "Hugging Face GPT-2 or Llama one (model_type 'gpt2' or 'llama')")
     check_vocabulary(folder, tokenizer, model)
     loaded = LoadedModel(name=name, kind="lm", model=model.to(device).eval(), tokenizer=tokenizer,
                          eot_id=eot_id(tokenizer), context_length=model.cfg.context_length, source=source,

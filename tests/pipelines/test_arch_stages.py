@@ -14,7 +14,9 @@ import torch
 
 from model.atomic import write_json
 from model.checkpoint import load_model
+from model.generate import generate
 from model.gpt import GPTModel
+from model.hf_gpt2 import export_model_folder
 from model.llama import LlamaModel
 from pipelines.finetune_classifier import finetune as finetune_classifier
 from pipelines.finetune_instruct import finetune as finetune_instruct
@@ -22,6 +24,7 @@ from pipelines.pretrain import train_and_save
 from pipelines.stage import NoTracking, StageContext
 from steps import layout
 from steps.data.builtin_data import generate_instructions
+from steps.inference.loading import load
 from steps.tasks.classification import Example, write_labeled
 from steps.tasks.instruction import format_prompt
 from steps.tokenization.tokenizer import train_bpe
@@ -90,3 +93,9 @@ def test_pretrain_then_finetune_both_ways(project: Path, arch: str) -> None:
     assert math.isfinite(instruct["val_loss"])
     model, head = load_model(layout.INSTRUCT_MODEL)
     assert type(model) is type(pretrained) and head["kind"] == "lm"
+
+    # What `gptpipe generate/chat/serve` load: the folder, and its Hugging Face export.
+    export_model_folder(layout.INSTRUCT_MODEL, project / "hf")
+    prompt = torch.tensor([[1, 2, 3]])
+    made = [generate(load(folder).model, prompt, 4, CONTEXT) for folder in (layout.INSTRUCT_MODEL, project / "hf")]
+    assert torch.equal(made[0], made[1])

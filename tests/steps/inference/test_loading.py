@@ -70,7 +70,7 @@ def test_a_folder_without_tokenizer_or_config_says_what_is_missing(tmp_path: Pat
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelSpecError, match=r"empty: no config.json"):
         load(tmp_path / "empty")
-    (tmp_path / "empty" / CONFIG).write_text('{"model_type": "llama"}')
+    (tmp_path / "empty" / CONFIG).write_text('{"model_type": "mistral"}')
     (tmp_path / "empty" / "tokenizer.json").write_text(tok.to_str())
     with pytest.raises(ModelSpecError, match="neither a gptpipe model config"):
         load(tmp_path / "empty")
