@@ -37,7 +37,11 @@ PARAMS = "finetune_preference"
 
 
 def read_preferences(path: str | Path) -> list[dict[str, str]]:
-    """A JSON list of {instruction, input, chosen, rejected} records; errors name the record and field."""
+    """A JSON list of {instruction, input, chosen, rejected} records; errors name the record and field.
+
+    A pair whose responses are the same text is read as it is: download decides what becomes of
+    those (`download.preferences.identical_pairs`; the book's file has a few). Its DPO loss is ln 2
+    whatever the model, so it adds no gradient."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -52,9 +56,6 @@ def read_preferences(path: str | Path) -> list[dict[str, str]]:
             if not isinstance(record.get(name), str):
                 raise ValueError(f"{path}: record {i}: field {name!r} is missing or not a string; rerun the "
                                  "download stage (dvc repro -f -s download) to rewrite the file")
-        if record["chosen"] == record["rejected"]:
-            raise ValueError(f"{path}: record {i}: 'chosen' and 'rejected' are identical, so it prefers nothing; "
-                             "rerun the download stage (dvc repro -f -s download) to rewrite the file")
     return data
 
 

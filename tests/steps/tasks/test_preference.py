@@ -163,8 +163,6 @@ def test_read_preferences_names_the_record_and_field(tmp_path: Path) -> None:
     path.write_text(json.dumps([good, {**good, "rejected": 3}]))
     with pytest.raises(ValueError, match=rf"^{path}: record 1: field 'rejected' is missing or not a string"):
         read_preferences(path)
-    path.write_text(json.dumps([good, {**good, "rejected": "Hi!"}]))
-    with pytest.raises(ValueError, match=rf"^{path}: record 1: 'chosen' and 'rejected' are identical"):
-        read_preferences(path)
-    path.write_text(json.dumps([good]))
-    assert read_preferences(path) == [good]
+    identical = {**good, "rejected": "Hi!"}  # download keeps these when told to (identical_pairs: keep)
+    path.write_text(json.dumps([good, identical]))
+    assert read_preferences(path) == [good, identical]
