@@ -15,7 +15,8 @@ class KVCache:
     """Keys and values of every layer for the tokens seen so far, so generation feeds one new
     token per step instead of re-reading the whole sequence.
 
-    Each layer's keys and values live in one (B, H, max_len, D) buffer, allocated at the layer's
+    Each layer's keys and values live in one (B, H, max_len, D) buffer (H: the key/value heads,
+    fewer than the query heads under Llama's grouped-query attention), allocated at the layer's
     first write with the dtype and device of what is written, then filled in place: a token costs
     a copy of its own keys and values, not a re-allocation of everything cached (torch.cat).
     """
