@@ -259,17 +259,6 @@ def _param_value(value: Any) -> str:
     return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
-def find_runs(experiment: str, stage: str | None = None, root: Path | None = None) -> list[Any]:
-    """Finished and failed runs of an experiment, newest first, optionally of one stage."""
-    mlflow.set_tracking_uri(tracking_uri(root))
-    client = MlflowClient()
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return []
-    query = f"tags.stage = '{stage}'" if stage else ""
-    return client.search_runs([exp.experiment_id], filter_string=query, order_by=["attributes.start_time DESC"])
-
-
 @dataclass(frozen=True)
 class RunRecord:
     """One MLflow run as plain data, so code that compares runs never handles MLflow types."""
@@ -468,19 +457,6 @@ def _logged_model_id(client: MlflowClient, run: Any, name: str) -> str | None:
         if client.get_logged_model(out.model_id).name == name:
             return out.model_id
     return None
-
-
-def model_version(name: str, version: str, root: Path | None = None) -> ModelVersionRecord:
-    return _version_record(MlflowClient(tracking_uri(root)).get_model_version(name, version))
-
-
-def model_versions(name: str, root: Path | None = None) -> list[ModelVersionRecord]:
-    """Every version of a registered model, oldest first (none if the model does not exist)."""
-    uri = tracking_uri(root)
-    if not _store_exists(uri):
-        return []
-    found = MlflowClient(uri).search_model_versions(f"name = {_quote(name)}")
-    return sorted((_version_record(v) for v in found), key=lambda v: int(v.version))
 
 
 def version_by_alias(name: str, alias: str, root: Path | None = None) -> ModelVersionRecord | None:

@@ -63,8 +63,11 @@ def _champion(registry) -> str | None:
     return version and version.version
 
 
-def _version(registry, version: str) -> tracking.ModelVersionRecord:
-    return tracking.model_version(registry.candidate.registered_name, version)
+def _version(registry, version: str):
+    """The registry's model version, as MLflow's client reads it."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking.tracking_uri()).get_model_version(registry.candidate.registered_name, version)
 
 
 def test_first_version_becomes_champion_a_worse_one_is_registered_but_not_promoted(registry, monkeypatch):
@@ -101,7 +104,10 @@ def test_a_model_whose_stage_did_not_rerun_gets_no_version(registry, monkeypatch
     _promote(registry, 1, 0.90)
     same = _promote(registry, 2, 0.99, ran=False)
     assert same["new_version"] is None and not same["promoted"] and same["champion_version_after"] == "1"
-    assert [v.version for v in tracking.model_versions(registry.candidate.registered_name)] == ["1"]
+    from mlflow.tracking import MlflowClient
+
+    found = MlflowClient(tracking.tracking_uri()).search_model_versions(f"name = '{registry.candidate.registered_name}'")
+    assert [str(v.version) for v in found] == ["1"]
 
 
 def test_a_challenger_without_a_score_is_registered_but_never_champion(registry, monkeypatch):

@@ -45,12 +45,12 @@ def test_stage_run_records_params_metrics_artifacts_and_tags(store):
         run.log_artifact(artifact)
     assert (store / "mlflow.db").is_file()
     client = MlflowClient(tracking.tracking_uri(store))
-    (found,) = tracking.find_runs("exp", stage="pretrain", root=store)
-    assert found.info.run_id == run.run_id
-    assert found.info.status == "FINISHED"
-    assert found.data.params == {"pretrain.lr": "0.001", "lora.targets": "a,b"}
+    (found,) = tracking.fetch_runs("exp", stage="pretrain", root=store)
+    assert found.run_id == run.run_id
+    assert found.status == "FINISHED"
+    assert found.params == {"pretrain.lr": "0.001", "lora.targets": "a,b"}
     assert [m.value for m in client.get_metric_history(run.run_id, "loss")] == [2.0, 1.0]
-    tags = found.data.tags
+    tags = found.tags
     assert tags["stage"] == "pretrain" and tags["params_hash"] == "abc123"
     assert tags["data_hash"] == tracking.data_hash([data]) and len(tags["data_hash"]) == 16
     assert "git_commit" in tags
@@ -66,8 +66,8 @@ def test_the_stage_summary_is_mlflows_latest_value(store):
         run.log_metrics({"tokens_per_s": 900.0}, step=10)
         run.log_metrics({"tokens_per_s": 1200.0}, step=20)
         run.log_metrics({"tokens_per_s": 1000.0, "val_loss": 2.5})
-    (found,) = tracking.find_runs("exp", stage="pretrain", root=store)
-    assert found.data.metrics["tokens_per_s"] == 1000.0
+    (found,) = tracking.fetch_runs("exp", stage="pretrain", root=store)
+    assert found.metrics["tokens_per_s"] == 1000.0
     history = MlflowClient(tracking.tracking_uri(store)).get_metric_history(run.run_id, "tokens_per_s")
     assert [(m.step, m.value) for m in history] == [(10, 900.0), (20, 1200.0), (20, 1000.0)]
 
@@ -109,8 +109,8 @@ def test_a_failing_stage_marks_its_run_failed(store):
     with pytest.raises(RuntimeError):
         with tracking.stage_run("tokenize", {}, "h", [], experiment="exp"):
             raise RuntimeError("boom")
-    (found,) = tracking.find_runs("exp", stage="tokenize", root=store)
-    assert found.info.status == "FAILED"
+    (found,) = tracking.fetch_runs("exp", stage="tokenize", status=None, root=store)
+    assert found.status == "FAILED"
 
 
 def test_data_hash_changes_with_content(tmp_path):
@@ -180,8 +180,8 @@ def test_registered_versions_point_at_the_runs_model_folder(store):
     v2 = tracking.register_version("gm", second, {"score": "0.6"}, root=store)
     assert (v1.version, v2.version) == ("1", "2")
     assert v1.run_id == first and v1.tags == {"score": "0.5"} and v1.uri == "models:/gm/1"
-    assert [v.version for v in tracking.model_versions("gm", root=store)] == ["1", "2"]
-    assert tracking.model_versions("other", root=store) == []
+    client = MlflowClient(tracking.tracking_uri(store))
+    assert sorted(str(v.version) for v in client.search_model_versions("name = 'gm'")) == ["1", "2"]
     got = Path(mlflow.artifacts.download_artifacts(artifact_uri=v2.uri, dst_path=str(store / "dl")))
     assert (got / "MLmodel").is_file()  # an MLflow model (steps/tracking/pyfunc_models.py) holding the folder
     config = (store / "models" / "classifier" / "config.json").read_text()
@@ -212,9 +212,10 @@ def test_aliases_move_and_unknown_ones_read_as_none(store):
     tracking.set_alias("gm", "champion", "2", root=store)
     champion = tracking.version_by_alias("gm", "champion", root=store)
     assert champion.version == "2" and champion.aliases == ("champion",)
-    assert tracking.model_version("gm", "1", root=store).aliases == ()
+    client = MlflowClient(tracking.tracking_uri(store))
+    assert client.get_model_version("gm", "1").aliases == []
     tracking.tag_version("gm", "2", {"promotion": "promoted", "score": 0.7}, root=store)
-    assert tracking.model_version("gm", "2", root=store).tags == {"promotion": "promoted", "score": "0.7"}
+    assert client.get_model_version("gm", "2").tags == {"promotion": "promoted", "score": "0.7"}
 
 
 def test_a_run_without_a_logged_model_cannot_be_registered(store):
