@@ -11,10 +11,16 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from model.config import GPTConfig
 from model.checkpoint import new_model
+from model.config import GPTConfig
 from model.gpt import CausalLM
-from model.hf_gpt2 import HF_CONFIG, HF_SAFETENSORS, load_gpt2_files, read_hf_config, weights_file
+from model.hf_gpt2 import (
+    HF_CONFIG,
+    HF_SAFETENSORS,
+    load_gpt2_files,
+    read_hf_config,
+    weights_file,
+)
 from model.hf_llama import load_llama_files
 from model.presets import PRESETS
 from steps import layout
