@@ -25,10 +25,10 @@ from prefect.context import FlowRunContext
 from prefect.tasks import exponential_backoff
 
 from model.atomic import write_json
-from model.checkpoint import save_model, save_training_state
+from model.checkpoint import new_model, save_model, save_training_state
 from model.config import GPTConfig
 from model.generate import generate
-from model.gpt import GPTModel, count_parameters
+from model.gpt import count_parameters
 from pipelines.stage import StageContext, run_stage, run_stage_rank, stage_flow, stage_task
 from steps import layout
 from steps.config import PretrainConfig
@@ -138,7 +138,7 @@ def train_and_save(ctx: StageContext, dist: Distributed, device: torch.device) -
     result = train(model, batches, lm_loss, settings, device, amp, evaluate, on_metrics=ctx.run.log_metrics,
                    desc="pretrain", checkpoints=checkpoint_settings(ctx, model_cfg), dist=dist)
     training_state = result.training_state()  # a collective under FSDP: every rank takes part
-    trained = dist.full_model(model, lambda: GPTModel(model_cfg))
+    trained = dist.full_model(model, lambda: new_model(model_cfg))
     if trained is None:  # not rank 0: its part is done
         return {}
     model = trained

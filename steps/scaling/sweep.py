@@ -132,7 +132,7 @@ def train_point(point: SweepPoint, params: Params, train_bin: Path, val_bin: Pat
     """Pretrain the point's model from scratch on the token files; its final validation loss."""
     import torch
 
-    from model.gpt import GPTModel
+    from model.checkpoint import new_model
     from steps.tasks.language_modeling import fixed_windows, lm_loss, mean_loss, random_windows
     from steps.tokenization.tokenizer import read_tokens
     from steps.training.hardware import autocast_dtype, resolve_device
@@ -143,7 +143,7 @@ def train_point(point: SweepPoint, params: Params, train_bin: Path, val_bin: Pat
     device = resolve_device(cfg.device)
     train_tokens, val_tokens = read_tokens(train_bin, vocab_size), read_tokens(val_bin, vocab_size)
     torch.manual_seed(params.seed)
-    model = GPTModel(point_config(point, params.model.gpt_config(vocab_size)))
+    model = new_model(point_config(point, params.model.gpt_config(vocab_size)))
     val_batches = fixed_windows(val_tokens, cfg.batch_size, seq_len, cfg.eval_batches)
     final: dict[str, float] = {}
 

@@ -15,8 +15,8 @@ from torch import nn
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from model.atomic import write_text
-from model.checkpoint import load_model
-from model.gpt import GPTModel
+from model.checkpoint import load_model, new_model
+from model.gpt import CausalLM
 from model.heads import Pooling, attach_classifier_head, pool
 from steps.tasks.splits import classification_splits
 from steps.training.train import Batch
@@ -196,7 +196,7 @@ def predict(
     return preds, refs, total_loss / len(refs)
 
 
-def initial_classifier(pretrained: str | Path, labels: list[str], init: str, seed: int) -> GPTModel:
+def initial_classifier(pretrained: str | Path, labels: list[str], init: str, seed: int) -> CausalLM:
     """The model finetuning starts from: pretrained (or freshly initialised) body + a new head.
 
     Seeded, so the evaluate stage can rebuild exactly this starting point to compare against.
@@ -204,7 +204,7 @@ def initial_classifier(pretrained: str | Path, labels: list[str], init: str, see
     model, _ = load_model(pretrained)
     if init == "random":
         torch.manual_seed(seed)
-        model = GPTModel(model.cfg)
+        model = new_model(model.cfg)
     elif init != "pretrained":
         raise ValueError(f"unknown init {init!r}; use 'pretrained' or 'random'")
     torch.manual_seed(seed)

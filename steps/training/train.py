@@ -31,7 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from model.checkpoint import with_tied_aliases
-from model.gpt import GPTModel
+from model.gpt import CausalLM
 from steps.config import OptimConfig
 from steps.training.checkpoints import (
     CheckpointSettings,
@@ -86,7 +86,7 @@ class TrainSettings:
     """Run the forward and backward through torch.compile (the eval and saved weights use the
     plain module)."""
     activation_checkpointing: bool = False
-    """Recompute each transformer block's activations in the backward pass (GPTModel only)."""
+    """Recompute each transformer block's activations in the backward pass (GPT-2 or Llama models)."""
     flops_per_token: float | None = None
     """Training FLOPs per token (steps/training/throughput.py); with peak_flops, rows get an `mfu`."""
     peak_flops: float | None = None
@@ -369,10 +369,10 @@ def _postfix(row: dict[str, float]) -> dict[str, str]:
 
 
 def set_activation_checkpointing(model: nn.Module) -> None:
-    """Switch recomputation on in the GPT inside `model` (which may be wrapped, e.g. by peft)."""
-    gpts = [m for m in model.modules() if isinstance(m, GPTModel)]
+    """Switch recomputation on in the network inside `model` (which may be wrapped, e.g. by peft)."""
+    gpts = [m for m in model.modules() if isinstance(m, CausalLM)]
     if not gpts:
-        raise ValueError(f"activation_checkpointing needs a GPTModel, got {type(model).__name__}")
+        raise ValueError(f"activation_checkpointing needs a GPT-2 or Llama model, got {type(model).__name__}")
     for gpt in gpts:
         gpt.activation_checkpointing = True
 

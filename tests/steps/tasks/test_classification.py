@@ -256,6 +256,15 @@ def test_initial_classifier_pretrained(pretrained: Path) -> None:
     assert not torch.equal(a.out_head.weight, c.out_head.weight)
 
 
+def test_a_llama_classifier_can_start_from_random_weights(tmp_path: Path) -> None:
+    from model.llama import LlamaModel
+    from tests.model.test_llama import llama_config
+
+    save_model(tmp_path / "llama", LlamaModel(llama_config()))
+    model = initial_classifier(tmp_path / "llama", ["a", "b"], init="random", seed=1)
+    assert isinstance(model, LlamaModel) and model.out_head.out_features == 2
+
+
 def test_initial_classifier_random(pretrained: Path) -> None:
     pre = initial_classifier(pretrained, ["a", "b", "c"], init="pretrained", seed=1)
     r1 = initial_classifier(pretrained, ["a", "b", "c"], init="random", seed=1)

@@ -383,9 +383,19 @@ def test_activation_checkpointing_setting_trains_the_same_weights() -> None:
         torch.testing.assert_close(b, a, msg=name)
 
 
+def test_activation_checkpointing_switches_on_in_a_llama_too() -> None:
+    from model.llama import LlamaModel
+    from tests.model.test_llama import llama_config
+
+    model = LlamaModel(llama_config())
+    batch = (torch.randint(0, 97, (2, 8)), torch.randint(0, 97, (2, 8)))
+    train(model, cycle([batch]), lm_loss, TrainSettings(max_steps=1, lr=1e-3, activation_checkpointing=True), CPU)
+    assert model.activation_checkpointing
+
+
 def test_activation_checkpointing_needs_a_gpt() -> None:
     settings = TrainSettings(max_steps=1, lr=1e-3, activation_checkpointing=True)
-    with pytest.raises(ValueError, match="needs a GPTModel"):
+    with pytest.raises(ValueError, match="needs a GPT-2 or Llama model"):
         train(nn.Linear(2, 1), cycle([(torch.zeros(1),)]), lambda m, b: (m.weight.sum(), 1), settings, CPU)
 
 
