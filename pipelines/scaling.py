@@ -36,8 +36,8 @@ def add_scaling_parser(sub) -> None:  # what ArgumentParser.add_subparsers() ret
         description="Pretrain, on the pipeline's token files (dvc repro tokenize first), the sweep's points: at "
                     "each budget the shape rule's model nearest 20 tokens per parameter and its neighbours in "
                     "depth, each for the steps that spend the budget (params.yaml's optimizer, batch and seed). "
-                    "One Prefect flow; one MLflow run per point (stage scaling_sweep). The defaults take about 20 "
-                    "minutes on 2 CPU cores; docs/scaling.md gives GPU settings.")
+                    "One Prefect flow; one MLflow run per point (stage scaling_sweep). docs/scaling.md gives the "
+                    "defaults' time on 2 CPU cores, and GPU settings.")
     sweep.add_argument("--budgets", type=_floats, default=default.budgets,
                        help=f"compute budgets in FLOPs, comma-separated (default {_show(default.budgets)})")
     sweep.add_argument("--sizes", type=int, default=default.sizes,

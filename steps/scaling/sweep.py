@@ -6,7 +6,9 @@ whose total parameters are nearest sqrt(C / 120), i.e. the size at which C buys 
 parameter (Chinchilla's allocation), and its neighbours in depth, `sizes` in all (shifted up when
 the smallest would have under one layer). Every run shares params.yaml's optimizer, batch,
 windows and seed; the cosine schedule runs to each run's own last step, as Hoffmann et al. found
-it must. A point that would train fewer than `min_steps` steps is left out, with the reason.
+it must, after a warmup of params.yaml's warmup_steps capped at a tenth of the run (a 30-step
+warmup would be a third of a 90-step point). A point that would train fewer than `min_steps` steps
+is left out, with the reason.
 """
 
 from __future__ import annotations
@@ -37,14 +39,14 @@ TOKENS_PER_PARAM = 20.0
 
 @dataclass(frozen=True)
 class SweepSettings:
-    """What `gptpipe scaling sweep` varies; the defaults take about 20 minutes on 2 CPU cores with the
-    built-in corpus and the shipped params.yaml (docs/scaling.md gives GPU settings)."""
+    """What `gptpipe scaling sweep` varies. The defaults (13 runs) suit 2 CPU cores with the built-in
+    corpus and the shipped params.yaml (docs/scaling.md gives the time measured, and GPU settings)."""
 
-    budgets: tuple[float, ...] = (1e12, 3e12, 1e13)
+    budgets: tuple[float, ...] = (3e11, 1e12, 3e12)
     """Compute budgets in training FLOPs (this project's count, attention included)."""
-    sizes: int = 4
+    sizes: int = 5
     """Model sizes per budget."""
-    min_steps: int = 20
+    min_steps: int = 10
     """Points with fewer optimizer steps are left out: too short for the schedule to mean anything."""
 
 
@@ -97,6 +99,11 @@ def plan_points(settings: SweepSettings, base: GPTConfig, seq_len: int, step_tok
                                      count_params(cfg, "total"), count_params(cfg, "non-embedding"),
                                      steps * step_tokens * per_token))
     return points, skipped
+
+
+def sweep_warmup(warmup_steps: int, max_steps: int) -> int:
+    """params.yaml's warmup, capped at a tenth of the run (at least one step when it asks for any)."""
+    return min(warmup_steps, max(1, max_steps // 10)) if warmup_steps else 0
 
 
 def point_config(point: SweepPoint, base: GPTConfig) -> GPTConfig:
@@ -153,6 +160,7 @@ def train_point(point: SweepPoint, params: Params, train_bin: Path, val_bin: Pat
 
     # Evaluations only at the start and the end: the sweep needs the final loss, not the curve.
     settings = dataclasses.replace(TrainSettings.from_config(cfg, point.max_steps), eval_interval=point.max_steps,
+                                   warmup_steps=sweep_warmup(cfg.warmup_steps, point.max_steps),
                                    accum_steps=cfg.accumulation_steps(seq_len),
                                    flops_per_token=flops_per_token(model.cfg, seq_len))
     batches = functools.partial(random_windows, train_tokens, cfg.batch_size, seq_len, params.seed)

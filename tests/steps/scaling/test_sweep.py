@@ -54,3 +54,19 @@ def test_the_sweep_key_changes_with_tokens_and_optimizer_not_with_budgets():
 def test_an_empty_sweep_is_refused():
     with pytest.raises(ValueError, match="at least one budget"):
         plan_points(SweepSettings(budgets=(), sizes=3), BASE, 64, 512)
+
+
+def test_warmup_is_capped_at_a_tenth_of_a_points_run():
+    from steps.scaling.sweep import sweep_warmup
+
+    assert sweep_warmup(30, 1000) == 30
+    assert sweep_warmup(30, 90) == 9
+    assert sweep_warmup(30, 5) == 1
+    assert sweep_warmup(0, 90) == 0
+
+
+def test_the_default_sweep_has_twelve_points_or_more_on_the_shipped_params():
+    params = shipped_params()
+    points, skipped = plan_points(SweepSettings(), params.model.gpt_config(params.tokenize.vocab_size),
+                                  params.pretrain_seq_len, params.pretrain.batch_size * params.pretrain_seq_len)
+    assert len(points) >= 12 and len({p.flops for p in points}) >= 3, skipped
