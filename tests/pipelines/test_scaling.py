@@ -47,6 +47,7 @@ def tiny_project(tmp_path, monkeypatch, prefect_api):
     params = merged({"tokenize": {"vocab_size": 300}, "model": {"context_length": 64},
                      "pretrain": {"batch_size": 4, "eval_batches": 2, "warmup_steps": 0},
                      "finetune_classifier": {"max_length": 64}, "finetune_instruct": {"allowed_max_length": 64},
+                     "finetune_preference": {"allowed_max_length": 64},
                      "tracking": {"experiment": "sweep-test"}})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     layout.TOKENS.mkdir(parents=True)
