@@ -536,7 +536,7 @@ class PreferenceConfig(OptimConfig):
     allowed_max_length: int = Field(ge=8)
     """Most tokens of prompt + response (each of chosen and rejected); at most model.context_length
     (checked). The prompt layout is the one models/instruct was finetuned with."""
-    long_records: Literal["truncate", "error"] = "truncate"
+    long_records: Literal["truncate", "error"]
     """Responses longer than allowed_max_length with their prompt: cut the prompt (input first, then
     instruction, then the response's end) and count them as cut_records, or stop with an error."""
     max_new_tokens: int = Field(ge=1)

@@ -14,7 +14,8 @@ from tests.pipelines.conftest import ran_stages, run
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["download", "tokenize", "pretrain", "finetune_classifier", "finetune_instruct", "evaluate"]
+STAGES = ["download", "tokenize", "pretrain", "finetune_classifier", "finetune_instruct", "finetune_preference",
+          "evaluate"]
 FILES = {"corpus": "the-verdict.txt", "classification": "sms+spam+collection.zip",
          "instructions": "instruction-data.json", "preferences": "instruction-data-with-preference.json"}
 
@@ -25,6 +26,8 @@ TINY = {
     "finetune_classifier": {"epochs": 1, "batch_size": 32, "eval_interval": 20, "max_length": 32},
     "finetune_instruct": {"epochs": 1, "batch_size": 16, "eval_interval": 20, "allowed_max_length": 64,
                           "max_new_tokens": 4},
+    "finetune_preference": {"epochs": 1, "batch_size": 16, "eval_interval": 20, "allowed_max_length": 64,
+                            "max_new_tokens": 4},
     "evaluate": {"val_batches": 2},
 }
 

@@ -58,6 +58,7 @@ def test_training_settings_from_the_params() -> None:
 
     params = shipped_params({"model": {"context_length": 64, "tie_embeddings": True, "vocab_multiple": 64},
                              "finetune_instruct": {"allowed_max_length": 64},
+                             "finetune_preference": {"allowed_max_length": 64},
                            "pretrain": {"batch_size": 4, "seq_len": 32, "global_batch_tokens": 512,
                                         "compile": True, "activation_checkpointing": True}})
     ctx = StageContext("pretrain", params, run=None)  # type: ignore[arg-type]

@@ -158,7 +158,8 @@ def test_a_preset_fills_the_architecture_fields_left_out_or_null():
     m = p.model
     assert (m.context_length, m.emb_dim, m.n_heads, m.n_layers, m.qkv_bias, m.drop_rate) == (1024, 768, 12, 12, True, 0.1)
     tiny = shipped_params({"model": {**ARCHITECTURE_NULLS, "preset": "tiny"},
-                           "finetune_instruct": {"allowed_max_length": 64}}).model
+                           "finetune_instruct": {"allowed_max_length": 64},
+                           "finetune_preference": {"allowed_max_length": 64}}).model
     assert (tiny.emb_dim, tiny.n_layers, tiny.context_length) == (64, 2, 64)
 
 
