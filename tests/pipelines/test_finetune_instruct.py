@@ -42,6 +42,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def run(**instruct: object) -> dict[str, float]:
     params = shipped_params({"model": {"context_length": CONTEXT},
+                             "finetune_preference": {"allowed_max_length": CONTEXT},
                              "finetune_instruct": {"epochs": 1, "batch_size": 8, "eval_interval": 2,
                                                    "max_new_tokens": 2, "mask_prompt": True, **instruct}})
     return finetune.fn(StageContext("finetune_instruct", params, NoTracking()))
