@@ -87,15 +87,16 @@ def test_lora_saves_its_adapter_and_trains_only_adapters(project: Path) -> None:
     assert metrics["val_reward_margin"] > 0
 
 
-def test_a_crashed_run_resumes_to_the_weights_of_an_uninterrupted_one(project: Path,
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_a_crashed_run_resumes_to_the_weights_of_an_uninterrupted_one(project: Path, method: str,
                                                                      caplog: pytest.LogCaptureFixture) -> None:
-    run(method="full", checkpoint_interval=1, keep_checkpoints=2)
+    run(method=method, checkpoint_interval=1, keep_checkpoints=2)
     uninterrupted = load_file(str(layout.PREFERENCE_MODEL / "model.safetensors"))
     newest = max(layout.PREFERENCE_CHECKPOINTS.iterdir())
     shutil.rmtree(newest)  # as if the run had died before its last step
     shutil.rmtree(layout.PREFERENCE_MODEL)
     with caplog.at_level("INFO", logger="gptpipe.train"):
-        metrics = run(method="full", checkpoint_interval=1, keep_checkpoints=2)
+        metrics = run(method=method, checkpoint_interval=1, keep_checkpoints=2)
     assert f"resuming training from {min(layout.PREFERENCE_CHECKPOINTS.iterdir())}" in caplog.text
     resumed = load_file(str(layout.PREFERENCE_MODEL / "model.safetensors"))
     assert metrics["steps"] == 2 * math.ceil(34 / 8)
