@@ -19,8 +19,8 @@ from model.gpt import GPTModel
 from pipelines.evaluate import evaluate_preference
 from pipelines.finetune_preference import finetune
 from pipelines.stage import NoTracking, StageContext
-from steps.config import Params
 from steps import layout
+from steps.config import Params
 from steps.data.builtin_data import generate_preferences
 from steps.tasks.instruction import format_prompt
 from steps.tokenization.tokenizer import train_bpe
