@@ -163,7 +163,7 @@ def fit_sweep(params, target_flops: float | None, samples: int) -> str:
                        f"{params.tracking.experiment!r}: run `gptpipe scaling sweep` first")
     fit = bootstrap(runs, samples=samples)
     optima = isoflop_optima(runs)
-    rec = recommend(fit, runs, target_flops or 100 * max(r.flops for r in runs))
+    rec = recommend(fit, runs, optima, target_flops or 100 * max(r.flops for r in runs))
     paths = write_report(layout.REPORTS / "scaling", fit, runs, optima, rec)
     law = fit.law
     with stage_run("scaling_fit", params={"sweep": key, "runs": len(runs), "samples": samples,
@@ -184,5 +184,7 @@ def fit_sweep(params, target_flops: float | None, samples: int) -> str:
         f"({rec.ours.tokens_per_param:.1f} tokens per parameter); published: "
         + "; ".join(f"{a.law} {a.params:,.0f}" for a in rec.published),
         f"  {rec.stretch:,.0f}x the sweep's largest budget" if rec.stretch > 1 else "  within the sweep's budgets",
+        *([f"  warning: the sweep does not bracket the optimum ({rec.unbracketed}): this allocation is not a "
+           "recommendation; see the report"] if rec.unbracketed else []),
         f"report: {paths['markdown']} (picture {paths['plot']})",
     ])

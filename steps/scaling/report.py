@@ -23,13 +23,38 @@ class Recommendation:
     published: list[Allocation]
     stretch: float
     """target / the sweep's largest budget: 1 is inside the sweep; 100 is two decades of extrapolation."""
+    unbracketed: str | None = None
+    """Why the sweep does not bracket the optimum (so the fit's allocation is not to be trusted), or None."""
 
 
-def recommend(fit: Fit, runs: Sequence[Run], target_flops: float) -> Recommendation:
+def recommend(fit: Fit, runs: Sequence[Run], optima: Sequence[IsoFlopOptimum],
+              target_flops: float) -> Recommendation:
     largest = max(r.flops for r in runs)
     return Recommendation(target_flops, fit.law.optimum(target_flops),
                           [law.optimum(target_flops) for law in (KAPLAN, CHINCHILLA, CHINCHILLA_REFIT)],
-                          target_flops / largest)
+                          target_flops / largest, unbracketed(fit, runs, optima))
+
+
+def unbracketed(fit: Fit, runs: Sequence[Run], optima: Sequence[IsoFlopOptimum]) -> str | None:
+    """Why the sweep cannot pin the optimum, or None: every budget's best run is its smallest (or
+    largest) size, an isoFLOP minimum lies outside the sizes run, or the fit puts the largest
+    budget's optimum outside the sizes swept. The fit then extrapolates its N term from one side."""
+    smallest, biggest = min(r.params for r in runs), max(r.params for r in runs)
+    reasons = []
+    budgets = sorted({r.flops for r in runs})
+    groups = [[r for r in runs if r.flops == f] for f in budgets]
+    edge = [g for g in groups if min(g, key=lambda r: r.loss).params in (min(r.params for r in g),
+                                                                          max(r.params for r in g))]
+    if len(edge) == len(groups):
+        reasons.append("every budget's best run is at the edge of the sizes run")
+    missed = [o for o in optima if not o.inside]
+    if missed:
+        reasons.append(f"{len(missed)} of {len(optima)} isoFLOP minima fall outside the sizes run")
+    at_largest = fit.law.optimum(max(r.flops for r in runs)).params
+    if not smallest <= at_largest <= biggest:
+        reasons.append(f"the fit's optimum at the largest budget ({at_largest:,.0f} parameters) lies outside "
+                       f"the sizes swept ({smallest:,.0f} to {biggest:,.0f})")
+    return "; ".join(reasons) or None
 
 
 def write_report(folder: Path, fit: Fit, runs: Sequence[Run], optima: Sequence[IsoFlopOptimum],
@@ -51,7 +76,7 @@ def figures(fit: Fit, runs: Sequence[Run], optima: Sequence[IsoFlopOptimum], rec
         "intervals": {k: [v.low, v.high] for k, v in fit.intervals.items()}, "level": fit.level,
         "runs": [{"params": r.params, "tokens": r.tokens, "loss": r.loss, "flops": r.flops} for r in runs],
         "isoflop_optima": [{"flops": o.flops, "params": o.params, "loss": o.loss, "inside": o.inside} for o in optima],
-        "target": {"flops": rec.flops, "stretch": rec.stretch,
+        "target": {"flops": rec.flops, "stretch": rec.stretch, "unbracketed": rec.unbracketed,
                    "laws": [{"law": a.law, "params": a.params, "tokens": a.tokens, "tokens_per_param": a.tokens_per_param}
                             for a in (rec.ours, *rec.published)]},
     }
@@ -101,6 +126,10 @@ def markdown(fit: Fit, runs: Sequence[Run], optima: Sequence[IsoFlopOptimum], re
     lines += [
         "",
         _stretch_sentence(rec),
+        *([f"**The sweep does not bracket the optimum** ({rec.unbracketed}): the fitted allocation is an "
+           "extrapolation of one side of the curve and not a recommendation. Sweep smaller models (a smaller "
+           "vocabulary or width) or larger budgets until each budget's best size has a worse one on both sides.",
+           ""] if rec.unbracketed else []),
         "Kaplan's N leaves out the embeddings; the others count every parameter. The published laws were fitted to "
         "far larger models and other corpora: they say how to split compute, not what loss this corpus reaches.",
         "",

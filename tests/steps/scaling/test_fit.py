@@ -76,3 +76,15 @@ def test_too_few_runs_or_one_size_is_a_clear_error():
     one_size = [Run(1e6, 1e8 * (i + 1), 3.0 - 0.1 * i, 6e14 * (i + 1)) for i in range(6)]
     with pytest.raises(FitError, match="same model size"):
         fit_law(one_size)
+
+
+def test_a_sweep_that_misses_the_optimum_is_flagged_and_one_that_brackets_it_is_not():
+    from steps.scaling.report import recommend
+
+    runs = sweep(TRUE, noise=0.0, sizes=7)  # sizes from a third to three times each optimum
+    fit = bootstrap(runs, samples=5)
+    assert recommend(fit, runs, isoflop_optima(runs), 1e17).unbracketed is None
+    # Only sizes above each budget's optimum: the best run is always the smallest one swept.
+    above = [r for r in runs if r.params > TRUE.optimum(r.flops).params * 1.2]
+    flagged = recommend(bootstrap(above, samples=2), above, isoflop_optima(above), 1e17).unbracketed
+    assert flagged and "every budget's best run is at the edge of the sizes run" in flagged
