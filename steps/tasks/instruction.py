@@ -25,21 +25,29 @@ FIELDS = ("instruction", "input", "output")
 
 def read_instructions(path: str | Path) -> list[dict[str, str]]:
     """A JSON list of {instruction, input, output} records; errors name the record and field."""
+    data = read_text_records(path, FIELDS, "records")
+    for i, record in enumerate(data):
+        if not record["instruction"].strip():
+            raise ValueError(f"{path}: record {i}: field 'instruction' is empty")
+    return data
+
+
+def read_text_records(path: str | Path, fields: Sequence[str], what: str, fix: str = "") -> list[dict[str, str]]:
+    """A non-empty JSON list of objects whose `fields` are strings (a file `download` wrote); an error
+    names the record and field, followed by `fix`."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON: {err}") from None
     if not isinstance(data, list) or not data:
-        raise ValueError(f"{path}: expected a non-empty JSON list of records")
+        raise ValueError(f"{path}: expected a non-empty JSON list of {what}")
     for i, record in enumerate(data):
         if not isinstance(record, dict):
             raise ValueError(f"{path}: record {i} is not an object")
-        for name in FIELDS:
+        for name in fields:
             if not isinstance(record.get(name), str):
-                raise ValueError(f"{path}: record {i}: field {name!r} is missing or not a string")
-        if not record["instruction"].strip():
-            raise ValueError(f"{path}: record {i}: field 'instruction' is empty")
+                raise ValueError(f"{path}: record {i}: field {name!r} is missing or not a string{fix}")
     return data
 
 

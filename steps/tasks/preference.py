@@ -11,7 +11,6 @@ policy is tuned on the prompts the instruction model learned to answer.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from steps.tasks.instruction import (
     UnscorableRecords,
     collate,
     fit_records,
+    read_text_records,
 )
 from steps.training.train import Batch, BatchStream
 
@@ -42,21 +42,8 @@ def read_preferences(path: str | Path) -> list[dict[str, str]]:
     A pair whose responses are the same text is read as it is: download decides what becomes of
     those (`download.preferences.identical_pairs`; the book's file has a few). Its DPO loss is ln 2
     whatever the model, so it adds no gradient."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON: {err}") from None
-    if not isinstance(data, list) or not data:
-        raise ValueError(f"{path}: expected a non-empty JSON list of preference records")
-    for i, record in enumerate(data):
-        if not isinstance(record, dict):
-            raise ValueError(f"{path}: record {i} is not an object")
-        for name in FIELDS:
-            if not isinstance(record.get(name), str):
-                raise ValueError(f"{path}: record {i}: field {name!r} is missing or not a string; rerun the "
-                                 "download stage (dvc repro -f -s download) to rewrite the file")
-    return data
+    return read_text_records(path, FIELDS, "preference records",
+                             "; rerun the download stage (dvc repro -f -s download) to rewrite the file")
 
 
 Pair = tuple[tuple[list[int], int], tuple[list[int], int]]
