@@ -22,6 +22,7 @@ EXPECTED = {
     "pretrain": {"torch"},
     "finetune_classifier": {"torch"},
     "finetune_instruct": {"torch"},
+    "finetune_preference": {"torch"},
     "evaluate": {"torch"},
 }
 
