@@ -48,12 +48,14 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["download", "tokenize", "pretrain", "finetune_classifier", "finetune_instruct", "evaluate"]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere: the stage list comes from the project
+from pipelines import STAGES  # noqa: E402 - every stage of the pipeline, in order
 # --quick: each stage does a little of its work; the orchestration around it is unchanged.
 QUICK = {
     "pretrain": {"max_steps": 20, "eval_interval": 10, "eval_batches": 2, "sample_tokens": 8},
     "finetune_classifier": {"epochs": 1, "eval_interval": 20},
     "finetune_instruct": {"epochs": 1, "eval_interval": 20},
+    "finetune_preference": {"epochs": 1, "eval_interval": 20},
     "evaluate": {"val_batches": 5},
 }
 
