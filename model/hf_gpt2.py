@@ -282,17 +282,27 @@ def load_hf_state_dict(model: GPTModel, hf_state: Mapping[str, torch.Tensor], so
 
 def export_hf(model: GPTModel, folder: str | Path) -> Path:
     """Write `model.safetensors` + `config.json` that `GPT2LMHeadModel.from_pretrained(folder)` loads."""
+    require_lm_head(model, "GPT-2")
+    tied = is_tied(model)
+    return write_hf_folder(folder, to_hf_state_dict(model.state_dict(), model.cfg, tied),
+                           hf_config_from_gpt(model.cfg, tied))
+
+
+def require_lm_head(model: torch.nn.Module, family: str) -> None:
+    """Only a language model (an out_head over the vocabulary) has a Hugging Face causal-LM form."""
     head = model.out_head
     if not isinstance(head, torch.nn.Linear) or head.out_features < model.cfg.vocab_size:
-        raise ValueError("only a language model (out_head over the vocabulary) can be exported to GPT-2's format; "
-                         "this one has a task head")
+        raise ValueError(f"only a language model (out_head over the vocabulary) can be exported to {family}'s "
+                         "format; this one has a task head")
+
+
+def write_hf_folder(folder: str | Path, state: dict[str, torch.Tensor], config: dict[str, Any]) -> Path:
+    """`model.safetensors` (written atomically) and `config.json` in `folder`, as `save_pretrained` lays them out."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tied = is_tied(model)
-    state = to_hf_state_dict(model.state_dict(), model.cfg, tied)
     with atomic_path(folder / HF_SAFETENSORS) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
-    write_json(folder / HF_CONFIG, hf_config_from_gpt(model.cfg, tied))
+    write_json(folder / HF_CONFIG, config)
     return folder
 
 
@@ -305,7 +315,9 @@ def export_model_folder(src: str | Path, dest: str | Path) -> Path:
         raise ValueError(f"{src}: holds a {head.get('kind')} model; only a language model (e.g. models/pretrain "
                          "or models/instruct) can be exported to Hugging Face's format")
     if model.cfg.arch == "llama":
-        from model import hf_llama  # imported here: hf_llama builds on this module's folder helpers
+        from model import (
+            hf_llama,  # imported here: hf_llama builds on this module's folder helpers
+        )
 
         hf_llama.export_hf(model, dest)  # type: ignore[arg-type]
     else:

@@ -13,17 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
-from model.atomic import atomic_path, write_json
 from model.config import GPTConfig
 from model.hf_gpt2 import (
     HF_CONFIG,
-    HF_SAFETENSORS,
     HFFormatError,
+    is_tied,
     read_hf_config,
     read_hf_weights,
+    require_lm_head,
     weights_file,
+    write_hf_folder,
 )
 from model.llama import LlamaModel
 
@@ -207,15 +207,6 @@ def load_llama(folder: str | Path, drop_rate: float = 0.0) -> LlamaModel:
 
 def export_hf(model: LlamaModel, folder: str | Path) -> Path:
     """Write `model.safetensors` + `config.json` that `LlamaForCausalLM.from_pretrained(folder)` loads."""
-    head = model.out_head
-    if not isinstance(head, torch.nn.Linear) or head.out_features < model.cfg.vocab_size:
-        raise ValueError("only a language model (out_head over the vocabulary) can be exported to Llama's format; "
-                         "this one has a task head")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tied = model.out_head.weight is model.tok_emb.weight
-    cfg = replace(model.cfg, tie_embeddings=tied)
-    with atomic_path(folder / HF_SAFETENSORS) as tmp:
-        save_file(to_hf_state_dict(model.state_dict(), cfg), str(tmp), metadata={"format": "pt"})
-    write_json(folder / HF_CONFIG, hf_config_from_llama(cfg))
-    return folder
+    require_lm_head(model, "Llama")
+    cfg = replace(model.cfg, tie_embeddings=is_tied(model))
+    return write_hf_folder(folder, to_hf_state_dict(model.state_dict(), cfg), hf_config_from_llama(cfg))
