@@ -20,6 +20,7 @@ from model.hf_llama import (
     load_llama_files,
 )
 from model.llama import LlamaModel
+from tests.model.test_llama import llama_config as tiny_llama
 
 transformers = pytest.importorskip("transformers")
 
@@ -27,10 +28,10 @@ V = 101
 
 
 def llama_config(**changes) -> GPTConfig:
-    base = GPTConfig(vocab_size=V, context_length=32, emb_dim=48, n_heads=6, n_layers=2, drop_rate=0.0,
-                     qkv_bias=None, tie_embeddings=False, vocab_multiple=1, arch="llama", rope_theta=500_000.0,
-                     ffn_hidden=80, n_kv_heads=2, norm_eps=1e-5)
-    return replace(base, **changes)
+    """tests/model/test_llama.py's tiny llama, a little wider (6 query heads, 2 key/value heads) and with
+    Llama 3's rope_theta."""
+    return tiny_llama(**{"vocab_size": V, "context_length": 32, "emb_dim": 48, "n_heads": 6, "ffn_hidden": 80,
+                         "rope_theta": 500_000.0, **changes})
 
 
 def hf_model(cfg: GPTConfig, seed: int) -> torch.nn.Module:
