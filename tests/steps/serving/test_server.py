@@ -6,16 +6,12 @@ they get one at a time."""
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 import torch
-import uvicorn
 
 from model.generate import generate
 from steps.inference.classify import classify
@@ -24,6 +20,7 @@ from steps.inference.streaming import encode
 from steps.serving.app import Limits, chat_prompt, create_app
 from steps.serving.openai_api import ChatMessage
 from tests.steps.inference import tiny_models
+from tests.steps.serving.conftest import live_server
 
 openai = pytest.importorskip("openai", reason="the serving tests need the openai client (pip install -e '.[test]')")
 
@@ -53,20 +50,8 @@ def models(tmp_path_factory) -> dict[str, LoadedModel]:
 
 @pytest.fixture(scope="module")
 def base_url(models) -> Iterator[str]:
-    app = create_app(list(models.values()), LIMITS)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))  # a free port, held from here on: no race with other processes
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(timeout=30)
-    sock.close()
+    with live_server(create_app(list(models.values()), LIMITS)) as url:
+        yield url
 
 
 @pytest.fixture
