@@ -3,9 +3,14 @@
 import functools
 import os
 import socket
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import (
+    BaseHTTPRequestHandler,
+    SimpleHTTPRequestHandler,
+    ThreadingHTTPServer,
+)
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -80,6 +85,22 @@ def shared_data() -> Path:
     if not (path / "book").is_dir():
         pytest.skip(f"{path} is absent (the book's data lives beside the checkout)")
     return path
+
+
+def apt_install_for_ci(install: list[str]) -> None:
+    """Run `apt-get update`, then `install` (an `apt-get install -y ...` line, after sudo unless root),
+    non-interactively: how the tests get a Debian package they need when CI is set. A failure skips
+    the test with the command and its error."""
+    apt = install[:install.index("install")]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    # A fresh CI image may have no package lists yet.
+    for cmd in ([*apt, "update"], [*install, "--no-install-recommends"]):
+        try:
+            proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=900)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            pytest.skip(f"CI is set but `{' '.join(cmd)}` could not run: {err}")
+        if proc.returncode != 0:
+            pytest.skip(f"CI is set but `{' '.join(cmd)}` failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
 
 
 def free_port() -> int:

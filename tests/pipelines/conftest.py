@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines import prefect_server as prefect_server_module  # the fixture below is named prefect_server
-from tests.conftest import free_port
+from pipelines import (
+    prefect_server as prefect_server_module,  # the fixture below is named prefect_server
+)
+from tests.conftest import apt_install_for_ci, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -159,17 +161,7 @@ def postgres_bindir() -> Path:
 def _apt_install_postgres() -> None:
     from pipelines.team import postgres
 
-    install = postgres.install_command()  # apt-get install -y postgresql, after sudo unless root
-    apt = install[:install.index("install")]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    # A fresh CI image may have no package lists yet.
-    for cmd in ([*apt, "update"], [*install, "--no-install-recommends"]):
-        try:
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-        except (OSError, subprocess.TimeoutExpired) as err:
-            pytest.skip(f"CI is set but `{' '.join(cmd)}` could not run: {err}")
-        if proc.returncode != 0:
-            pytest.skip(f"CI is set but `{' '.join(cmd)}` failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    apt_install_for_ci(postgres.install_command())  # apt-get install -y postgresql, after sudo unless root
 
 
 @pytest.fixture(scope="module")

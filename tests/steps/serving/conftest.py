@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+
+from tests.conftest import apt_install_for_ci
 
 BROWSER_PACKAGES = ["chromium", "chromium-driver"]
 
@@ -59,15 +60,7 @@ def apt_get(*args: str) -> list[str]:
 
 
 def _apt_install_chromium() -> None:
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    # A fresh CI image may have no package lists yet.
-    for cmd in (apt_get("update"), apt_get("install", "-y", "--no-install-recommends", *BROWSER_PACKAGES)):
-        try:
-            proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=900)
-        except (OSError, subprocess.TimeoutExpired) as err:
-            pytest.skip(f"CI is set but `{' '.join(cmd)}` could not run: {err}")
-        if proc.returncode != 0:
-            pytest.skip(f"CI is set but `{' '.join(cmd)}` failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    apt_install_for_ci(apt_get("install", "-y", *BROWSER_PACKAGES))
 
 
 @pytest.fixture(scope="session")
