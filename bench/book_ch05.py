@@ -8,8 +8,8 @@ re-implementation of the book's model and `train_model_simple` loop, back to bac
 Our side: a temporary copy of the project (bench/overhead.py's copy and set-up), `gptpipe profile
 book`, the corpus and the GPT-2 BPE files pointed at ../shared/data (served from loopback, so the
 profile's pinned URLs and checksums are kept), then `dvc repro pretrain`. Its figures are the
-stage's own (reports/pretrain.json: tokens seen, tokens/s of the training loop; the loss curve
-of reports/plots/pretrain/loss.csv), not the process's wall time, which includes start-up.
+stage's own (reports/pretrain.json: steps, tokens seen, losses; reports/timings/pretrain.json:
+tokens/s of the training loop; the loss curve of reports/plots/pretrain/loss.csv), not the process's wall time, which includes start-up.
 
 The book's side is written here from the book's description (not its code): GPT_CONFIG_124M as
 plain modules (attention with a causal mask buffer, LayerNorm with scale and shift, tanh GELU,
@@ -434,20 +434,28 @@ def book_project(work: Path, env: dict[str, str], url: str, steps: int | None) -
     if steps is not None:
         params["pretrain"]["max_steps"] = steps
         if params["pretrain"].get("epochs") is not None:
-            params["pretrain"]["epochs"] = None  # max_steps counts instead of the epochs
+            # Epochs count whole passes, max_steps any number of steps, and the stage takes exactly
+            # one: the short check reads random windows on our side (the book's side stops at step N).
+            params["pretrain"]["epochs"] = None
+            print(f"--steps {steps}: ours trains on random windows (pretrain.epochs counts whole epochs only)")
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def run_ours(work: Path, env: dict[str, str], log_path: Path) -> dict:
     """`dvc repro pretrain` in the copy; the stage's own figures."""
-    from steps import layout
-
     with log_path.open("w") as log:
         code = subprocess.run(["dvc", "repro", "pretrain"], cwd=work, env=env, stdout=log,
                               stderr=subprocess.STDOUT, text=True, check=False).returncode
     output = log_path.read_text()
     if code != 0:
         raise RuntimeError(f"dvc repro pretrain failed ({code}); the end of {log_path}:\n{output[-6000:]}")
+    return stage_figures(work, output)
+
+
+def stage_figures(work: Path, output: str) -> dict:
+    """The pretrain stage's own figures in project `work`; its samples from the log `output`."""
+    from steps import layout
+
     metrics = json.loads((work / layout.metrics_file("pretrain")).read_text())
     timing = json.loads((work / layout.timings_file("pretrain")).read_text())
     curve = (work / layout.plots_dir("pretrain") / "loss.csv").read_text().splitlines()
@@ -455,7 +463,8 @@ def run_ours(work: Path, env: dict[str, str], log_path: Path) -> dict:
     val = [float(row.split(",")[header.index("val_loss")]) for row in curve[1:]
            if row.split(",")[header.index("val_loss")] not in ("", "nan")]
     samples = [line.split("sample: ", 1)[1] for line in output.splitlines() if "sample: " in line]
-    return {"tokens_per_s": metrics["tokens_per_s"], "seconds": metrics["tokens_seen"] / metrics["tokens_per_s"],
+    speed = timing["tokens_per_s"]  # a timing: the stage keeps it beside its metrics, outside DVC
+    return {"tokens_per_s": speed, "seconds": metrics["tokens_seen"] / speed,
             "steps": metrics["steps"], "tokens": metrics["tokens_seen"], "train_loss": metrics.get("train_loss"),
             "val_loss": metrics["val_loss"], "min_val_loss": min(val) if val else metrics["val_loss"],
             "sample": samples[-1] if samples else "", "compute_seconds": timing["compute_seconds"]}
@@ -476,7 +485,8 @@ def cpu_name() -> str:
 def table(results: dict[str, dict]) -> str:
     rows = [("tokens/s", "tokens_per_s", "{:.1f}"), ("training loop s", "seconds", "{:.1f}"),
             ("steps", "steps", "{}"), ("tokens", "tokens", "{:,}"), ("final train loss", "train_loss", "{:.3f}"),
-            ("final val loss", "val_loss", "{:.3f}"), ("lowest val loss", "min_val_loss", "{:.3f}")]
+            ("final val loss", "val_loss", "{:.3f}"), ("lowest val loss", "min_val_loss", "{:.3f}"),
+            ("stage computation s", "compute_seconds", "{:.1f}")]
     names = list(results)
     out = [f"{'':<18}" + "".join(f"{name:>14}" for name in names)]
     for label, key, fmt in rows:
