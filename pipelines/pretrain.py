@@ -18,6 +18,7 @@ import json
 import logging
 import shutil
 
+import numpy as np
 import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -36,6 +37,8 @@ from steps.data.fetch import default_cache_dir, transient_fetch_failure
 from steps.evaluation import plots
 from steps.hashing import sha256_file
 from steps.tasks.language_modeling import (
+    epoch_batches,
+    epoch_windows,
     fixed_windows,
     lm_loss,
     mean_loss,
@@ -127,13 +130,15 @@ def train_and_save(ctx: StageContext, dist: Distributed, device: torch.device) -
         log.info("sample: %s", text.replace("\n", " "))
         return {"val_loss": loss, "val_perplexity": perplexity(loss)}
 
-    settings = training_settings(ctx, model_cfg, device, dist.world_size)
+    settings = training_settings(ctx, model_cfg, device, dist.world_size,
+                                 max_steps=pretrain_steps(cfg, train_tokens, ctx_len))
     log.info("%d tokens per step (%d micro-batch(es) of %d x %d)%s%s", settings.accum_steps * cfg.batch_size * ctx_len,
              settings.accum_steps, cfg.batch_size, ctx_len, ", compiled" if settings.compile else "",
              ", activation checkpointing" if settings.activation_checkpointing else "")
     # A function of the micro-batch number, so that a resumed run continues the same batch stream;
     # each rank reads its own rows of every global micro-batch of cfg.batch_size.
-    batches: BatchStream = functools.partial(random_windows, train_tokens, cfg.batch_size, ctx_len, ctx.params.seed,
+    windows = random_windows if cfg.epochs is None else epoch_windows
+    batches: BatchStream = functools.partial(windows, train_tokens, cfg.batch_size, ctx_len, ctx.params.seed,
                                              rows=dist.shard(cfg.batch_size))
     result = train(model, batches, lm_loss, settings, device, amp, evaluate, on_metrics=ctx.run.log_metrics,
                    desc="pretrain", checkpoints=checkpoint_settings(ctx, model_cfg), dist=dist)
@@ -174,18 +179,38 @@ def train_and_save(ctx: StageContext, dist: Distributed, device: torch.device) -
     return summary
 
 
-def training_settings(ctx: StageContext, model_cfg: GPTConfig, device: torch.device, world_size: int = 1) -> TrainSettings:
+def pretrain_steps(cfg: PretrainConfig, train_tokens: np.ndarray, seq_len: int) -> int:
+    """Optimizer steps of the run: max_steps, or epochs x the optimizer steps of one epoch (with
+    gradient accumulation, an epoch's micro-batches beyond a whole number of steps are not read)."""
+    if cfg.epochs is None:
+        assert cfg.max_steps is not None  # the config holds exactly one of the two
+        return cfg.max_steps
+    micro_batches = epoch_batches(train_tokens, cfg.batch_size, seq_len)
+    accum = cfg.accumulation_steps(seq_len)
+    if micro_batches < accum:
+        raise ValueError(f"one epoch of the training split is {micro_batches} batch(es) of {cfg.batch_size} x "
+                         f"{seq_len} tokens, fewer than the {accum} of one optimizer step "
+                         "(pretrain.global_batch_tokens): lower global_batch_tokens or use max_steps")
+    return cfg.epochs * (micro_batches // accum)
+
+
+def training_settings(ctx: StageContext, model_cfg: GPTConfig, device: torch.device, world_size: int = 1,
+                      max_steps: int | None = None) -> TrainSettings:
     """The loop's settings: the optimizer params plus accumulation, compile, recomputation and MFU.
+    `max_steps`: the run's steps when pretrain.epochs sets them (see `pretrain_steps`).
 
     The loop counts the tokens of every process, so MFU is quoted against the peak of all of them."""
     cfg = ctx.params.pretrain
+    steps = max_steps if max_steps is not None else cfg.max_steps
+    if steps is None:
+        raise ValueError("pretrain.epochs sets the step count from the token files: pass max_steps (pretrain_steps)")
     seq_len = ctx.params.pretrain_seq_len
     peak = cfg.peak_flops or default_peak_flops(device)
     if peak is None and device.type == "cuda":
         log.warning("no peak FLOP/s known for %s: set pretrain.peak_flops to log MFU",
                     torch.cuda.get_device_name(device))
     return dataclasses.replace(
-        TrainSettings.from_config(cfg, cfg.max_steps),
+        TrainSettings.from_config(cfg, steps),
         accum_steps=cfg.accumulation_steps(seq_len), compile=cfg.compile,
         activation_checkpointing=cfg.activation_checkpointing,
         flops_per_token=flops_per_token(model_cfg, seq_len), peak_flops=peak * world_size if peak else None)

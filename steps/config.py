@@ -342,7 +342,20 @@ class OptimConfig(Section):
     warmup_steps: int = Field(ge=0)
     """Steps of linear warmup from 0 to lr."""
     weight_decay: float = Field(ge=0.0)
-    """AdamW weight decay, applied to matrices only (not to biases, norms)."""
+    """AdamW weight decay, applied to the parameters `decay` names."""
+    decay: Literal["matrices", "all"]
+    """Which parameters weight decay shrinks: `matrices` (GPT-2, nanoGPT: not biases, norms or
+    other vectors) or `all` (the book, which passes every parameter to AdamW)."""
+    betas: list[float] = Field(min_length=2, max_length=2)
+    """AdamW's decay rates of its gradient mean and variance estimates, [beta1, beta2]: the
+    book keeps PyTorch's [0.9, 0.999]; GPT-3 and most LLM recipes take [0.9, 0.95]."""
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, betas: list[float]) -> list[float]:
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"each of betas must be at least 0 and below 1, got {list(betas)}")
+        return betas
     grad_clip: float = Field(ge=0.0)
     """Clip the global gradient norm to this value; 0 turns clipping off."""
     eval_interval: int = Field(ge=1)
@@ -355,8 +368,14 @@ class OptimConfig(Section):
 
 
 class PretrainConfig(OptimConfig):
-    max_steps: int = Field(ge=0)
-    """Optimizer steps of pretraining (0 with `init_from`: import, evaluate and save the weights)."""
+    max_steps: int | None = Field(ge=0)
+    """Optimizer steps of pretraining, each on batch_size windows at random offsets of the
+    training split (0 with `init_from`: import, evaluate and save the weights); null when
+    `epochs` is set instead."""
+    epochs: int | None = Field(ge=1)
+    """Train for this many passes over the training split cut into fixed windows of seq_len
+    tokens (stride seq_len), in a new order every epoch and the last partial batch dropped: the
+    book's chapter-5 data loader. null = `max_steps` random windows. Set exactly one of the two."""
     init_from: str | None
     """Start from GPT-2 weights in Hugging Face's format instead of random ones: a local folder
     holding `config.json` and `model.safetensors` (or `pytorch_model.bin`), or a hub name (`gpt2`,
@@ -409,6 +428,14 @@ class PretrainConfig(OptimConfig):
     gradients; fsdp (FSDP2 `fully_shard`, one unit per transformer block) shards weights, gradients
     and optimizer state across processes, for a model too large for one device. Unused with one
     process."""
+
+    @model_validator(mode="after")
+    def _one_length(self) -> "PretrainConfig":
+        if (self.max_steps is None) == (self.epochs is None):
+            raise ValueError("set exactly one of pretrain.max_steps (steps of random windows) and pretrain.epochs "
+                             f"(passes over fixed windows, the book's way); got max_steps {self.max_steps} and "
+                             f"epochs {self.epochs}: make the other null")
+        return self
 
     @model_validator(mode="after")
     def _batch_splits_across_processes(self) -> "PretrainConfig":

@@ -95,6 +95,8 @@ def plan_for(flops: float, params: Params) -> Plan:
     cfg = params.model.gpt_config(vocab)
     plan = make_plan(flops, cfg, seq_len, tokens_per_step)
     steps = params.pretrain.max_steps
+    if steps is None:  # pretrain.epochs: the step count depends on the token files, not known here
+        return plan
     current = CurrentRun(cfg, steps, flops_per_token(cfg, seq_len) * steps * tokens_per_step)
     return dataclasses.replace(plan, current=current)
 

@@ -40,6 +40,37 @@ def random_windows(
         yield _windows(tokens, starts[rows], context)
 
 
+def epoch_batches(tokens: np.ndarray, batch_size: int, context: int) -> int:
+    """Batches per epoch of `epoch_windows`: the split's whole windows, the last partial batch dropped."""
+    windows = (len(tokens) - 1) // context
+    if windows < batch_size:
+        raise ValueError(f"only {len(tokens)} training tokens: {windows} window(s) of {context} tokens, fewer than "
+                         f"one batch of {batch_size}; use a larger corpus, a smaller seq_len or batch_size")
+    return windows // batch_size
+
+
+def epoch_windows(
+    tokens: np.ndarray, batch_size: int, context: int, seed: int, start: int = 0, *, rows: slice = slice(None)
+) -> Iterator[Batch]:
+    """Endless epochs over the split cut into fixed windows (the book's chapter-5 data loader).
+
+    Windows start every `context` tokens (stride = length: each token is read once per epoch);
+    each epoch visits them in a new order and drops the last partial batch, as a shuffling
+    DataLoader with drop_last does. Epoch e's order comes from a generator seeded with (seed, e),
+    so batch n is a pure function of n and a resumed run from `start` reads what an uninterrupted
+    run reads. `rows`: a distributed rank's share of each batch, as in `random_windows`.
+    """
+    per_epoch = epoch_batches(tokens, batch_size, context)
+    n_windows = (len(tokens) - 1) // context
+    epoch_of_order, order = -1, np.empty(0, dtype=np.int64)
+    for index in itertools.count(start):
+        epoch, position = divmod(index, per_epoch)
+        if epoch != epoch_of_order:  # one shuffle per epoch, not per batch
+            epoch_of_order, order = epoch, np.random.default_rng([seed, epoch]).permutation(n_windows)
+        starts = order[position * batch_size:(position + 1) * batch_size] * context
+        yield _windows(tokens, starts[rows], context)
+
+
 def fixed_windows(tokens: np.ndarray, batch_size: int, context: int, max_batches: int) -> list[Batch]:
     """Evenly spaced, non-overlapping windows: the same validation set at every evaluation.
 

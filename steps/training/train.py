@@ -58,7 +58,7 @@ LossFn = Callable[[nn.Module, Batch], tuple[torch.Tensor, int] | tuple[torch.Ten
 named scalar metrics of the step (e.g. DPO's reward margin): the loop reports their mean over the
 logging window beside train_loss, as `train_<name>`."""
 EvalFn = Callable[[nn.Module], dict[str, float]]
-"""model -> validation metrics, e.g. {"val_loss": ...}; called in eval mode without grad."""
+"""model -> validation metrics, e.g. {"val_loss": ...}; called in eval mode under torch.inference_mode."""
 MetricsFn = Callable[[dict[str, float], int], None]
 """(metrics, step) -> None: where metrics leave the loop (e.g. to MLflow)."""
 
@@ -77,6 +77,10 @@ class TrainSettings:
     min_lr_ratio: float = 0.1
     warmup_steps: int = 0
     weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW's moment decay rates (beta1, beta2)."""
+    decay: str = "matrices"
+    """Which parameters weight decay shrinks: `matrices` (weights of 2+ dimensions) or `all`."""
     grad_clip: float = 1.0
     eval_interval: int = 50
     log_interval: int = 10
@@ -100,7 +104,8 @@ class TrainSettings:
     def from_config(cls, cfg: OptimConfig, max_steps: int) -> "TrainSettings":
         """The loop's settings from any stage's optimizer params."""
         return cls(max_steps=max_steps, lr=cfg.lr, min_lr_ratio=cfg.min_lr_ratio, warmup_steps=cfg.warmup_steps,
-                   weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, eval_interval=cfg.eval_interval)
+                   weight_decay=cfg.weight_decay, betas=(cfg.betas[0], cfg.betas[1]), decay=cfg.decay,
+                   grad_clip=cfg.grad_clip, eval_interval=cfg.eval_interval)
 
 
 @dataclass
@@ -150,17 +155,23 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def make_optimizer(model: nn.Module, s: TrainSettings, device: torch.device) -> torch.optim.AdamW:
-    """AdamW that decays matrices only: decaying norms and biases only hurts (GPT-2, nanoGPT)."""
+    """AdamW; with `decay: matrices` norms and biases are not decayed (decaying them only hurts:
+    GPT-2, nanoGPT); `decay: all` decays every parameter, as the book's `AdamW(params, ...)` does."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: every parameter is frozen")
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": s.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
+    if s.decay == "all":
+        groups = [{"params": params, "weight_decay": s.weight_decay}]
+    elif s.decay == "matrices":
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": s.weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+    else:
+        raise ValueError(f"unknown decay {s.decay!r}: use matrices or all")
     # Fused: one kernel updates every parameter (CUDA, and CPU since torch 2.4) instead of a
     # handful of ops per tensor.
-    return torch.optim.AdamW(groups, lr=s.lr, betas=(0.9, 0.95), fused=fused_adamw_supported(device))
+    return torch.optim.AdamW(groups, lr=s.lr, betas=s.betas, fused=fused_adamw_supported(device))
 
 
 def lr_factor(step: int, s: TrainSettings) -> float:
@@ -234,7 +245,9 @@ def train(
         if evaluate is None:
             return {}
         model.eval()
-        with torch.no_grad(), autocast():
+        # Inference mode: no autograd bookkeeping at all (cheaper than no_grad); the training
+        # precision, so that validation measures the model as it trains.
+        with torch.inference_mode(), autocast():
             metrics = evaluate(model)
         model.train()
         for name, value in metrics.items():

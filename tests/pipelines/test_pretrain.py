@@ -72,3 +72,20 @@ def test_training_settings_from_the_params() -> None:
     given = shipped_params({"pretrain": {"peak_flops": 2.0e12}})
     ctx = StageContext("pretrain", given, run=None)  # type: ignore[arg-type]
     assert training_settings(ctx, ctx.params.model.gpt_config(500), torch.device("cpu")).peak_flops == 2.0e12
+
+
+def test_pretrain_steps_count_epochs_of_whole_batches() -> None:
+    from pipelines.pretrain import pretrain_steps
+
+    train_tokens = np.zeros(18 * 256 + 40, dtype=np.uint16)  # 18 whole 256-token windows, like the-verdict's split
+    by_steps = shipped_params({"pretrain": {"max_steps": 7}}).pretrain
+    assert pretrain_steps(by_steps, train_tokens, 256) == 7
+    book = shipped_params({"pretrain": {"max_steps": None, "epochs": 10, "batch_size": 2}}).pretrain
+    assert pretrain_steps(book, train_tokens, 256) == 90  # the book's 10 epochs of 9 batches of 2
+    accumulated = shipped_params({"pretrain": {"max_steps": None, "epochs": 2, "batch_size": 4,
+                                               "global_batch_tokens": 2 * 4 * 256}}).pretrain
+    assert pretrain_steps(accumulated, train_tokens, 256) == 4  # 4 batches of 4 per epoch, 2 per step
+    too_big = shipped_params({"pretrain": {"max_steps": None, "epochs": 1, "batch_size": 2,
+                                           "global_batch_tokens": 20 * 2 * 256}}).pretrain
+    with pytest.raises(ValueError, match="fewer than the 20 of one optimizer step"):
+        pretrain_steps(too_big, train_tokens, 256)

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 
 from model.gpt import GPTModel
 from steps.tasks.language_modeling import (
+    epoch_batches,
+    epoch_windows,
     fixed_windows,
     lm_loss,
     mean_loss,
@@ -91,6 +93,36 @@ def test_random_windows_reach_the_last_token() -> None:
 def test_random_windows_too_short_raises(n: int) -> None:
     with pytest.raises(ValueError, match=rf"only {n} training tokens for a context of 8.*context_length"):
         next(random_windows(tokens(n), 2, 8, seed=0))
+
+
+def test_epoch_windows_visit_every_window_once_per_epoch_in_a_new_order() -> None:
+    data = tokens(8 * 10 + 5)  # 10 whole windows of 8 (+1 target token), a tail too short for an 11th
+    assert epoch_batches(data, 3, 8) == 3  # the last partial batch (one window) is dropped
+    batches = list(itertools.islice(epoch_windows(data, 3, 8, seed=1), 9))
+    for x, y in batches:
+        assert x.shape == y.shape == (3, 8) and torch.equal(y, x + 1)
+        assert set((x[:, 0] % 8).tolist()) == {0}  # windows start every 8 tokens (stride = length)
+    epochs = [torch.cat([x[:, 0] for x, _ in batches[e * 3:(e + 1) * 3]]).tolist() for e in range(3)]
+    for starts in epochs:
+        assert len(set(starts)) == 9 and set(starts) <= set(range(0, 80, 8))  # 9 distinct of the 10 windows
+    assert epochs[0] != epochs[1] != epochs[2]  # reshuffled every epoch
+
+
+def test_epoch_windows_restart_at_any_step_and_split_rows_across_ranks() -> None:
+    data = np.random.default_rng(0).integers(0, 50, size=400).astype(np.uint16)
+    whole = list(itertools.islice(epoch_windows(data, 4, 16, seed=3), 14))  # 6 batches per epoch: crosses two epochs
+    tail = list(itertools.islice(epoch_windows(data, 4, 16, seed=3, start=5), 9))
+    for (xa, ya), (xb, yb) in zip(whole[5:], tail):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    shards = [list(itertools.islice(epoch_windows(data, 4, 16, seed=3, rows=slice(r * 2, r * 2 + 2)), 14))
+              for r in range(2)]
+    for i, (x, _) in enumerate(whole):
+        assert torch.equal(torch.cat([shard[i][0] for shard in shards]), x)
+
+
+def test_epoch_windows_too_short_for_one_batch_raises() -> None:
+    with pytest.raises(ValueError, match="only 20 training tokens: 2 window.*fewer than one batch of 3.*seq_len"):
+        next(epoch_windows(tokens(20), 3, 8, seed=0))
 
 
 def test_fixed_windows_layout() -> None:

@@ -22,7 +22,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from model.checkpoint import WEIGHTS, fill_weights
 from model.gpt import GPTModel
-from steps.tasks.language_modeling import lm_loss, random_windows
+from steps.tasks.language_modeling import epoch_windows, lm_loss, random_windows
 from steps.training.checkpoints import (
     MANIFEST,
     STATE,
@@ -239,9 +239,9 @@ def evaluate(model: nn.Module) -> dict[str, float]:
     return {"val_loss": lm_loss(model, next(random_windows(TOKENS, 4, 16, seed=99)))[0].item(), "noise": noise}
 
 
-def stream_that_crashes(after: int):
+def stream_that_crashes(after: int, windows=random_windows):
     def batches(start: int) -> Iterator[Batch]:
-        for i, batch in enumerate(random_windows(TOKENS, 4, 16, seed=3, start=start)):
+        for i, batch in enumerate(windows(TOKENS, 4, 16, seed=3, start=start)):
             if i == after:
                 raise Crash
             yield batch
@@ -265,11 +265,15 @@ def stream(start: int) -> Iterator[Batch]:
     return random_windows(TOKENS, 4, 16, seed=3, start=start)
 
 
-def test_resumed_training_ends_bit_identical_to_an_uninterrupted_run(tmp_path: Path, caplog) -> None:
+@pytest.mark.parametrize("windows", [random_windows, epoch_windows])
+def test_resumed_training_ends_bit_identical_to_an_uninterrupted_run(tmp_path: Path, caplog, windows) -> None:
+    def stream(start: int) -> Iterator[Batch]:
+        return windows(TOKENS, 4, 16, seed=3, start=start)
+
     reference, ref_result = run(None, stream)
 
     with pytest.raises(Crash):
-        run(tmp_path, stream_that_crashes(after=14))  # dies during step 15; checkpoints at 4, 8, 12
+        run(tmp_path, stream_that_crashes(after=14, windows=windows))  # dies during step 15; checkpoints at 4, 8, 12
     assert steps_in(tmp_path) == [8, 12]
     with caplog.at_level(logging.INFO, logger="gptpipe.train"):
         resumed, result = run(tmp_path, stream, init_seed=7)  # other initial weights: all must come back

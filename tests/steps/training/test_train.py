@@ -67,10 +67,11 @@ def test_lr_factor_warmup_as_long_as_training() -> None:
 
 def test_settings_from_config() -> None:
     cfg = shipped_params({"pretrain": {"lr": 0.01, "min_lr_ratio": 0.2, "warmup_steps": 3, "weight_decay": 0.05,
-                                       "grad_clip": 0.5, "eval_interval": 7}}).pretrain
+                                       "decay": "all", "betas": [0.8, 0.99], "grad_clip": 0.5,
+                                       "eval_interval": 7}}).pretrain
     s = TrainSettings.from_config(cfg, max_steps=42)
     assert s == TrainSettings(max_steps=42, lr=0.01, min_lr_ratio=0.2, warmup_steps=3, weight_decay=0.05,
-                              grad_clip=0.5, eval_interval=7)
+                              decay="all", betas=(0.8, 0.99), grad_clip=0.5, eval_interval=7)
 
 
 # --- optimizer ------------------------------------------------------------------------------
@@ -91,6 +92,17 @@ def test_make_optimizer_decays_matrices_only() -> None:
     assert id(model.final_norm.weight) not in decay_ids
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
     assert opt.defaults["lr"] == 3e-4 and opt.defaults["betas"] == (0.9, 0.95)
+
+
+def test_make_optimizer_decay_all_and_betas_as_the_book() -> None:
+    model = GPTModel(CFG)
+    opt = make_optimizer(model, TrainSettings(max_steps=1, lr=3e-4, weight_decay=0.1, decay="all",
+                                              betas=(0.9, 0.999)), CPU)
+    (group,) = opt.param_groups  # every parameter decayed, as AdamW(model.parameters(), weight_decay=0.1)
+    assert group["weight_decay"] == 0.1 and group["betas"] == (0.9, 0.999)
+    assert len(group["params"]) == len(list(model.parameters()))
+    with pytest.raises(ValueError, match="unknown decay 'some': use matrices or all"):
+        make_optimizer(model, TrainSettings(max_steps=1, lr=3e-4, decay="some"), CPU)
 
 
 def test_weight_decay_applies_to_matrices_only_in_a_step() -> None:
