@@ -24,12 +24,21 @@ def test_explicit_precisions():
     assert hardware.autocast_dtype(cpu, "bf16") is torch.bfloat16
 
 
-def test_auto_precision_on_cpu_follows_amx(monkeypatch):
-    cpu = torch.device("cpu")
-    monkeypatch.setattr(hardware, "cpu_has_amx", lambda: True)
-    assert hardware.autocast_dtype(cpu, "auto") is torch.bfloat16
-    monkeypatch.setattr(hardware, "cpu_has_amx", lambda: False)
-    assert hardware.autocast_dtype(cpu, "auto") is None
+@pytest.mark.parametrize(("instructions", "expected"), [("amx_bf16", torch.bfloat16), ("avx512_bf16", torch.bfloat16),
+                                                        (None, None)])
+def test_auto_precision_on_cpu_follows_native_bf16(monkeypatch, instructions, expected):
+    monkeypatch.setattr(hardware, "cpu_bf16_instructions", lambda: instructions)
+    assert hardware.autocast_dtype(torch.device("cpu"), "auto") is expected
+
+
+def test_cpu_bf16_instructions_read_from_cpuinfo():
+    found = hardware.cpu_bf16_instructions()
+    try:
+        flags = open("/proc/cpuinfo").read().split()
+    except OSError:
+        flags = []
+    expected = "amx_bf16" if "amx_bf16" in flags else "avx512_bf16" if "avx512_bf16" in flags else None
+    assert found == expected
 
 
 def test_fp16_on_cpu_is_a_clear_error():
