@@ -9,14 +9,16 @@ Our side: a temporary copy of the project (bench/overhead.py's copy and set-up),
 book`, the corpus and the GPT-2 BPE files pointed at ../shared/data (served from loopback, so the
 profile's pinned URLs and checksums are kept), then `dvc repro pretrain`. Its figures are the
 stage's own (reports/pretrain.json: steps, tokens seen, losses; reports/timings/pretrain.json:
-tokens/s of the training loop; the loss curve of reports/plots/pretrain/loss.csv), not the process's wall time, which includes start-up.
+tokens/s of the training loop; reports/plots/pretrain/loss.csv: the loss curve), not the
+process's wall time, which includes start-up.
 
 The book's side is written here from the book's description (not its code): GPT_CONFIG_124M as
 plain modules (attention with a causal mask buffer, LayerNorm with scale and shift, tanh GELU,
 pre-LN blocks, PyTorch's default initialisation, a separate output head), fixed windows of
-`seq_len` tokens at stride `seq_len` over the first 90 % of the text's characters, a shuffled
-DataLoader, AdamW with PyTorch's default betas, evaluation every `eval_interval` steps on 5 train
-batches and the validation batches, a greedy 50-token sample at each epoch's end, in fp32. Its
+`seq_len` tokens at stride `seq_len` over the text's first 1 - tokenize.val_fraction of
+characters (90 %), a shuffled DataLoader, AdamW with PyTorch's default betas, evaluation every
+`eval_interval` steps on 5 train batches and the validation batches, a greedy 50-token sample at
+each epoch's end, in fp32. Its
 workload (model size, dropout, q/k/v bias, lr, weight decay, batch, window, steps, split) is read
 from the params.yaml the profile produced, so the two sides cannot drift apart; what only the
 book fixes (betas, decay of every parameter, eval_iter 5, 50-token greedy samples, seed 123) is a

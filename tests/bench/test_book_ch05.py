@@ -97,3 +97,31 @@ def test_the_loop_evaluates_every_eval_freq_steps_from_the_first_and_samples_eac
     other = BookGPT(TINY)
     stopped = train_simple(other, train, val, torch.optim.AdamW(other.parameters()), torch.device("cpu"), epochs=3, eval_freq=5, prompt="ab", tokenizer=CharTokenizer(), max_steps=4)
     assert stopped.steps == 4 and len(stopped.samples) == 2  # epoch 1's end, then the stop inside epoch 2
+
+
+def test_the_book_side_reads_its_workload_from_the_profiles_params(tmp_path) -> None:
+    import shutil
+
+    from bench.book_ch05 import ROOT, differences, workload
+    from steps.config import load_params
+    from steps.profiles import apply_profile
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    apply_profile("book", tmp_path / "params.yaml")
+    params = load_params(tmp_path / "params.yaml")
+    w = workload(params)
+    m = params.model
+    assert (w.model.emb_dim, w.model.n_heads, w.model.n_layers) == (m.emb_dim, m.n_heads, m.n_layers) == (768, 12, 12)
+    assert (w.model.drop_rate, w.model.qkv_bias) == (m.drop_rate, m.qkv_bias)
+    assert w.model.context_length == w.seq_len == params.pretrain_seq_len  # chapter 5's shortened context
+    cfg = params.pretrain
+    assert (w.lr, w.weight_decay, w.batch_size, w.eval_interval) == (cfg.lr, cfg.weight_decay, cfg.batch_size,
+                                                                     cfg.eval_interval)
+    assert w.val_fraction == params.tokenize.val_fraction
+
+
+    def with_precision(precision: str):
+        return params.model_copy(update={"pretrain": cfg.model_copy(update={"precision": precision})})
+
+    assert not any(line.startswith("pretrain.precision") for line in differences(with_precision("fp32")))
+    assert "pretrain.precision: 'bf16' (the book: 'fp32')" in differences(with_precision("bf16"))
