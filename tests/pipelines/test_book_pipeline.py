@@ -19,14 +19,18 @@ STAGES = ["download", "tokenize", "pretrain", "finetune_classifier", "finetune_i
 FILES = {"corpus": "the-verdict.txt", "classification": "sms+spam+collection.zip",
          "instructions": "instruction-data.json", "preferences": "instruction-data-with-preference.json"}
 
-# A model small enough for CI; the data, tokenizer and splits are the book's.
+# A model small enough for CI; the data, tokenizer and splits are the book's. With GPT-2's 50,257
+# tokens the finetuning stages' time goes into the output head's logits, one row per token: 40 tokens
+# a record (the alpaca prompt's fixed text is 29; longer records are cut, as 163 of 1,100 are at 64)
+# and no evaluation between the first and the last step make them about twice as fast.
 TINY = {
     "model": {"context_length": 64, "emb_dim": 32, "n_heads": 2, "n_layers": 1},
-    "pretrain": {"seq_len": None, "max_steps": 10, "batch_size": 4, "eval_interval": 5, "sample_tokens": 4},
+    "pretrain": {"seq_len": None, "max_steps": None, "epochs": 1, "batch_size": 4, "eval_interval": 5,
+                 "sample_tokens": 4},  # the profile's epoch iteration: 17 steps of 4 x 64 tokens
     "finetune_classifier": {"epochs": 1, "batch_size": 32, "eval_interval": 20, "max_length": 32},
-    "finetune_instruct": {"epochs": 1, "batch_size": 16, "eval_interval": 20, "allowed_max_length": 64,
+    "finetune_instruct": {"epochs": 1, "batch_size": 16, "eval_interval": 1000, "allowed_max_length": 40,
                           "max_new_tokens": 4},
-    "finetune_preference": {"epochs": 1, "batch_size": 16, "eval_interval": 20, "allowed_max_length": 64,
+    "finetune_preference": {"epochs": 1, "batch_size": 16, "eval_interval": 1000, "allowed_max_length": 40,
                             "max_new_tokens": 4},
     "evaluate": {"val_batches": 2},
 }
