@@ -63,6 +63,17 @@ def prefect_api(isolated_prefect_server, monkeypatch) -> str:
     return server.api_url
 
 
+@pytest.fixture(scope="module")
+def prefect_api_module(isolated_prefect_server) -> str:
+    """The session's local Prefect server for module-scoped fixtures (a process they start is told
+    the URL itself): its API URL. A module that serves a deployment on it needs no server of its own,
+    whose start costs seconds on a busy machine."""
+    from pipelines import prefect_server
+
+    server, _ = prefect_server.start(isolated_prefect_server)
+    return server.api_url
+
+
 @pytest.fixture(autouse=True)
 def prefect_api_url_restored():
     """A command run in-process (`main(["retrain"])`) points os.environ at a Prefect server, as its

@@ -27,16 +27,16 @@ TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
 @pytest.fixture(scope="module")
-def served(prefect_server, tmp_path_factory):
+def served(prefect_api_module, tmp_path_factory):
     """A tiny-params project copy and `python -m pipelines schedule` serving it; the deployment id."""
     work, env = make_project_copy(tmp_path_factory.mktemp("retrain") / "repo", lambda w, e: shrink_params(w))
-    env["PREFECT_API_URL"] = prefect_server
+    env["PREFECT_API_URL"] = prefect_api_module
     log = open(work.parent / "serve.log", "w")
     # `python -m` from the copy: its code, not the installed checkout's, runs the flows.
     proc = subprocess.Popen([sys.executable, "-m", "pipelines", "schedule", "--cron", CRON, "--name", DEPLOYMENT,
                              "--timezone", "UTC"], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deployment = _wait_for(lambda: _deployment(prefect_server), 120, proc, work.parent / "serve.log")
+        deployment = _wait_for(lambda: _deployment(prefect_api_module), 120, proc, work.parent / "serve.log")
         yield work, env, deployment
     finally:
         stop_process(proc)
@@ -107,7 +107,7 @@ def _registry(work: Path) -> MlflowClient:
 
 
 @pytest.fixture(scope="module")
-def broken_run(prefect_server, served, tmp_path_factory):
+def broken_run(prefect_api_module, served, tmp_path_factory):
     """A run of the deployment on a copy whose classification file lacks a label: download fails.
     Run first, so that the runs after it also show the concurrency slot was given back."""
 
@@ -117,17 +117,17 @@ def broken_run(prefect_server, served, tmp_path_factory):
                                                                         "path": "data/local/sms.jsonl"}}}})
 
     broken, _ = make_project_copy(tmp_path_factory.mktemp("broken") / "repo", bad_local_data)
-    return broken, _run_deployment(prefect_server, served[2], {"repo": str(broken)}, timeout=300)
+    return broken, _run_deployment(prefect_api_module, served[2], {"repo": str(broken)}, timeout=300)
 
 
 @pytest.fixture(scope="module")
-def first_run(prefect_server, served, broken_run):
-    return _run_deployment(prefect_server, served[2])
+def first_run(prefect_api_module, served, broken_run):
+    return _run_deployment(prefect_api_module, served[2])
 
 
 @pytest.fixture(scope="module")
-def second_run(prefect_server, served, first_run):
-    return _run_deployment(prefect_server, served[2], timeout=300)
+def second_run(prefect_api_module, served, first_run):
+    return _run_deployment(prefect_api_module, served[2], timeout=300)
 
 
 def test_the_deployment_has_the_cron_schedule_and_one_run_at_a_time(served):
@@ -149,7 +149,7 @@ def test_a_failing_stage_fails_the_flow_run_with_the_stages_error(broken_run):
     assert report["status"] == "failed" and "stage 'download' failed" in report["error"]
 
 
-def test_first_run_retrains_everything_registers_both_models_and_crowns_them(prefect_server, served, first_run):
+def test_first_run_retrains_everything_registers_both_models_and_crowns_them(prefect_api_module, served, first_run):
     work, _, _ = served
     assert first_run["state_type"] == "COMPLETED", first_run["state"]
     report = json.loads((work / "reports" / "retrain.json").read_text())
@@ -172,8 +172,8 @@ def test_first_run_retrains_everything_registers_both_models_and_crowns_them(pre
     needles = [f"MLflow run {report['runs']['pretrain']}", "gptpipe-classifier: registered version 1"]
     # Prefect ships logs from a worker that drains as the flow's process exits, after the final
     # state is set: the run can read COMPLETED a moment before its last lines arrive.
-    assert eventually(lambda: _has_lines(prefect_server, first_run["id"], needles)), \
-        _logs(prefect_server, first_run["id"])[-20:]
+    assert eventually(lambda: _has_lines(prefect_api_module, first_run["id"], needles)), \
+        _logs(prefect_api_module, first_run["id"])[-20:]
 
 
 def test_second_run_without_a_data_change_retrains_nothing_and_keeps_the_champion(served, first_run, second_run):
