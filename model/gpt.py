@@ -372,6 +372,16 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
 
+def reset_to_pytorch_defaults(model: nn.Module) -> None:
+    """Re-draw every layer's weights with PyTorch's own initialisation (nn.Embedding N(0, 1),
+    nn.Linear Kaiming-uniform with uniform biases, norms 1 and 0): the book's GPTModel keeps these,
+    as it defines no initialisation. Its embeddings then outweigh the blocks' first outputs by far in
+    the residual stream. A tied head and embedding share the matrix the head's Linear draws last."""
+    for module in model.modules():
+        if module is not model and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+
+
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Distinct parameters: a tied embedding/head matrix counts once."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -376,6 +376,10 @@ class PretrainConfig(OptimConfig):
     """Train for this many passes over the training split cut into fixed windows of seq_len
     tokens (stride seq_len), in a new order every epoch and the last partial batch dropped: the
     book's chapter-5 data loader. null = `max_steps` random windows. Set exactly one of the two."""
+    init: Literal["gpt2", "pytorch"]
+    """How random weights are drawn (init_from null): `gpt2` = N(0, 0.02) weights and zero biases
+    (GPT-2, nanoGPT, Llama); `pytorch` = each layer's PyTorch default (embeddings N(0, 1), linear
+    layers Kaiming-uniform with small random biases), which the book's model keeps as it sets none."""
     init_from: str | None
     """Start from GPT-2 weights in Hugging Face's format instead of random ones: a local folder
     holding `config.json` and `model.safetensors` (or `pytorch_model.bin`), or a hub name (`gpt2`,

@@ -13,7 +13,7 @@ from typing import Any
 
 from model.checkpoint import new_model
 from model.config import GPTConfig
-from model.gpt import CausalLM
+from model.gpt import CausalLM, reset_to_pytorch_defaults
 from model.hf_gpt2 import (
     HF_CONFIG,
     HF_SAFETENSORS,
@@ -146,7 +146,10 @@ def initial_model(cfg: PretrainConfig, wanted: GPTConfig,
     weight files (default: `locate_weights` with the download cache); the pretrain flow passes
     a version that retries network errors."""
     if cfg.init_from is None:
-        return new_model(wanted), None  # the class of params.yaml's model.arch
+        model = new_model(wanted)  # the class of params.yaml's model.arch
+        if cfg.init == "pytorch":
+            reset_to_pytorch_defaults(model)
+        return model, None
     files = locate(cfg) if locate is not None else locate_weights(cfg, default_cache_dir())
     log.info("starting from %s (%s)", cfg.init_from, files.weights)
     return pretrained_model(cfg, wanted, files), files.provenance

@@ -156,3 +156,18 @@ def test_tied_or_padded_layouts_take_the_same_weights(hf_folder: Path, reference
     assert (model.out_head.weight is model.tok_emb.weight) == tie
     assert model.tok_emb.weight.size(0) == (128 if multiple == 64 else 101)
     logits_match(model, reference)
+
+
+def test_pytorch_init_draws_each_layers_default_as_the_books_model_gets_them() -> None:
+    torch.manual_seed(0)
+    gpt2, _ = initial_model(pretrain_cfg(), OURS)
+    torch.manual_seed(0)
+    book, _ = initial_model(pretrain_cfg(init="pytorch"), OURS)
+    assert gpt2.tok_emb.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    assert book.tok_emb.weight.std().item() == pytest.approx(1.0, rel=0.1)  # nn.Embedding: N(0, 1)
+    fan_in = OURS.emb_dim
+    bound = 1 / fan_in ** 0.5  # nn.Linear: Kaiming-uniform weights and biases within 1/sqrt(fan_in)
+    ff_in = book.trf_blocks[0].ff.layers[0]
+    assert ff_in.weight.abs().max().item() <= bound and ff_in.weight.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.2)
+    assert ff_in.bias.abs().max().item() > 0  # gpt2's init zeroes biases
+    assert torch.count_nonzero(gpt2.trf_blocks[0].ff.layers[0].bias) == 0
