@@ -26,7 +26,7 @@ FILES = {"corpus": "the-verdict.txt", "classification": "sms+spam+collection.zip
 TINY = {
     "model": {"context_length": 64, "emb_dim": 32, "n_heads": 2, "n_layers": 1},
     "pretrain": {"seq_len": None, "max_steps": None, "epochs": 1, "batch_size": 4, "eval_interval": 5,
-                 "sample_tokens": 4},  # the profile's epoch iteration: 17 steps of 4 x 64 tokens
+                 "sample_tokens": 4},  # the book's epoch iteration (pretrain.epochs): 17 steps of 4 x 64 tokens
     "finetune_classifier": {"epochs": 1, "batch_size": 32, "eval_interval": 20, "max_length": 32},
     "finetune_instruct": {"epochs": 1, "batch_size": 16, "eval_interval": 1000, "allowed_max_length": 40,
                           "max_new_tokens": 4},
