@@ -25,9 +25,9 @@ book fixes (betas, decay of every parameter, eval_iter 5, 50-token greedy sample
 constant below, and where our params choose otherwise the table says so.
 
 Tokens/s on both sides is tokens trained on / seconds of the training loop, evaluations and
-samples included (the book's loop does both inside it). The train loss is each side's own figure:
-the book's is the mean of 5 training batches in eval mode at its last evaluation, ours the mean
-training loss of the last logging window. The last line printed is one JSON object: speed_ratio
+samples included (the book's loop does both inside it). The train loss of both is the book's
+measure, the mean of 5 training batches in eval mode (ours from the saved model, after the run).
+A whole run also says whether each side's final losses land within BAND of the book's printed ones. The last line printed is one JSON object: speed_ratio
 (ours / book tokens/s), both final validation and train losses, the CPU and the load.
 """
 
@@ -350,7 +350,7 @@ def differences(params) -> list[str]:
     """Where our stage's params choose otherwise than the book's code: what the comparison is of."""
     cfg = params.pretrain.model_dump()
     book = {"min_lr_ratio": 1.0, "warmup_steps": 0, "grad_clip": 0.0, "betas": list(BOOK_BETAS), "decay": "all",
-            "init": "default", "precision": "fp32"}
+            "init": "pytorch", "precision": "fp32", "epochs": 10}
     found = [f"pretrain.{key}: {cfg[key]!r} (the book: {value!r})" for key, value in book.items()
              if key in cfg and _differs(cfg[key], value)]
     if params.model.context_length != params.pretrain_seq_len:
@@ -454,6 +454,36 @@ def run_ours(work: Path, env: dict[str, str], log_path: Path) -> dict:
     return stage_figures(work, output)
 
 
+def eval_mode_train_loss(work: Path, batch_size: int, seq_len: int) -> float:
+    """The trained model's loss on 5 batches of training windows in eval mode: the book's "Train
+    loss" (calc_loss_loader(train_loader, num_batches=5)), which the stage's own figure (the mean
+    training-mode loss, dropout on, of the last logging window) is not."""
+    import itertools
+
+    from model.checkpoint import load_model
+    from steps import layout
+    from steps.tasks.language_modeling import epoch_windows, mean_loss
+    from steps.tokenization.tokenizer import read_tokens
+
+    model, _ = load_model(work / layout.PRETRAIN_MODEL)
+    model.eval()
+    tokens = read_tokens(work / layout.TRAIN_BIN, model.cfg.vocab_size)
+    batches = list(itertools.islice(epoch_windows(tokens, batch_size, seq_len, 0), 5))
+    return mean_loss(model, batches, torch.device("cpu"))
+
+
+BOOK_FINAL = {"train_loss": 0.391, "val_loss": 6.452}
+"""The book's printed losses at its last evaluation (chapter 5: "Ep 10 (Step 000085): Train loss
+0.391, Val loss 6.452", after 86 of the 90 updates)."""
+BAND = {"train_loss": 0.6, "val_loss": 0.35}
+"""How far a full run's final losses may land from BOOK_FINAL: the book's own printings of this run
+differ by 0.37 (train 0.391 / 0.762) and 0.08 (val 6.452 / 6.372), and seeds move it further."""
+
+
+def in_band(result: dict) -> dict[str, bool]:
+    return {name: abs(result[name] - book) <= BAND[name] for name, book in BOOK_FINAL.items()}
+
+
 def stage_figures(work: Path, output: str) -> dict:
     """The pretrain stage's own figures in project `work`; its samples from the log `output`."""
     from steps import layout
@@ -545,6 +575,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"set-up (Prefect server, mlflow.db; outside the timing): {set_up(work, env):.1f} s", flush=True)
                 print("ours: dvc repro pretrain ...", flush=True)
                 results["ours"] = run_ours(work, env, tmp / "ours.log")
+                results["ours"]["train_loss"] = eval_mode_train_loss(work, params.pretrain.batch_size,
+                                                                     params.pretrain_seq_len)
         if args.only != "ours":
             results["book"] = run_book(params, args.steps)
     finally:
@@ -560,6 +592,13 @@ def main(argv: list[str] | None = None) -> int:
         summary.update({f"{name}_tokens_per_s": round(r["tokens_per_s"], 2), f"{name}_seconds": round(r["seconds"], 2),
                         f"{name}_val_loss": r["val_loss"], f"{name}_train_loss": r["train_loss"],
                         f"{name}_min_val_loss": r["min_val_loss"], f"{name}_steps": r["steps"]})
+    if args.steps is None:  # the whole run: do the final losses land where the book's did?
+        for name, r in results.items():
+            band = in_band(r)
+            summary[f"{name}_in_band"] = all(band.values())
+            print(f"{name}: final train loss {r['train_loss']:.3f}, val {r['val_loss']:.3f}; the book printed "
+                  f"{BOOK_FINAL['train_loss']} and {BOOK_FINAL['val_loss']} (bands +-{BAND['train_loss']}, "
+                  f"+-{BAND['val_loss']}): " + ", ".join(f"{k} {'in' if v else 'OUT OF'} band" for k, v in band.items()))
     if len(results) == 2:
         summary = {"speed_ratio": round(results["ours"]["tokens_per_s"] / results["book"]["tokens_per_s"], 3), **summary}
     print(json.dumps(summary))

@@ -17,6 +17,7 @@ from bench.book_ch05 import (
     LayerNorm,
     WindowDataset,
     book_loaders,
+    in_band,
     train_simple,
 )
 
@@ -125,3 +126,10 @@ def test_the_book_side_reads_its_workload_from_the_profiles_params(tmp_path) -> 
 
     assert not any(line.startswith("pretrain.precision") for line in differences(with_precision("fp32")))
     assert "pretrain.precision: 'bf16' (the book: 'fp32')" in differences(with_precision("bf16"))
+
+
+def test_the_band_is_around_the_books_printed_final_losses() -> None:
+    assert in_band({"train_loss": 0.391, "val_loss": 6.452}) == {"train_loss": True, "val_loss": True}
+    assert in_band({"train_loss": 0.95, "val_loss": 6.1}) == {"train_loss": True, "val_loss": True}
+    assert in_band({"train_loss": 1.0, "val_loss": 6.0}) == {"train_loss": False, "val_loss": False}
+    assert in_band({"train_loss": 5.8, "val_loss": 6.59}) == {"train_loss": False, "val_loss": True}  # the old gap
