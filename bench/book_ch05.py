@@ -4,6 +4,7 @@ re-implementation of the book's model and `train_model_simple` loop, back to bac
     python bench/book_ch05.py                 # the whole workload (minutes on a CPU)
     python bench/book_ch05.py --steps 6       # 6 optimizer steps on each side: a check of the harness
     python bench/book_ch05.py --only book     # one side only (--only ours); --threads N for torch
+    python bench/book_ch05.py --only ours --set pretrain.init=gpt2   # one difference from the book
 
 Our side: a temporary copy of the project (bench/overhead.py's copy and set-up), `gptpipe profile
 book`, the corpus and the GPT-2 BPE files pointed at ../shared/data (served from loopback, so the
@@ -421,9 +422,11 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         pass
 
 
-def book_project(work: Path, env: dict[str, str], url: str, steps: int | None) -> None:
+def book_project(work: Path, env: dict[str, str], url: str, steps: int | None,
+                 overrides: list[str] = ()) -> None:
     """`gptpipe profile book` in the copy, then the book's files from `url` and ../shared's GPT-2 BPE;
-    `steps`: that many optimizer steps (a short check)."""
+    `steps`: that many optimizer steps (a short check); `overrides`: `section.key=value` (YAML) params
+    set after the profile (one difference from the book at a time, e.g. pretrain.init=gpt2)."""
     done = subprocess.run([sys.executable, "-m", "pipelines", "profile", "book"], cwd=work, env=env,
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -440,6 +443,13 @@ def book_project(work: Path, env: dict[str, str], url: str, steps: int | None) -
             # one: the short check reads random windows on our side (the book's side stops at step N).
             params["pretrain"]["epochs"] = None
             print(f"--steps {steps}: ours trains on random windows (pretrain.epochs counts whole epochs only)")
+    for override in overrides:
+        key, _, value = override.partition("=")
+        section, _, name = key.partition(".")
+        if not value or section not in params or not isinstance(params[section], dict) or name not in params[section]:
+            raise SystemExit(f"--set {override!r}: write section.key=value with a key params.yaml has, "
+                             "e.g. pretrain.init=gpt2")
+        params[section][name] = yaml.safe_load(value)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -535,6 +545,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch threads on each side (default: torch's own)")
     parser.add_argument("--only", choices=["book", "ours"], help="run one side only")
     parser.add_argument("--keep", action="store_true", help="keep the temporary project (its path is printed)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="a param of our side after the profile (repeatable), e.g. pretrain.init=gpt2")
     parser.add_argument("--prefect-home", type=Path,
                         default=Path(tempfile.gettempdir()) / "gptpipe-bench" / "prefect-home")
     args = parser.parse_args(argv)
@@ -565,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with serving(VERDICT.parent) as url:
             copy_project(work, quick=False)
-            book_project(work, env, url, args.steps)
+            book_project(work, env, url, args.steps, args.set)
             params = load_params(work / "params.yaml")
             for line in workload_differences(workload(params)):
                 print(f"both sides differ from the book's chapter 5: {line}")
