@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 import shutil
 from pathlib import Path
 
@@ -25,7 +26,12 @@ from pipelines.pretrain import pretrain_steps, training_settings
 from pipelines.stage import StageContext
 from steps.config import load_params
 from steps.profiles import apply_profile
-from steps.tasks.language_modeling import epoch_windows, fixed_windows, lm_loss, mean_loss
+from steps.tasks.language_modeling import (
+    epoch_windows,
+    fixed_windows,
+    lm_loss,
+    mean_loss,
+)
 from steps.tokenization.corpus import split_corpus
 from steps.tokenization.gpt2_bpe import gpt2_encoding
 from steps.tokenization.tokenizer import TiktokenEncoder, encode_to_file, read_tokens
@@ -65,7 +71,17 @@ def book_params(folder: Path):
     return load_params(params_path)
 
 
-def test_the_book_profile_trains_as_the_book_prints(book_tokens, tmp_path) -> None:
+@pytest.fixture
+def all_cores():
+    """124M parameters are worth every core (the suite runs tiny models on one thread)."""
+    threads = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(cores or 1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_the_book_profile_trains_as_the_book_prints(book_tokens, tmp_path, all_cores) -> None:
     train_tokens, val_tokens = book_tokens
     params = book_params(tmp_path)
     cfg = params.pretrain
