@@ -3,6 +3,7 @@
     python bench/pretrain.py                       # small config, about a minute on a CPU
     python bench/pretrain.py --preset 124m         # the book's GPT_CONFIG_124M, for a GPU
     python bench/pretrain.py --preset 124m --batch-size 8 --seq-len 1024 --steps 20
+    python bench/pretrain.py --compile             # both loops through torch.compile (compile time reported)
 
 The bare loop is written out below in plain PyTorch: forward, cross-entropy, backward, clip, AdamW
 (fused where torch has it, as ours), nothing else. Ours is the whole `train()` call the pretrain stage
@@ -55,8 +56,10 @@ def make_batches(cfg: GPTConfig, batch_size: int, seq_len: int, count: int) -> B
     return [(s[:, :-1], s[:, 1:]) for s in seqs]  # (B, T) inputs, (B, T) targets
 
 
-def bare_loop(model: GPTModel, batches: Batches, steps: int, device: torch.device, amp: torch.dtype | None) -> None:
+def bare_loop(model: GPTModel, batches: Batches, steps: int, device: torch.device, amp: torch.dtype | None,
+              compile: bool = False) -> None:
     """The minimal loop a PyTorch user would write, with the same optimizer and precision."""
+    step_model = torch.compile(model) if compile else model
     opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY,
                             fused=fused_adamw_supported(device))
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
@@ -64,7 +67,7 @@ def bare_loop(model: GPTModel, batches: Batches, steps: int, device: torch.devic
     for inputs, targets in itertools.islice(itertools.cycle(batches), steps):
         inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            logits = model(inputs)  # (B, T, V)
+            logits = step_model(inputs)  # (B, T, V)
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -74,10 +77,11 @@ def bare_loop(model: GPTModel, batches: Batches, steps: int, device: torch.devic
         scaler.update()
 
 
-def our_loop(model: GPTModel, batches: Batches, steps: int, device: torch.device, amp: torch.dtype | None) -> None:
+def our_loop(model: GPTModel, batches: Batches, steps: int, device: torch.device, amp: torch.dtype | None,
+             compile: bool = False) -> None:
     """What the pretrain stage runs, without evaluation (it is not part of a training step)."""
     settings = TrainSettings(max_steps=steps, lr=LR, warmup_steps=min(10, steps), weight_decay=WEIGHT_DECAY,
-                             grad_clip=CLIP, eval_interval=10**9)
+                             grad_clip=CLIP, eval_interval=10**9, compile=compile)
     train(model, itertools.cycle(batches), lm_loss, settings, device, amp, desc="ours")
 
 
@@ -100,6 +104,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=4, help="repetitions of each loop, interleaved")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument("--compile", action="store_true",
+                        help="both loops through torch.compile (pretrain.compile: true); warm-up = compile time")
     args = parser.parse_args()
 
     cfg = GPTConfig(**PRESETS[args.preset])
@@ -119,13 +125,15 @@ def main() -> None:
         models[name] = GPTModel(cfg).to(device)
     loops = {"bare": bare_loop, "ours": our_loop}
 
-    for name, loop in loops.items():  # warm-up: allocator, kernels, the fused optimizer's first call
-        timed(loop, models[name], batches, 2, device, amp, device=device)
+    warmup = {}
+    for name, loop in loops.items():  # warm-up: allocator, kernels, the fused optimizer's first call, compiling
+        warmup[name] = timed(loop, models[name], batches, 2, device, amp, args.compile, device=device)
     seconds: dict[str, list[float]] = {"bare": [], "ours": []}
     for repeat in range(args.repeats):
         # A B, then B A: neither loop always runs first (caches, CPU clocks, neighbours' load).
         for name in ("bare", "ours") if repeat % 2 == 0 else ("ours", "bare"):
-            seconds[name].append(timed(loops[name], models[name], batches, steps, device, amp, device=device))
+            seconds[name].append(timed(loops[name], models[name], batches, steps, device, amp, args.compile,
+                                       device=device))
 
     tokens = steps * batch_size * seq_len
     rate = {name: tokens / min(s) for name, s in seconds.items()}
@@ -135,7 +143,8 @@ def main() -> None:
     print(f"GPT {args.preset}: {count_parameters(models['bare']) / 1e6:.1f} M parameters, batch {batch_size} x "
           f"{seq_len} tokens, {steps} steps x {args.repeats} repetitions (interleaved), {device} "
           f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
-          f"{amp or 'fp32'}")
+          f"{amp or 'fp32'}{', compiled' if args.compile else ''}; warm-up (2 steps{' + compiling' if args.compile else ''}): "
+          f"bare {warmup['bare']:.1f} s, ours {warmup['ours']:.1f} s")
     header = f"{'loop':<24}{'best tokens/s':>15}{'median tokens/s':>17}{'best s/step':>13}"
     print(header + (f"{'MFU':>8}" if peak else ""))
     for name, label in (("bare", "bare PyTorch loop"), ("ours", "steps.training.train.train")):
@@ -144,7 +153,8 @@ def main() -> None:
     summary = {"ratio": round(rate["ours"] / rate["bare"], 3),
                "median_ratio": round(median["ours"] / median["bare"], 3),
                "tokens_per_s_ours": round(rate["ours"], 1), "tokens_per_s_bare": round(rate["bare"], 1),
-               "preset": args.preset, "device": device.type, "precision": str(amp or "fp32")}
+               "preset": args.preset, "device": device.type, "precision": str(amp or "fp32"),
+               "compile": args.compile, "warmup_s_ours": round(warmup["ours"], 1)}
     if peak:
         summary["mfu_ours"] = round(rate["ours"] * flops / peak, 4)
         summary["mfu_bare"] = round(rate["bare"] * flops / peak, 4)
