@@ -4,6 +4,7 @@
     python bench/pretrain.py --preset 124m         # the book's GPT_CONFIG_124M, for a GPU
     python bench/pretrain.py --preset 124m --batch-size 8 --seq-len 1024 --steps 20
     python bench/pretrain.py --compile             # both loops through torch.compile (compile time reported)
+    python bench/pretrain.py --arch llama          # a Llama-style model of the same size (model/llama.py)
 
 The bare loop is written out below in plain PyTorch: forward, cross-entropy, backward, clip, AdamW
 (fused where torch has it, as ours), nothing else. Ours is the whole `train()` call the pretrain stage
@@ -26,8 +27,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from model.checkpoint import new_model
 from model.config import GPTConfig
-from model.gpt import GPTModel, count_parameters
+from model.gpt import CausalLM, count_parameters
 from steps.tasks.language_modeling import lm_loss
 from steps.training.hardware import (
     autocast_dtype,
@@ -45,6 +47,21 @@ PRESETS = {
     "124m": dict(vocab_size=50257, context_length=1024, emb_dim=768, n_heads=12, n_layers=12, drop_rate=0.1,
                  qkv_bias=False, tie_embeddings=False, vocab_multiple=1),
 }
+LLAMA = {
+    # `--arch llama`: the same width, depth, heads and vocabulary as Llama blocks (RoPE, RMSNorm,
+    # SwiGLU of about 8/3 the width, so about the parameters of GPT-2's 4x MLP; grouped-query
+    # attention with a third of the heads for keys and values; no biases, no dropout).
+    "small": dict(ffn_hidden=344, n_kv_heads=2),
+    "124m": dict(ffn_hidden=2048, n_kv_heads=4),
+}
+
+
+def preset_config(preset: str, arch: str) -> GPTConfig:
+    """The preset as `arch`: gpt2 (the book's GPT) or llama, of about the same size."""
+    fields = dict(PRESETS[preset])
+    if arch == "llama":
+        fields.update(LLAMA[preset], arch="llama", qkv_bias=None, drop_rate=0.0, rope_theta=10_000.0, norm_eps=1e-5)
+    return GPTConfig(**fields)
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 LR, BETAS, WEIGHT_DECAY, CLIP = 3e-4, (0.9, 0.95), 0.1, 1.0
 
@@ -56,7 +73,7 @@ def make_batches(cfg: GPTConfig, batch_size: int, seq_len: int, count: int) -> B
     return [(s[:, :-1], s[:, 1:]) for s in seqs]  # (B, T) inputs, (B, T) targets
 
 
-def bare_loop(model: GPTModel, batches: Batches, steps: int, device: torch.device, amp: torch.dtype | None,
+def bare_loop(model: CausalLM, batches: Batches, steps: int, device: torch.device, amp: torch.dtype | None,
               compile: bool = False) -> None:
     """The minimal loop a PyTorch user would write, with the same optimizer and precision."""
     step_model = torch.compile(model) if compile else model
@@ -77,7 +94,7 @@ def bare_loop(model: GPTModel, batches: Batches, steps: int, device: torch.devic
         scaler.update()
 
 
-def our_loop(model: GPTModel, batches: Batches, steps: int, device: torch.device, amp: torch.dtype | None,
+def our_loop(model: CausalLM, batches: Batches, steps: int, device: torch.device, amp: torch.dtype | None,
              compile: bool = False) -> None:
     """What the pretrain stage runs, without evaluation (it is not part of a training step)."""
     settings = TrainSettings(max_steps=steps, lr=LR, warmup_steps=min(10, steps), weight_decay=WEIGHT_DECAY,
@@ -104,11 +121,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=4, help="repetitions of each loop, interleaved")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument("--arch", choices=["gpt2", "llama"], default="gpt2",
+                        help="the model family (model.arch); llama: RoPE, RMSNorm, SwiGLU, grouped-query attention")
     parser.add_argument("--compile", action="store_true",
                         help="both loops through torch.compile (pretrain.compile: true); warm-up = compile time")
     args = parser.parse_args()
 
-    cfg = GPTConfig(**PRESETS[args.preset])
+    cfg = preset_config(args.preset, args.arch)
     small = args.preset == "small"
     batch_size = args.batch_size or 8
     seq_len = args.seq_len or cfg.context_length
@@ -122,7 +141,7 @@ def main() -> None:
     models = {}
     for name in ("bare", "ours"):
         torch.manual_seed(0)  # the same initial weights for both
-        models[name] = GPTModel(cfg).to(device)
+        models[name] = new_model(cfg).to(device)
     loops = {"bare": bare_loop, "ours": our_loop}
 
     warmup = {}
@@ -140,7 +159,7 @@ def main() -> None:
     median = {name: tokens / statistics.median(s) for name, s in seconds.items()}
     peak = default_peak_flops(device)
     flops = flops_per_token(cfg, seq_len)
-    print(f"GPT {args.preset}: {count_parameters(models['bare']) / 1e6:.1f} M parameters, batch {batch_size} x "
+    print(f"{args.arch} {args.preset}: {count_parameters(models['bare']) / 1e6:.1f} M parameters, batch {batch_size} x "
           f"{seq_len} tokens, {steps} steps x {args.repeats} repetitions (interleaved), {device} "
           f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
           f"{amp or 'fp32'}{', compiled' if args.compile else ''}; warm-up (2 steps{' + compiling' if args.compile else ''}): "
@@ -153,7 +172,7 @@ def main() -> None:
     summary = {"ratio": round(rate["ours"] / rate["bare"], 3),
                "median_ratio": round(median["ours"] / median["bare"], 3),
                "tokens_per_s_ours": round(rate["ours"], 1), "tokens_per_s_bare": round(rate["bare"], 1),
-               "preset": args.preset, "device": device.type, "precision": str(amp or "fp32"),
+               "preset": args.preset, "arch": args.arch, "device": device.type, "precision": str(amp or "fp32"),
                "compile": args.compile, "warmup_s_ours": round(warmup["ours"], 1)}
     if peak:
         summary["mfu_ours"] = round(rate["ours"] * flops / peak, 4)
