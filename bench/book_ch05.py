@@ -326,7 +326,7 @@ def workload(params) -> Workload:
     cfg = params.pretrain
     m = params.model
     seq_len = params.pretrain_seq_len
-    epochs = getattr(cfg, "epochs", None)
+    epochs = cfg.epochs
     return Workload(
         model=BookConfig(vocab_size=50257, context_length=seq_len, emb_dim=m.emb_dim, n_heads=m.n_heads,
                          n_layers=m.n_layers, drop_rate=m.drop_rate, qkv_bias=m.qkv_bias),

@@ -315,9 +315,8 @@ def export_model_folder(src: str | Path, dest: str | Path) -> Path:
         raise ValueError(f"{src}: holds a {head.get('kind')} model; only a language model (e.g. models/pretrain "
                          "or models/instruct) can be exported to Hugging Face's format")
     if model.cfg.arch == "llama":
-        from model import (
-            hf_llama,  # imported here: hf_llama builds on this module's folder helpers
-        )
+        # Imported here: hf_llama builds on this module's folder helpers (a cycle at import time).
+        from model import hf_llama
 
         hf_llama.export_hf(model, dest)  # type: ignore[arg-type]
     else:

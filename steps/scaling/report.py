@@ -50,7 +50,7 @@ def unbracketed(fit: Fit, runs: Sequence[Run], optima: Sequence[IsoFlopOptimum])
     missed = [o for o in optima if not o.inside]
     if missed:
         reasons.append(f"{len(missed)} of {len(optima)} isoFLOP minima fall outside the sizes run")
-    at_largest = fit.law.optimum(max(r.flops for r in runs)).params
+    at_largest = fit.law.optimum(budgets[-1]).params
     if not smallest <= at_largest <= biggest:
         reasons.append(f"the fit's optimum at the largest budget ({at_largest:,.0f} parameters) lies outside "
                        f"the sizes swept ({smallest:,.0f} to {biggest:,.0f})")
