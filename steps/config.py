@@ -531,6 +531,37 @@ class ClassifierConfig(OptimConfig):
         return self
 
 
+class LabelEfficiencyConfig(Section):
+    """The label-efficiency curve (stage `label_efficiency`): the classifier finetuned on growing
+    subsets of finetune_classifier's training split, from the pretrained model and from random
+    weights, beside TF-IDF + logistic regression on the same subsets; test accuracy of each. Every
+    other setting (trainable, pooling, optimizer, batch size, max_length, splits, seed, LoRA) is
+    finetune_classifier's."""
+
+    enabled: bool
+    """Measure the curve; false writes a report without points and trains nothing (the book
+    profiles: ten finetunings of a 124M GPT would take hours on a CPU)."""
+    fractions: list[float] = Field(min_length=1)
+    """Shares of the training split's messages per point, each in (0, 1], strictly increasing.
+    Stratified and nested: every label keeps max(1, round(fraction x its count)) messages, and a
+    larger fraction's subset holds every smaller one's."""
+    min_steps: int = Field(ge=1)
+    """Fewest optimizer steps per point: a point trains max(min_steps, finetune_classifier.epochs x
+    ceil(subset / batch_size)) steps, since a subset of a few dozen messages would otherwise get a
+    handful of updates."""
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions_increase_within_one(cls, fractions: list[float]) -> list[float]:
+        outside = [f for f in fractions if not 0.0 < f <= 1.0]
+        if outside:
+            raise ValueError(f"each fraction must be above 0 and at most 1 (a share of the training split), "
+                             f"got {outside[0]} in {list(fractions)}")
+        if any(b <= a for a, b in zip(fractions, fractions[1:])):
+            raise ValueError(f"fractions must be strictly increasing (each point a larger subset), got {list(fractions)}")
+        return fractions
+
+
 class InstructConfig(OptimConfig):
     method: Literal["full", "lora"]
     """Finetune every weight, or LoRA adapters only."""
@@ -645,6 +676,7 @@ class Params(Section):
     model: ModelConfig
     pretrain: PretrainConfig
     finetune_classifier: ClassifierConfig
+    label_efficiency: LabelEfficiencyConfig
     finetune_instruct: InstructConfig
     finetune_preference: PreferenceConfig
     evaluate: EvaluateConfig

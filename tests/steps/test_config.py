@@ -66,6 +66,15 @@ def test_every_leaf_field_is_documented():
         ({"pretrain": {"decay": "biases"}}, "pretrain.decay", "'matrices' or 'all'"),
         ({"pretrain": {"precision": "fp8"}}, "pretrain.precision", "'fp16'"),
         ({"pretrain": {"peak_flops": 0.0}}, "pretrain.peak_flops", "greater than"),
+        ({"label_efficiency": {"fractions": []}}, "label_efficiency.fractions", "at least 1 item"),
+        ({"label_efficiency": {"fractions": [0.0, 0.5]}}, "label_efficiency.fractions",
+         "above 0 and at most 1 (a share of the training split), got 0.0 in [0.0, 0.5]"),
+        ({"label_efficiency": {"fractions": [0.5, 1.5]}}, "label_efficiency.fractions", "got 1.5 in"),
+        ({"label_efficiency": {"fractions": [0.1, 0.3, 0.3]}}, "label_efficiency.fractions",
+         "strictly increasing (each point a larger subset), got [0.1, 0.3, 0.3]"),
+        ({"label_efficiency": {"fractions": [0.3, 0.1]}}, "label_efficiency.fractions", "strictly increasing"),
+        ({"label_efficiency": {"min_steps": 0}}, "label_efficiency.min_steps", "greater than or equal to 1"),
+        ({"label_efficiency": {"enabled": "yes"}}, "label_efficiency.enabled", "valid boolean"),
     ],
 )
 def test_invalid_params_name_the_key(data, key, why):
@@ -87,6 +96,11 @@ def test_a_key_pasted_as_api_key_env_is_not_echoed():
 
 def test_int_is_accepted_where_a_float_is_expected():
     assert shipped_params({"pretrain": {"lr": 1}}).pretrain.lr == 1.0
+
+
+def test_label_efficiency_takes_one_fraction_and_whole_numbers():
+    cfg = shipped_params({"label_efficiency": {"fractions": [1]}}).label_efficiency
+    assert cfg.fractions == [1.0] and cfg.enabled
 
 
 def test_load_params_reports_missing_and_malformed_files(tmp_path):

@@ -13,8 +13,8 @@ from steps.profiles import apply_profile, available
 
 ROOT = Path(__file__).resolve().parents[2]
 PROFILES = ROOT / "profiles"
-SECTIONS = ["seed", "download", "tokenize", "model", "pretrain", "finetune_classifier", "finetune_instruct",
-            "evaluate", "tracking"]
+SECTIONS = ["seed", "download", "tokenize", "model", "pretrain", "finetune_classifier", "label_efficiency",
+            "finetune_instruct", "evaluate", "tracking"]
 
 
 @pytest.fixture
