@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import logging
-import math
-from functools import partial
 
-from model.gpt import count_parameters
-from model.heads import set_trainable
 from pipelines.stage import StageContext, run_stage, stage_flow, stage_task
 from steps import layout
 from steps.config import ClassifierConfig
@@ -15,8 +11,8 @@ from steps.evaluation import plots
 from steps.evaluation.metrics import compute
 from steps.tasks.classification import (
     Example,
-    classification_loss,
     encode_examples,
+    fit_classifier,
     initial_classifier,
     loader,
     min_examples,
@@ -27,9 +23,8 @@ from steps.tasks.classification import (
     write_labeled,
 )
 from steps.tokenization.tokenizer import eot_id, load_tokenizer
-from steps.training.finetuning import require_examples, save_finetuned, with_lora
-from steps.training.hardware import autocast_dtype, resolve_device
-from steps.training.train import TrainSettings, cycle, train
+from steps.training.finetuning import require_examples, save_finetuned
+from steps.training.hardware import resolve_device
 
 SECTIONS = ["seed", "finetune_classifier", "tracking"]
 log = logging.getLogger("gptpipe.finetune_classifier")
@@ -54,26 +49,17 @@ def finetune(ctx: StageContext) -> dict[str, float]:
         truncated += n_long
     if truncated:
         log.warning("%d messages are longer than %d tokens and were truncated", truncated, max_len)
-    loaders = {name: loader(items, cfg.batch_size, pad, shuffle=name == "train", seed=seed,
-                            class_balanced=cfg.class_balanced and name == "train")
-               for name, items in encoded.items()}
+    loaders = {name: loader(encoded[name], cfg.batch_size, pad, shuffle=False, seed=seed) for name in ("val", "test")}
     log.info("splits: %s", {k: len(v) for k, v in splits.items()})
-
-    set_trainable(model, cfg.trainable)
-    net = with_lora(model, cfg.lora, ["out_head"]) if cfg.trainable == "lora" else model
-    trainable_params = count_parameters(net, trainable_only=True)
     device = resolve_device(cfg.device)
-    amp = autocast_dtype(device, cfg.precision)
 
     def evaluate(m) -> dict[str, float]:
         preds, refs, loss = predict(m, loaders["val"], device, cfg.pooling)
         return {"val_loss": loss, "val_accuracy": sum(p == r for p, r in zip(preds, refs)) / len(refs)}
 
-    steps = cfg.epochs * math.ceil(len(encoded["train"]) / cfg.batch_size)
-    settings = TrainSettings.from_config(cfg, steps)
-    loss_fn = partial(classification_loss, pooling=cfg.pooling)
-    result = train(net, cycle(loaders["train"]), loss_fn, settings, device, amp, evaluate,
-                   on_metrics=ctx.run.log_metrics, desc="classifier")
+    fitted = fit_classifier(model, encoded["train"], cfg, seed, pad, device, evaluate=evaluate,
+                            on_metrics=ctx.run.log_metrics, desc="classifier")
+    net, result, loaders["train"] = fitted.net, fitted.result, fitted.batches
 
     metrics: dict[str, float] = {}
     for name in ("train", "val", "test"):
@@ -109,7 +95,7 @@ def finetune(ctx: StageContext) -> dict[str, float]:
     plots.curves(ctx.plots / "accuracy.png", result.history, ["val_accuracy"],
                  "Classifier validation accuracy", "accuracy")
     metrics.update({
-        "trainable_parameters": trainable_params,
+        "trainable_parameters": fitted.trainable_parameters,
         "truncated_records": truncated,
         "train_examples": len(splits["train"]),
         "val_examples": len(splits["val"]),

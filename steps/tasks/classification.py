@@ -1,10 +1,13 @@
-"""SMS-style text classification: read and split the data, batch it, the loss, predictions."""
+"""SMS-style text classification: read and split the data, batch it, the loss, training, predictions."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +19,13 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from model.atomic import write_text
 from model.checkpoint import load_model, new_model
-from model.gpt import CausalLM
-from model.heads import Pooling, attach_classifier_head, pool
+from model.gpt import CausalLM, count_parameters
+from model.heads import Pooling, Trainable, attach_classifier_head, pool, set_trainable
+from steps.config import ClassifierConfig
 from steps.tasks.splits import classification_splits
-from steps.training.train import Batch
+from steps.training.finetuning import with_lora
+from steps.training.hardware import autocast_dtype
+from steps.training.train import Batch, TrainResult, TrainSettings, cycle, train
 
 
 @dataclass(frozen=True)
@@ -211,3 +217,71 @@ def initial_classifier(pretrained: str | Path, labels: list[str], init: str, see
     return attach_classifier_head(model, len(labels))
 
 
+def nested_subsets(examples: Sequence[Example], fractions: Sequence[float], seed: int) -> list[list[Example]]:
+    """A subset of `examples` (a training split) per fraction: stratified, nested and seeded. Each
+    label's examples are permuted once, seeded by `seed` and the label's name; a fraction keeps the
+    first max(1, round(fraction x n_label)) of that order (Python's round: halves go to the even
+    number). So every label is in every subset, a larger fraction's subset holds every smaller
+    one's, and every method compared at a fraction trains on the same examples. Examples keep
+    their order in `examples`."""
+    by_label: dict[str, list[int]] = {}
+    for i, e in enumerate(examples):
+        by_label.setdefault(e.label, []).append(i)
+    # One generator per label: a label's order does not depend on which other labels there are.
+    orders = [random.Random(f"{seed}:{label}").sample(rows, len(rows)) for label, rows in by_label.items()]
+    subsets = []
+    for fraction in fractions:
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"a subset fraction must be above 0 and at most 1, got {fraction}")
+        kept = sorted(i for order in orders for i in order[:max(1, round(fraction * len(order)))])
+        subsets.append([examples[i] for i in kept])
+    return subsets
+
+
+def epoch_steps(n_train: int, cfg: ClassifierConfig) -> int:
+    """Optimizer steps of finetune_classifier.epochs passes over `n_train` examples."""
+    return cfg.epochs * math.ceil(n_train / cfg.batch_size)
+
+
+@dataclass
+class FittedClassifier:
+    net: nn.Module
+    """The trained network: the model itself, or its peft wrapper when `trainable` is lora."""
+    result: TrainResult
+    batches: DataLoader
+    """The training loader it drew from (shuffled, seeded): predicting the train split with it
+    again goes on with the same generator, as the stage always did."""
+    trainable_parameters: int
+
+
+def fit_classifier(
+    model: CausalLM,
+    items: list[tuple[list[int], int]],
+    cfg: ClassifierConfig,
+    seed: int,
+    pad_id: int,
+    device: torch.device,
+    *,
+    trainable: Trainable | None = None,
+    steps: int | None = None,
+    warmup_steps: int | None = None,
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+    on_metrics: Callable[[dict[str, float], int], None] | None = None,
+    desc: str = "classifier",
+) -> FittedClassifier:
+    """Finetune a classifier (initial_classifier's) on encoded training `items` with
+    finetune_classifier's settings: what trains (`trainable`, default cfg.trainable; LoRA adapters
+    when lora), batches (cfg.batch_size, class_balanced, seeded shuffling), pooling, AdamW and its
+    schedule, precision. `steps` defaults to cfg.epochs passes; `warmup_steps` to cfg's."""
+    trainable = trainable or cfg.trainable
+    set_trainable(model, trainable)
+    net = with_lora(model, cfg.lora, ["out_head"]) if trainable == "lora" else model
+    n_trainable = count_parameters(net, trainable_only=True)
+    batches = loader(items, cfg.batch_size, pad_id, shuffle=True, seed=seed, class_balanced=cfg.class_balanced)
+    settings = TrainSettings.from_config(cfg, steps if steps is not None else epoch_steps(len(items), cfg))
+    if warmup_steps is not None:
+        settings = replace(settings, warmup_steps=warmup_steps)
+    loss_fn = partial(classification_loss, pooling=cfg.pooling)
+    result = train(net, cycle(batches), loss_fn, settings, device, autocast_dtype(device, cfg.precision), evaluate,
+                   on_metrics=on_metrics, desc=desc)
+    return FittedClassifier(net, result, batches, n_trainable)

@@ -23,6 +23,7 @@ from steps.tasks.classification import (
     label_names,
     loader,
     min_examples,
+    nested_subsets,
     predict,
     read_labeled,
     read_labels,
@@ -319,3 +320,42 @@ def test_min_examples_is_the_fewest_that_leave_every_split_non_empty(train: floa
     examples = [Example("ham" if i % 2 else "spam", f"m{i}") for i in range(fewest)]
     assert all(split_examples(examples, 0, train, val, balance=False).values())
     assert not all(split_examples(examples[:-1], 0, train, val, balance=False).values())
+
+
+# --- label-efficiency subsets -------------------------------------------------------------
+
+
+def test_nested_subsets_are_stratified_with_every_label_kept() -> None:
+    train = book_like(n_ham=900, n_spam=100)
+    subsets = nested_subsets(train, [0.001, 0.01, 0.05, 0.5, 1.0], seed=3)
+    counts = [Counter(e.label for e in subset) for subset in subsets]
+    # max(1, round(f x n)) per label: 0.001 x 100 = 0.1 rounds to 0, and the label keeps 1 anyway.
+    assert counts == [Counter(ham=1, spam=1), Counter(ham=9, spam=1), Counter(ham=45, spam=5),
+                      Counter(ham=450, spam=50), Counter(ham=900, spam=100)]
+    assert subsets[-1] == train  # the whole split, in its order
+
+
+def test_nested_subsets_nest_and_keep_the_splits_order() -> None:
+    train = book_like(n_ham=300, n_spam=60)
+    subsets = nested_subsets(train, [0.05, 0.2, 0.6], seed=1)
+    position = {id(e): i for i, e in enumerate(train)}
+    for smaller, larger in zip(subsets, subsets[1:]):
+        assert {id(e) for e in smaller} < {id(e) for e in larger}
+    for subset in subsets:
+        assert [position[id(e)] for e in subset] == sorted(position[id(e)] for e in subset)
+
+
+def test_nested_subsets_depend_on_the_seed_only() -> None:
+    train = book_like(n_ham=200, n_spam=50)
+    first = nested_subsets(train, [0.1, 0.3], seed=7)
+    assert nested_subsets(train, [0.1, 0.3], seed=7) == first
+    assert nested_subsets(train, [0.1], seed=7)[0] == first[0]  # a point's subset whatever the other fractions
+    assert nested_subsets(train, [0.1, 0.3], seed=8) != first
+    # A label's draw does not depend on the other labels' records.
+    spam_only = [e for e in train if e.label == "spam"]
+    assert [e for e in first[0] if e.label == "spam"] == nested_subsets(spam_only, [0.1], seed=7)[0]
+
+
+def test_nested_subsets_refuse_a_fraction_outside_zero_to_one() -> None:
+    with pytest.raises(ValueError, match="above 0 and at most 1, got 1.5"):
+        nested_subsets(book_like(10, 10), [0.5, 1.5], seed=0)
