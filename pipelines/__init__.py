@@ -33,6 +33,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "tokenize": ("pipelines.tokenize", "tokenize_flow"),
     "pretrain": ("pipelines.pretrain", "pretrain_flow"),
     "finetune_classifier": ("pipelines.finetune_classifier", "finetune_classifier_flow"),
+    "label_efficiency": ("pipelines.label_efficiency", "label_efficiency_flow"),
     "finetune_instruct": ("pipelines.finetune_instruct", "finetune_instruct_flow"),
     "finetune_preference": ("pipelines.finetune_preference", "finetune_preference_flow"),
     "evaluate": ("pipelines.evaluate", "evaluate_flow"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 import torch
 
@@ -14,6 +15,7 @@ from steps import layout
 from steps.data.builtin_data import preference_property
 from steps.evaluation import plots
 from steps.evaluation.judge import JudgeOutcome, judge_instruct, judged_records
+from steps.evaluation.label_efficiency import read_curve
 from steps.evaluation.metrics import compute
 from steps.evaluation.report import StartingPoints, pretrained_origin, summary_markdown
 from steps.tasks.classification import (
@@ -165,6 +167,17 @@ def tfidf_baseline() -> dict[str, float]:
                          "dvc repro -f -s finetune_classifier") from None
 
 
+def label_efficiency_curve() -> dict[str, Any]:
+    """The label_efficiency stage's report (points, headline, full), as evaluate.json and the summary show it."""
+    path = layout.metrics_file("label_efficiency")
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: cannot read the label-efficiency report ({err}); rerun the stage: "
+                         "dvc repro -f -s label_efficiency") from None
+    return read_curve(report, str(path))
+
+
 def instruct_examples(responses: list[dict], baseline: list[dict], n: int = 8) -> list[dict]:
     return [
         {"instruction": r["instruction"], "input": r["input"], "output": r["output"],
@@ -173,12 +186,13 @@ def instruct_examples(responses: list[dict], baseline: list[dict], n: int = 8) -
     ]
 
 
-def _body(ctx: StageContext) -> dict[str, float]:
+def _body(ctx: StageContext) -> dict[str, Any]:
     device = resolve_device("auto")
     metrics = evaluate_pretrained(ctx, device)
     cls_metrics, confusion = evaluate_classifier(ctx, device)
     metrics.update(cls_metrics)
     metrics.update(tfidf_baseline())
+    curve = label_efficiency_curve()
     inst_metrics, responses, baseline = evaluate_instruct(ctx, device)
     metrics.update(inst_metrics)
     pref_metrics, pref_responses = evaluate_preference(ctx, device)
@@ -210,13 +224,14 @@ def _body(ctx: StageContext) -> dict[str, float]:
     write_text(layout.SUMMARY, summary_markdown(metrics, confusion, instruct_examples(responses, baseline),
                                                 starting_points(ctx),
                                                 judge=f"{judge.model} at {judge.endpoint}" if judge.enabled else None,
-                                                preference_examples=pref_responses[:6]))
+                                                preference_examples=pref_responses[:6], label_efficiency=curve))
     ctx.run.log_artifact(layout.SUMMARY)
-    return metrics
+    # Nested under one key in reports/evaluate.json (MLflow takes only the flat numbers).
+    return {**metrics, "label_efficiency": curve}
 
 
 @stage_flow("evaluate")
-def evaluate_flow(params_path: str = "params.yaml") -> dict[str, float]:
+def evaluate_flow(params_path: str = "params.yaml") -> dict[str, Any]:
     inputs = [layout.PRETRAIN_MODEL, layout.CLASSIFIER_MODEL, layout.INSTRUCT_MODEL, layout.PREFERENCE_MODEL,
               layout.PREFERENCES, layout.TOKENS]
     return run_stage("evaluate", params_path, SECTIONS, inputs, _body)

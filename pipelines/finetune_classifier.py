@@ -6,16 +6,15 @@ import logging
 
 from pipelines.stage import StageContext, run_stage, stage_flow, stage_task
 from steps import layout
-from steps.config import ClassifierConfig
 from steps.evaluation import plots
 from steps.evaluation.metrics import compute
 from steps.tasks.classification import (
-    Example,
+    accuracy,
+    check_splits,
     encode_examples,
     fit_classifier,
     initial_classifier,
     loader,
-    min_examples,
     predict,
     read_labeled,
     read_labels,
@@ -23,7 +22,7 @@ from steps.tasks.classification import (
     write_labeled,
 )
 from steps.tokenization.tokenizer import eot_id, load_tokenizer
-from steps.training.finetuning import require_examples, save_finetuned
+from steps.training.finetuning import save_finetuned
 from steps.training.hardware import resolve_device
 
 SECTIONS = ["seed", "finetune_classifier", "tracking"]
@@ -39,7 +38,7 @@ def finetune(ctx: StageContext) -> dict[str, float]:
     examples = read_labeled(layout.CLASSIFICATION)
     labels = read_labels(layout.LABELS)
     splits = split_examples(examples, seed, cfg.train_fraction, cfg.val_fraction, cfg.balance, labels)
-    check_splits(splits, cfg)
+    check_splits(splits, cfg, layout.CLASSIFICATION)
     model = initial_classifier(layout.PRETRAIN_MODEL, labels, cfg.init, seed)
     max_len = cfg.max_length  # params validation keeps it within model.context_length
     encoded, truncated = {}, 0
@@ -79,8 +78,7 @@ def finetune(ctx: StageContext) -> dict[str, float]:
     from steps.evaluation.baselines import tfidf_logreg_predictions  # scikit-learn, for this alone
 
     baseline = tfidf_logreg_predictions(splits["train"], splits["test"], labels, seed)
-    test_refs = [labels.index(e.label) for e in splits["test"]]
-    metrics["tfidf_test_accuracy"] = sum(p == r for p, r in zip(baseline, test_refs)) / len(test_refs)
+    metrics["tfidf_test_accuracy"] = accuracy(baseline, [labels.index(e.label) for e in splits["test"]])
 
     # max_length too: `gptpipe classify` and the server cut texts where training did.
     head = {"kind": "classifier", "labels": labels, "pooling": cfg.pooling, "max_length": max_len}
@@ -106,20 +104,6 @@ def finetune(ctx: StageContext) -> dict[str, float]:
         "peak_memory_mb": result.peak_memory_mb,
     })
     return metrics
-
-
-def check_splits(splits: dict[str, list[Example]], cfg: ClassifierConfig) -> None:
-    """Every split non-empty and the training split with two labels at least, before any training."""
-    balanced = " after balancing (finetune_classifier.balance: true keeps as many of each label as the rarest has)"
-    require_examples(splits, str(layout.CLASSIFICATION),
-                     f"use at least {min_examples(cfg.train_fraction, cfg.val_fraction)} messages"
-                     f"{balanced if cfg.balance else ''} for finetune_classifier.train_fraction {cfg.train_fraction} "
-                     f"and val_fraction {cfg.val_fraction}, or change those fractions")
-    seen = sorted({e.label for e in splits["train"]})
-    if len(seen) < 2:
-        raise ValueError(f"{layout.CLASSIFICATION}: the train split holds one label only ({seen[0]!r}, "
-                         f"{len(splits['train'])} messages): a classifier needs examples of two labels at least; "
-                         "use more messages")
 
 
 @stage_flow("finetune_classifier")

@@ -24,6 +24,10 @@ DEFAULT_METRICS: dict[str, tuple[str, ...]] = {
     "finetune_instruct": ("val_loss", "train_loss", "trainable_parameters", "peak_memory_mb",
                           "seconds_per_step", "tokens_per_s"),
     "evaluate": ("classifier_test_accuracy", "instruct_rougeL", "instruct_exact_match"),
+    # The stage's run (the pretrained model's margins) and each point's own run nested in it.
+    "label_efficiency": ("headline_pretrained_minus_random_init", "headline_pretrained_minus_tfidf",
+                         "full_pretrained_minus_tfidf"),
+    "label_efficiency_point": ("test_accuracy",),
     "pretrain": ("val_loss", "tokens_per_s"),
 }
 # Per-step histories drawn as overlaid curves, one figure per group.

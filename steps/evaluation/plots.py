@@ -140,6 +140,30 @@ def overlaid_curves(
     _save(fig, path)
 
 
+def accuracy_by_labels(
+    path: str | Path, lines: dict[str, Sequence[tuple[int, float]]], title: str, empty_note: str = "no points"
+) -> None:
+    """Test accuracy against the number of labelled training examples (log x axis), one line per
+    method ({method: [(labels, accuracy), ...]}); with no points, an empty frame saying `empty_note`."""
+    fig, ax = pyplot().subplots(figsize=(7, 4.2))
+    drawn = False
+    for name, points in lines.items():
+        if points:
+            xs, ys = zip(*sorted(points))
+            ax.plot(xs, ys, marker="o", markersize=4, label=name)
+            drawn = True
+    if drawn:
+        ax.set_xscale("log")
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, empty_note, ha="center", va="center", transform=ax.transAxes, color="gray")
+    ax.set_xlabel("labelled training examples (log scale)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    _save(fig, path)
+
+
 def _save(fig: Figure, path: str | Path) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:

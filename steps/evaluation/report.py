@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from steps.evaluation.label_efficiency import HEADLINE_MIN_LABELS, METHODS
+
 
 def _row(name: str, start: float, finetuned: float) -> str:
     return f"| {name} | {start:.4f} | {finetuned:.4f} | {finetuned - start:+.4f} |"
@@ -135,11 +137,51 @@ def _preference_section(m: dict[str, float], examples: Sequence[dict[str, str]])
     return [*lines, ""]
 
 
+def _label_efficiency_section(curve: dict[str, Any] | None) -> list[str]:
+    """Test accuracy per number of labels and method (the label_efficiency stage's report), the
+    pretrained model's margins at the headline and the full-data points, and the curve; when the
+    stage was off, a line saying so."""
+    if curve is None:
+        return []
+    title = ["## Label efficiency: test accuracy against the number of labels", ""]
+    if not curve["enabled"]:
+        return [*title, "Not measured: `label_efficiency.enabled` is false in params.yaml (the book profiles turn",
+                "it off, since it finetunes the model ten more times). Set it to true to measure the curve.", ""]
+    points = sorted(curve["points"].values(), key=lambda p: p["fraction"])
+    lines = [*title,
+             "The classifier finetuned on nested subsets of its training split (the same messages for every",
+             "method; the pretrained GPT trains what `finetune_classifier.trainable` says, the GPT from random",
+             "init trains every weight), scored on the classifier's test split.", "",
+             "| labels (share of the training split) | " + " | ".join(METHODS.values()) + " |",
+             "|---|" + "---|" * len(METHODS)]
+    for p in points:
+        best = max(p[k] for k in METHODS)
+        cells = [f"**{p[k]:.4f}**" if p[k] == best else f"{p[k]:.4f}" for k in METHODS]
+        lines.append(f"| {p['labels']:,} ({p['fraction'] * 100:g}%) | " + " | ".join(cells) + " |")
+    head, full = curve["headline"], curve["full"]
+    enough = head["labels"] >= HEADLINE_MIN_LABELS
+    where = (f"At {head['labels']:,} labels (the fewest with at least {HEADLINE_MIN_LABELS})" if enough else
+             f"At {head['labels']:,} labels (no subset has {HEADLINE_MIN_LABELS}; the largest)")
+    lines += ["", f"{where}, the pretrained GPT is {_points(head['pretrained_minus_random_init'])} against "
+                  f"random init and {_points(head['pretrained_minus_tfidf'])} against TF-IDF; with "
+                  f"{full['labels']:,} labels, {_points(full['pretrained_minus_random_init'])} and "
+                  f"{_points(full['pretrained_minus_tfidf'])}.",
+              "", "![label efficiency](plots/label_efficiency/curve.png)", ""]
+    return lines
+
+
+def _points(difference: float) -> str:
+    """An accuracy difference in percentage points: `+10.3 points`."""
+    return f"{100 * difference:+.1f} points"
+
+
 def summary_markdown(metrics: dict[str, float], confusion: dict[str, Any], examples: Sequence[dict[str, str]],
                      starts: StartingPoints, judge: str | None = None,
-                     preference_examples: Sequence[dict[str, str]] = ()) -> str:
+                     preference_examples: Sequence[dict[str, str]] = (),
+                     label_efficiency: dict[str, Any] | None = None) -> str:
     """The report's markdown; `judge` names the judging model (e.g. "llama3 at http://..."); the
-    preference section shows when `metrics` holds the evaluate stage's preference metrics."""
+    preference section shows when `metrics` holds the evaluate stage's preference metrics, the
+    label-efficiency section when `label_efficiency` (the label_efficiency stage's report) is given."""
     m = metrics
     labels = confusion["labels"]
     lines = [
@@ -156,6 +198,7 @@ def summary_markdown(metrics: dict[str, float], confusion: dict[str, Any], examp
         "![pretraining curves](plots/pretrain/loss.png)",
         "",
         *_baseline_section(m, starts),
+        *_label_efficiency_section(label_efficiency),
         "## Finetuned models vs their starting points (test split)",
         "",
         f"- classifier: starts from {starts.classifier}",

@@ -23,7 +23,7 @@ from model.gpt import CausalLM, count_parameters
 from model.heads import Pooling, Trainable, attach_classifier_head, pool, set_trainable
 from steps.config import ClassifierConfig
 from steps.tasks.splits import classification_splits
-from steps.training.finetuning import with_lora
+from steps.training.finetuning import require_examples, with_lora
 from steps.training.hardware import autocast_dtype
 from steps.training.train import Batch, TrainResult, TrainSettings, cycle, train
 
@@ -113,6 +113,21 @@ def min_examples(train_fraction: float, val_fraction: float) -> int:
     return n
 
 
+def check_splits(splits: dict[str, list[Example]], cfg: ClassifierConfig, where: str | Path) -> None:
+    """Every split of `where`'s examples non-empty and the training split with two labels at least,
+    before any training; else an error saying which finetune_classifier params to change."""
+    balanced = " after balancing (finetune_classifier.balance: true keeps as many of each label as the rarest has)"
+    require_examples(splits, str(where),
+                     f"use at least {min_examples(cfg.train_fraction, cfg.val_fraction)} messages"
+                     f"{balanced if cfg.balance else ''} for finetune_classifier.train_fraction {cfg.train_fraction} "
+                     f"and val_fraction {cfg.val_fraction}, or change those fractions")
+    seen = sorted({e.label for e in splits["train"]})
+    if len(seen) < 2:
+        raise ValueError(f"{where}: the train split holds one label only ({seen[0]!r}, "
+                         f"{len(splits['train'])} messages): a classifier needs examples of two labels at least; "
+                         "use more messages")
+
+
 def encode_examples(
     tok: Tokenizer, examples: Sequence[Example], labels: list[str], max_length: int,
     long_records: str = "truncate", where: str = "classification data",
@@ -200,6 +215,13 @@ def predict(
     if not refs:
         raise ValueError("no examples to predict: the split is empty")
     return preds, refs, total_loss / len(refs)
+
+
+def accuracy(predictions: Sequence[int], references: Sequence[int]) -> float:
+    """Share of predictions equal to their reference (at least one of each)."""
+    if not references or len(predictions) != len(references):
+        raise ValueError(f"accuracy of {len(predictions)} predictions against {len(references)} references")
+    return sum(p == r for p, r in zip(predictions, references)) / len(references)
 
 
 def initial_classifier(pretrained: str | Path, labels: list[str], init: str, seed: int) -> CausalLM:

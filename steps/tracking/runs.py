@@ -22,7 +22,7 @@ from typing import Any
 
 import mlflow
 import psutil
-from mlflow.entities import Metric
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from steps.hashing import sha256_file
@@ -32,6 +32,7 @@ DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
 RETRAIN_ID_ENV = "GPTPIPE_RETRAIN_ID"
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch
+PARENT_RUN_TAG = "mlflow.parentRunId"  # how MLflow (and its UI) nests a run under another
 
 
 def tracking_uri(root: Path | None = None) -> str:
@@ -161,6 +162,33 @@ class StageRun:
     def set_tags(self, tags: Mapping[str, str]) -> None:
         with self._timed():
             mlflow.set_tags(dict(tags))
+
+    def log_child_run(self, name: str, params: Mapping[str, Any], metrics: Mapping[str, float],
+                      tags: Mapping[str, str], seconds: float | None = None) -> str:
+        """A finished run nested under this one (MLflow's `mlflow.parentRunId` tag): one point of
+        something the stage measures several times (a label-efficiency point), which `gptpipe compare
+        --stage <its stage tag>` then lists beside the others. It keeps this run's provenance tags
+        (git commit, params and data hashes, DVC experiment) unless `tags` sets them; not the process
+        tags, since no process runs it. `seconds`: how long its work took (it ends now), so that its
+        wall time says so. Returns its run id."""
+        with self._timed():
+            client = MlflowClient()
+            parent = client.get_run(self.run_id)
+            inherited = {k: v for k, v in parent.data.tags.items()
+                         if not k.startswith(("mlflow.", "gptpipe.")) or k == "mlflow.source.git.commit"}
+            started = int((time.time() - (seconds or 0.0)) * 1000)
+            child = client.create_run(parent.info.experiment_id, start_time=started, run_name=name,
+                                      tags={**inherited, **tags, PARENT_RUN_TAG: self.run_id})
+            child_id = child.info.run_id
+            try:
+                stamp = int(time.time() * 1000)
+                client.log_batch(child_id, metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items()],
+                                 params=[Param(k, _param_value(v)) for k, v in params.items()])
+            except BaseException:
+                client.set_terminated(child_id, status="FAILED")
+                raise
+            client.set_terminated(child_id, status="FINISHED")
+        return child_id
 
 
 @contextmanager

@@ -31,6 +31,7 @@ TINY = {
     "model": {"context_length": 64, "emb_dim": 32, "n_heads": 2, "n_layers": 1},
     "pretrain": {"max_steps": 30, "batch_size": 8, "eval_interval": 10, "eval_batches": 2, "sample_tokens": 8},
     "finetune_classifier": {"epochs": 1, "batch_size": 32, "eval_interval": 5, "max_length": 32},
+    "label_efficiency": {"fractions": [0.25, 1.0], "min_steps": 5},
     # phi3: with 512 tokens the alpaca prompt's fixed text alone is longer than 64 tokens, which the
     # stage refuses (it used to train on no response token at all, loss NaN).
     "finetune_instruct": {"epochs": 1, "batch_size": 16, "eval_interval": 5, "allowed_max_length": 64,

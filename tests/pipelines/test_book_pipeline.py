@@ -14,8 +14,8 @@ from tests.pipelines.conftest import ran_stages, run
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["download", "tokenize", "pretrain", "finetune_classifier", "finetune_instruct", "finetune_preference",
-          "evaluate"]
+STAGES = ["download", "tokenize", "pretrain", "finetune_classifier", "label_efficiency", "finetune_instruct",
+          "finetune_preference", "evaluate"]
 FILES = {"corpus": "the-verdict.txt", "classification": "sms+spam+collection.zip",
          "instructions": "instruction-data.json", "preferences": "instruction-data-with-preference.json"}
 

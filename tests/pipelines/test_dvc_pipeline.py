@@ -19,8 +19,8 @@ from tests.pipelines.conftest import TINY, ran_stages, run, shrink_params
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["download", "tokenize", "pretrain", "finetune_classifier", "finetune_instruct", "finetune_preference",
-          "evaluate"]
+STAGES = ["download", "tokenize", "pretrain", "finetune_classifier", "label_efficiency", "finetune_instruct",
+          "finetune_preference", "evaluate"]
 
 @pytest.fixture(scope="module")
 def project(project_copy):
@@ -87,7 +87,8 @@ def test_metrics_and_plots_of_every_stage(project, first_repro):
                      "preference_test_reward_accuracy", "preference_test_reward_margin",
                      "preference_sft_property_rate", "preference_dpo_property_rate"],
     }
-    for stage, keys in expected.items():
+    for stage in STAGES:
+        keys = expected.get(stage, [])
         metrics = json.loads((work / layout.metrics_file(stage)).read_text())
         for key in keys:
             assert isinstance(metrics[key], (int, float)), (stage, key)
@@ -102,6 +103,13 @@ def test_metrics_and_plots_of_every_stage(project, first_repro):
     assert 0.0 <= json.loads((work / layout.metrics_file("evaluate")).read_text())["classifier_test_accuracy"] <= 1.0
     summary = (work / layout.SUMMARY).read_text()
     assert "unigram" in summary and "confusion matrix" in summary
+    # The label-efficiency curve: TINY's two fractions of 280 training messages, in evaluate.json too.
+    curve = json.loads((work / layout.metrics_file("label_efficiency")).read_text())
+    assert [p["labels"] for p in curve["points"].values()] == [70, 280]
+    assert all(0.0 <= p[m] <= 1.0 for p in curve["points"].values() for m in ("pretrained", "random_init", "tfidf"))
+    assert curve["headline"]["labels"] == 70 and curve["full"]["labels"] == 280
+    assert json.loads((work / layout.metrics_file("evaluate")).read_text())["label_efficiency"] == curve
+    assert "| 70 (25%) |" in summary and "plots/label_efficiency/curve.png" in summary
     shown = subprocess.run(["dvc", "metrics", "show", "--json"], cwd=work, env=project[1],
                            capture_output=True, text=True, check=True).stdout
     assert "test_accuracy" in shown
@@ -112,8 +120,16 @@ def test_each_stage_recorded_one_mlflow_run(project, first_repro):
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=work, capture_output=True, text=True).stdout.strip()
     client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
     exp = client.get_experiment_by_name("gptpipe")
-    runs = client.search_runs([exp.experiment_id])
+    every = client.search_runs([exp.experiment_id])
+    runs = [r for r in every if "mlflow.parentRunId" not in r.data.tags]
     assert sorted(r.data.tags["stage"] for r in runs) == sorted(STAGES)
+    # Each label-efficiency point (3 methods x TINY's 2 fractions) is a run nested in the stage's.
+    (curve,) = [r for r in runs if r.data.tags["stage"] == "label_efficiency"]
+    points = [r for r in every if r.data.tags.get("mlflow.parentRunId") == curve.info.run_id]
+    assert sorted((r.data.params["method"], r.data.params["fraction"]) for r in points) == sorted(
+        (m, f) for m in ("pretrained", "random_init", "tfidf") for f in ("0.25", "1.0"))
+    assert {r.data.tags["stage"] for r in points} == {"label_efficiency_point"}
+    assert len(every) == len(runs) + len(points)
     for run in runs:
         tags = run.data.tags
         assert run.info.status == "FINISHED"
@@ -148,7 +164,7 @@ def test_second_repro_skips_everything_and_a_param_reruns_only_downstream(projec
     params["finetune_classifier"]["lr"] = 5.0e-4
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = run(["dvc", "repro"], work, env)
-    assert ran_stages(changed.stdout) == ["finetune_classifier", "evaluate"]
+    assert ran_stages(changed.stdout) == ["finetune_classifier", "label_efficiency", "evaluate"]
 
 
 def test_a_forced_rerun_of_pretraining_leaves_what_follows_up_to_date(project, first_repro):

@@ -19,8 +19,8 @@ from tests.pipelines.conftest import eventually, make_project_copy, shrink_param
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["download", "tokenize", "pretrain", "finetune_classifier", "finetune_instruct", "finetune_preference",
-          "evaluate"]
+STAGES = ["download", "tokenize", "pretrain", "finetune_classifier", "label_efficiency", "finetune_instruct",
+          "finetune_preference", "evaluate"]
 DEPLOYMENT = "e2e"
 CRON = "0 3 * * 1"
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}

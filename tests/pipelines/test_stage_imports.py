@@ -21,6 +21,7 @@ EXPECTED = {
     "tokenize": set(),
     "pretrain": {"torch"},
     "finetune_classifier": {"torch"},
+    "label_efficiency": {"torch"},
     "finetune_instruct": {"torch"},
     "finetune_preference": {"torch"},
     "evaluate": {"torch"},

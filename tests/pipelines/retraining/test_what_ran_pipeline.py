@@ -20,8 +20,8 @@ from steps.tracking import runs as tracking
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["download", "tokenize", "pretrain", "finetune_classifier", "finetune_instruct", "finetune_preference",
-          "evaluate"]
+STAGES = ["download", "tokenize", "pretrain", "finetune_classifier", "label_efficiency", "finetune_instruct",
+          "finetune_preference", "evaluate"]
 EXPERIMENT = "gptpipe"  # params.yaml's tracking.experiment
 SMS = Path("data/local/sms.jsonl")
 

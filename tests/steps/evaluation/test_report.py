@@ -193,3 +193,41 @@ def test_preference_section_with_property_rates_and_responses_side_by_side() -> 
 def test_preference_section_without_a_checked_property() -> None:
     text = summary_markdown({**METRICS, **PREFERENCE}, CONFUSION, [], STARTS)
     assert "| held-out reward accuracy | 0.9500 |" in text and "checked property" not in text
+
+
+def curve(enabled: bool = True) -> dict:
+    """A label-efficiency report as the label_efficiency stage writes it."""
+    from steps.evaluation.label_efficiency import curve_report
+
+    points = {"0.01": {"fraction": 0.01, "labels": 21, "steps": 60, "pretrained": 0.8, "random_init": 0.7, "tfidf": 0.75},
+              "0.03": {"fraction": 0.03, "labels": 63, "steps": 60, "pretrained": 0.9, "random_init": 0.78,
+                       "tfidf": 0.85},
+              "1.0": {"fraction": 1.0, "labels": 2100, "steps": 396, "pretrained": 0.97, "random_init": 0.96,
+                      "tfidf": 0.97}}
+    return curve_report(points if enabled else {}, enabled=enabled)
+
+
+def test_label_efficiency_table_margins_and_curve() -> None:
+    lines = summary_markdown(METRICS, CONFUSION, EXAMPLES, STARTS, label_efficiency=curve()).splitlines()
+    i = lines.index("## Label efficiency: test accuracy against the number of labels")
+    header = lines.index("| labels (share of the training split) | pretrained GPT | GPT from random init | "
+                         "TF-IDF + logistic regression |")
+    assert header > i
+    # Rows by number of labels, the best method of each row in bold (ties too).
+    assert lines[header + 2:header + 5] == ["| 21 (1%) | **0.8000** | 0.7000 | 0.7500 |",
+                                            "| 63 (3%) | **0.9000** | 0.7800 | 0.8500 |",
+                                            "| 2,100 (100%) | **0.9700** | 0.9600 | **0.9700** |"]
+    text = "\n".join(lines)
+    assert ("At 63 labels (the fewest with at least 50), the pretrained GPT is +12.0 points against random init "
+            "and +5.0 points against TF-IDF; with 2,100 labels, +1.0 points and +0.0 points.") in text
+    assert "![label efficiency](plots/label_efficiency/curve.png)" in lines
+
+
+def test_label_efficiency_turned_off_is_said() -> None:
+    text = summary_markdown(METRICS, CONFUSION, EXAMPLES, STARTS, label_efficiency=curve(enabled=False))
+    assert "Not measured: `label_efficiency.enabled` is false in params.yaml" in text
+    assert "plots/label_efficiency/curve.png" not in text
+
+
+def test_no_label_efficiency_section_without_its_report(lines: list[str]) -> None:
+    assert not any("Label efficiency" in line for line in lines)

@@ -277,3 +277,23 @@ def test_a_run_whose_pid_now_belongs_to_another_process_is_an_orphan():
     me = psutil.Process()
     assert tracking._process_runs(os.getpid(), me.create_time())
     assert not tracking._process_runs(os.getpid(), me.create_time() - 3600)  # same pid, an earlier process
+
+
+def test_a_child_run_is_nested_finished_and_keeps_the_stages_provenance(store, monkeypatch):
+    monkeypatch.setenv("DVC_EXP_NAME", "few-labels")
+    with tracking.stage_run("label_efficiency", {"seed": 1}, params_hash="abc123", inputs=[], experiment="exp") as run:
+        child_id = run.log_child_run("pretrained 63 labels", params={"method": "pretrained", "fraction": 0.03},
+                                     metrics={"test_accuracy": 0.9}, tags={"stage": "label_efficiency_point"},
+                                     seconds=30.0)
+    child = MlflowClient(tracking.tracking_uri(store)).get_run(child_id)
+    tags = child.data.tags
+    assert tags["mlflow.parentRunId"] == run.run_id
+    assert tags["stage"] == "label_efficiency_point"  # its own, over the stage's
+    assert (tags["params_hash"], tags["dvc_exp"]) == ("abc123", "few-labels")
+    assert not any(key.startswith("gptpipe.") for key in tags)  # no process runs it: never an orphan
+    assert child.info.run_name == "pretrained 63 labels" and child.info.status == "FINISHED"
+    assert child.data.params == {"method": "pretrained", "fraction": "0.03"}
+    assert child.data.metrics == {"test_accuracy": 0.9}
+    assert 29.0 <= (child.info.end_time - child.info.start_time) / 1000 <= 35.0
+    (found,) = tracking.fetch_runs("exp", stage="label_efficiency_point", root=store)
+    assert found.run_id == child_id and found.metrics == {"test_accuracy": 0.9}
