@@ -106,7 +106,8 @@ def measure_points(ctx: StageContext) -> dict[str, dict[str, Any]]:
 
 
 def tfidf_accuracy(train: list[Example], test: list[Example], labels: list[str], seed: int) -> float:
-    from steps.evaluation.baselines import tfidf_logreg_predictions  # scikit-learn: imported when first fitted
+    # scikit-learn, imported when a baseline is first fitted: not at the stage's start.
+    from steps.evaluation.baselines import tfidf_logreg_predictions
 
     return accuracy(tfidf_logreg_predictions(train, test, labels, seed), [labels.index(e.label) for e in test])
 

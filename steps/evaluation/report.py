@@ -162,12 +162,10 @@ def _label_efficiency_section(curve: dict[str, Any] | None) -> list[str]:
     enough = head["labels"] >= HEADLINE_MIN_LABELS
     where = (f"At {head['labels']:,} labels (the fewest with at least {HEADLINE_MIN_LABELS})" if enough else
              f"At {head['labels']:,} labels (no subset has {HEADLINE_MIN_LABELS}; the largest)")
-    lines += ["", f"{where}, the pretrained GPT is {_points(head['pretrained_minus_random_init'])} against "
-                  f"random init and {_points(head['pretrained_minus_tfidf'])} against TF-IDF; with "
-                  f"{full['labels']:,} labels, {_points(full['pretrained_minus_random_init'])} and "
-                  f"{_points(full['pretrained_minus_tfidf'])}.",
-              "", "![label efficiency](plots/label_efficiency/curve.png)", ""]
-    return lines
+    margins = (f"{where}, the pretrained GPT is {_points(head['pretrained_minus_random_init'])} against random "
+               f"init and {_points(head['pretrained_minus_tfidf'])} against TF-IDF; with {full['labels']:,} labels, "
+               f"{_points(full['pretrained_minus_random_init'])} and {_points(full['pretrained_minus_tfidf'])}.")
+    return [*lines, "", margins, "", "![label efficiency](plots/label_efficiency/curve.png)", ""]
 
 
 def _points(difference: float) -> str:

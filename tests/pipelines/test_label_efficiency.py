@@ -22,7 +22,12 @@ from pipelines.stage import StageContext, write_metrics
 from steps import layout
 from steps.config import Params
 from steps.evaluation.baselines import tfidf_logreg_predictions
-from steps.tasks.classification import Example, nested_subsets, split_examples, write_labeled
+from steps.tasks.classification import (
+    Example,
+    nested_subsets,
+    split_examples,
+    write_labeled,
+)
 from steps.tokenization.tokenizer import train_bpe
 from steps.tracking import runs as tracking
 from tests.params import gpt_config, shipped_params
