@@ -54,7 +54,7 @@ def finetune(ctx: StageContext) -> dict[str, float]:
 
     def evaluate(m) -> dict[str, float]:
         preds, refs, loss = predict(m, loaders["val"], device, cfg.pooling)
-        return {"val_loss": loss, "val_accuracy": sum(p == r for p, r in zip(preds, refs)) / len(refs)}
+        return {"val_loss": loss, "val_accuracy": accuracy(preds, refs)}
 
     fitted = fit_classifier(model, encoded["train"], cfg, seed, pad, device, evaluate=evaluate,
                             on_metrics=ctx.run.log_metrics, desc="classifier")
