@@ -1,4 +1,14 @@
-"""Seeded generator of one small fictional world's pretraining corpus, SMS spam set and instruction set."""
+"""Seeded generator of one small fictional world's pretraining corpus, SMS spam set and instruction set.
+
+The SMS set is built so that pretraining can pay when labels are few: a message's label rests on
+one key line (many per label, each a paraphrase in its own words, some with a slot: a prize word,
+a food, an item) or, in sender-only messages, on who sends it; greetings, links, numbers, sign-offs
+and texting style come from pools both labels share. A few dozen labelled messages show under half
+of the key lines, while the corpus shows every one of them many times with what people made of it
+(stories with a verdict, inboxes under a heading, scam warnings that list lines, prizes and fake
+sender names). The corpus never shows a labelled message's text as a message. Details: the comment
+above SPAM_LINES.
+"""
 
 from __future__ import annotations
 
@@ -28,12 +38,6 @@ FIRST_NAMES: tuple[str, ...] = (
     "Quinn", "Rex", "Rita", "Seth", "Tara", "Ugo", "Val", "Walt", "Yuri", "Zara", "Milo", "Nadia",
     "Oscar", "Priya", "Ravi", "Sofia", "Tariq", "Ulla", "Vince", "Willa", "Ahmed", "Bruno",
     "Chloe", "Esme", "Femi", "Gita",
-)
-
-# Names for strangers in scam messages; kept apart from FIRST_NAMES so they never collide with residents.
-STRANGER_NAMES: tuple[str, ...] = (
-    "Jess", "Kim", "Steph", "Becky", "Tina", "Lola", "Candy", "Roxy", "Mandy", "Kelly", "Dawn",
-    "Gary", "Dean", "Lee", "Wayne", "Trish",
 )
 
 JOBS: tuple[str, ...] = (
@@ -285,11 +289,6 @@ RELATIVES: tuple[str, ...] = (
 )
 
 HELD_OUT_FRACTION = 0.25
-_SPAM_SHARE = 0.375
-_AMBIGUOUS_SHARE = 0.035
-_HARD_HAM_SHARE = 0.12
-_HARD_SPAM_SHARE = 0.15
-_LABEL_NOISE = 0.025
 
 
 # ---------------------------------------------------------------------------
@@ -597,116 +596,138 @@ def _verb_sentences(rng: random.Random, world: World, verb: Verb,
 # SMS messages.
 # ---------------------------------------------------------------------------
 
-HAM_TEMPLATES: tuple[str, ...] = (
-    "hey {name}, are you coming to {shop} on {day}?",
-    "ok i will be there at {time}, save me a seat please",
-    "did you remember to feed {pet} this morning?",
-    "can you pick up some {food} on your way home please",
-    "running late, the bus from {town} is so slow today",
-    "happy birthday {name}!! have a lovely day, see you tonight x",
-    "{name} says hi, we are at the {place} if you want to join",
-    "what time does the market in {town} open on {day}?",
-    "how much was the {item}? i owe you {n} coins",
-    "haha that is so funny, wait till i tell {name}",
-    "cant talk now, in a meeting, will call you later",
-    "{rel} wants to know if you are coming for dinner on {day}",
-    "just got home, so tired. talk tomorrow ok?",
-    "the {item} was {n} coins, a bit pricey but it looks nice",
-    "i will meet you outside {shop} at {time}",
-    "did {name} ever finish that {job} course?",
-    "sorry i missed your call, was at the {place} with {name}",
-    "can we move our lunch to {day}? something came up at work",
-    "the weather in {town} is awful today, staying in with {pet}",
-    "where did you put the {item}? cant find it anywhere",
-    "thanks for the {food} yesterday, it was really good",
-    "are we still on for {day}? i can drive if you want",
-    "tell {name} i said thanks for the {item}",
-    "i am at the {place}, where are you? its cold here",
-    "dont forget your {item}, you left it at mine on {day}",
-    "good morning! hope you slept well, see you at {time}",
-    "{rel} is visiting from {town} this weekend, want to come round?",
-    "just saw {name} at the {place}, says hello to you",
-    "can you lend me your {item} till {day}? mine broke",
-    "home by {time}, can you start cooking the {food}?",
-    "lol no way, is {name} really moving to {town}?",
-    "i am bored, want to walk to the {place} later?",
-    "the {job} said it will be ready on {day}, fingers crossed",
-    "what are you making for tea tonight? i can bring {food}",
-    "you left the lights on again, {rel} is not happy lol",
+# The labelled SMS set is built so that pretraining pays off when labels are few. A message's label
+# rests on one key line (what the sender wants: a jackpot claimed, a card "verified", or a loaf of
+# bread picked up) or, in a sender-only message, on who sends it. Everything else (greeting, phone
+# number, link, sign-off, casing, text-speak, typos) comes from pools both labels share, so no
+# surface trick separates them. There are many key lines per label, each a paraphrase in its own
+# words ("you have won a jackpot", "a windfall is sitting in your name", "your sweepstake ticket came
+# up"), so a few dozen labelled messages show only a fraction of them, and a word-counting model
+# (TF-IDF, or a GPT trained from random weights) meets mostly unseen words in the test messages.
+# The pretraining corpus shows every key line and every sender many times, with what people made
+# of them ("It was a scam, so Ella deleted it", "It was from her sister"; guides that list the
+# lines scammers use and the names they hide behind), so a pretrained model brings that knowledge
+# to the few labels. Ambiguous messages (labelled at random), ham that quotes a scam and label
+# noise keep the full-data task short of separable.
+
+SPAM_LINES: tuple[str, ...] = (
+    # winnings
+    "you have won the {gain}", "the {gain} is sitting in your name", "your sweepstake ticket came up",
+    "you were picked for the {gain}", "the {gain} is reserved for you", "your {gain} expires at midnight",
+    "collect the {gain} you are owed", "your {gain} is ready to transfer",
+    "our weekly lottery drew your number", "a luxury cruise is yours", "a mystery hamper has your name on it",
+    "an unclaimed {gain} is registered to you", "you are our lucky grand winner",
+    "a holiday for two is waiting to be booked", "your loyalty points turned into a cash bonus",
+    "a brand new tablet is yours to keep", "you scooped the monthly giveaway",
+    "congratulations on your guaranteed reward",
+    # accounts and security
+    "your account has been suspended", "verify your card details to avoid closure",
+    "confirm your PIN to restore access", "unusual activity was spotted on your bank login",
+    "your password expires today, renew it now", "your security code was used on a new device",
+    "reactivate your frozen savings account", "update your billing details or lose service",
+    "someone tried to withdraw funds from your wallet", "your identity check is incomplete",
+    # deliveries and fees
+    "your parcel is held at customs", "pay the small release fee for your package",
+    "a courier missed you, rebook for a fee", "your delivery needs an import charge settled",
+    "the postage on your order was underpaid",
+    # refunds, tax, compensation
+    "your tax rebate is pending", "you are owed compensation for an accident",
+    "a refund cheque awaits your signature", "reclaim the mis-sold insurance fees",
+    "an overpayment refund is ready to transfer",
+    # money offers
+    "your loan is pre-approved, no credit checks", "double your savings in seven days",
+    "crypto returns are guaranteed this week", "earn thousands a month working from home",
+    "invest a little now for enormous profits", "clear all your debts with one easy payment",
+    # subscriptions and premium lines
+    "you are now subscribed to the ringtone club", "unlock bonus minutes on your phone",
+    "download the latest chart tones", "your handset is due a premium upgrade",
+    "join our members-only VIP lounge", "your trial will renew at the weekly rate",
+    # dating and flattery
+    "lonely singles nearby want to chat with you", "someone has a secret crush on you",
+    "an admirer left you a private voicemail", "racy new photos are waiting for you",
+    "a stunning local model wants to meet",
+    # too-good offers
+    "designer watches at ninety percent off", "miracle slimming pills, results overnight",
+    "limited stock of luxury perfume at trade price", "genuine gold bars going cheap",
+    "cheap medicine with no prescription", "replica handbags shipped discreetly",
+    "a timeshare villa for a tiny deposit", "premium wine cases below cost today",
 )
 
-# Ham that borrows spam vocabulary: the classifier must read context, not keywords.
-HARD_HAM_TEMPLATES: tuple[str, ...] = (
-    "I won the quiz lol, free {food} at {shop} tonight?",
-    "call me now its urgent, {rel}'s car broke down near {town}",
-    "congrats!! you won the {event}, so proud of you x",
-    "{shop} has a sale, 50% off everything till {day}, want anything?",
-    "claim your seat early for the {event}, it fills up fast",
-    "text me your new number when you get it, lost my phone again",
-    "free on {day}? we could win some cash at the {event}",
-    "my bank sent a weird message about my account, did yours? scared lol",
-    "URGENT: bring the {item} back before {rel} notices!!",
-    "got a prize for the best {food} at the {town} fair, {n} coins!",
-    "the cash machine ate my card, can you lend me {n} coins till {day}",
-    "winner winner! {name} made {food} for everyone tonight",
-    "reply quick, do you want the last ticket for the {event}? its free",
-    "{rel} won {n} coins on the raffle at the {place}, drinks are on them",
-    "offer still stands, you can stay at mine on {day} for free",
-    "please call me back, its about {pet}, the vet rang",
-    "congratulations on the new job! the {job} life suits you",
+HAM_LINES: tuple[str, ...] = (
+    # plans and lifts
+    "running late, the bus is crawling", "can you pick up some {food} on the way",
+    "i left my {item} at your house", "do you still have my {item}", "i made too much {food}, come round",
+    "meet me by the {place} at {time}", "{rel} says the {item} is fixed", "can i borrow your {item} on {day}",
+    "the {food} at the {place} was lovely", "we are at the {place} with {name}",
+    "dinner will be ready by seven", "are we still on for lunch tomorrow",
+    "fancy a walk along the river later", "i can give you a lift to the station",
+    "shall i bring a pudding round", "the film starts at eight, meet outside",
+    "save me a seat at the match", "the traffic on the ring road is terrible",
+    # home and family
+    "did you remember to feed {pet}", "grandma is feeling much better today",
+    "the kids are finally asleep", "can you water the tomatoes while we are away",
+    "the plumber is coming at ten", "we have run out of milk again",
+    "the dog dug up the flower bed", "your jumper is drying on the radiator",
+    "i left my umbrella at your house", "the baby said her first word",
+    "mum wants to know if you are coming for tea", "bring the spare key when you come",
+    # thanks and sorry
+    "thanks for the lift home last night", "sorry i missed your call, i was driving",
+    "thank you for the lovely flowers", "sorry about earlier, i was tired and grumpy",
+    "cheers for helping me move the sofa", "that soup you made was delicious",
+    # news and chat
+    "i passed my driving test", "the new neighbours seem friendly",
+    "did you see the state of the garden after the storm", "my sister got the nursing job",
+    "the match went to extra time", "the bakery on the corner has closed down",
+    "i finally finished that jigsaw", "the roof is leaking again",
+    "our book club is reading a mystery this month", "the school play was brilliant",
+    # asks
+    "can i borrow your ladder on saturday", "could you lend me your drill",
+    "do you still have my casserole dish", "can you record the quiz show for me",
+    "any chance you could walk the dog at noon", "could you check if i left the iron on",
+    "would you proofread my cover letter", "can you ask your dad about the car",
+    # work and school
+    "the meeting ran over, be home soon", "my shift swapped to the morning",
+    "the teacher wants a word about homework", "i got stuck with the late rota again",
+    "the printer at work jammed all afternoon", "we finished the report early",
+    # birthdays and events
+    "happy birthday, have a brilliant day", "the party is at the village hall",
+    "we are having a barbecue if the weather holds", "the wedding photos came out lovely",
+    "the choir concert is on thursday", "the allotment show was a laugh",
 )
 
-SPAM_TEMPLATES: tuple[str, ...] = (
-    "Congratulations! You have been selected to receive {prize}. Call {premium} now to claim. {cost}",
-    "URGENT! Your mobile number has won {amount} in our weekly draw. Txt {keyword} to {short} to claim. {stop}",
-    "FREE entry into our {amount} prize draw! Just text {keyword} to {short}. T&Cs apply. {cost}",
-    "You are a WINNER! Claim {prize} today at {url} before it expires {expiry}",
-    "Your {bank} account has been suspended. Verify your details now at {url} to avoid closure",
-    "Dear customer, your account shows unusual activity. Call {premium} immediately. Ref {code}",
-    "Get {percent} off all orders this week only at {company}! Visit {url} {stop}",
-    "Hot singles in {town} want to chat with you! Txt {keyword} to {short} now. {cost}",
-    "Claim your FREE {gadget} now! Reply {keyword} to {short}. Offer ends {expiry}",
-    "You have 1 new voicemail. Please call {premium} to listen. {cost}",
-    "Your loan of {amount} has been approved! No credit checks. Reply {keyword} to accept",
-    "Final notice: your parcel is waiting. Pay the {small} delivery fee at {url}",
-    "Win {prize}! To enter txt {keyword} to {short}. {cost} {stop}",
-    "{company}: you have been chosen for a free trial of our ringtone club. Reply {keyword}. {cost}",
-    "As a valued customer you are entitled to {prize}. Call {premium} from a landline. Code {code}",
-    "Double your money in 7 days! Invest with {company} today at {url}",
-    "Your mobile is due for a FREE upgrade. Call {premium} or txt {keyword} to {short}",
-    "PRIVATE! Your account statement shows {n} unredeemed bonus points. Call {premium} to claim. Code {code}",
-    "Thanks for your subscription to {company} tones. You will be charged {cost}. {stop}",
-    "We tried to contact you about your reply to our offer of {prize}. Call {premium} now",
-    "Urgent security alert: someone tried to log in to your {bank} account. Confirm your PIN at {url}",
-    "Cash prize of {amount} is waiting for you! Collect it at {url} {expiry}",
-    "Exclusive: {percent} off luxury watches, today only. Order at {url}",
-    "Txt {keyword} to {short} to get the latest chart hits on your phone. {cost} {stop}",
-    "You have won a guaranteed {amount} or {prize}! To claim call {premium}. {cost}",
-    "SIX chances to win CASH! From 100 to {amount}. txt {keyword} to {short}. {cost}",
-    "Important: your tax refund of {small} is ready. Claim it at {url} {expiry}",
-    "Our records show you may be owed {amount} for an accident you had. Reply {keyword} for a free check. {stop}",
-    "{company} BONUS: dial {premium} now to unlock {n} free minutes. {cost}",
-    "Your {company} points expire {expiry}! Redeem for {prize} at {url}",
+# What the scam lines promise ({gain} in SPAM_LINES); the corpus lists them in its scam warnings.
+GAINS: tuple[str, ...] = (
+    "jackpot", "windfall", "payout", "rebate", "voucher", "cashback", "bonanza", "giveaway", "dividend",
+    "hamper", "cruise", "award", "bonus", "refund", "grant", "inheritance", "lottery win", "gift card",
+    "reward", "premium bond", "loyalty reward", "compensation", "settlement", "scratchcard win",
+    "cash sum", "shopping spree", "luxury break", "tax credit",
 )
 
-# Spam without the usual trigger words: written like a friend, but a stranger selling or phishing.
-HARD_SPAM_TEMPLATES: tuple[str, ...] = (
-    "hey its {stranger} from school, long time! my new pics are here {url}",
-    "hi there, saw your profile, i am new in {town}, wanna chat? reply back x",
-    "did you get my voicemail? call me back on {premium}",
-    "hey you! someone has a secret crush on you, want to know who? reply with your name",
-    "your friend {name} sent you a message, reply READ to see it",
-    "hi, are you still looking for work? we pay weekly from home, more info {url}",
-    "hello, your parcel could not be delivered today, pick a new time at {url}",
-    "mum i dropped my phone, this is my new number, can you send {n} coins for a taxi?",
-    "hi its {stranger}, we met at the {place} last week? text me on {premium} x",
-    "hey, i found a way to earn {amount} a month from home, wanna know how? {url}",
-    "just checking in, did you still want that {gadget}? got one spare, reply {keyword}",
-    "good news, you qualify for a refund. just reply with your bank details and we sort the rest",
-    "sorry wrong number? anyway you sound nice, text me back on {premium}",
+# Who sends the messages that say nothing but "call us back": the label is who they are. Real
+# senders are places of the world (its towns' offices, its shops); the scam names exist only in
+# the scam warnings of the pretraining corpus.
+SCAM_SENDERS: tuple[str, ...] = (
+    "Zenvo Rewards", "Quorvex Finance", "Brightline Claims", "Velmora Prizes", "Tallix Support",
+    "Orbana Delivery", "Krestel Capital", "Nuvaro Security", "Dexmoor Lotto", "Fenwick Refunds",
+    "Sollaris Mobile", "Glimmer Credit", "Haverix Parcel", "Maxxen Bonus", "Pellora Tax Office",
+    "Ruvex Account Team", "Stelio Winners", "Trovane Loans", "Ulmex Billing", "Wexford Payouts",
+)
+LEGIT_SENDER_KINDS: tuple[str, ...] = (
+    "Library", "Surgery", "Dental Practice", "Post Office", "Council", "Garage", "Vets", "Pharmacy",
+)
+SENDER_MATTERS: tuple[str, ...] = (
+    "your account", "your appointment", "your order", "your booking", "your enquiry", "your recent visit",
+    "your application", "your statement",
+)
+SENDER_TEMPLATES: tuple[str, ...] = (
+    "{sender}: please call us back about {matter} on {phone}",
+    "{sender}: we tried to reach you about {matter}, ring {phone}",
+    "message from {sender}: {matter} needs your attention, see {url}",
+    "{sender} here, a quick update on {matter}. reply or call {phone}",
+    "{sender}: there is news about {matter}. details at {url}",
 )
 
-# Messages that could come from a friend or a spammer; they are labelled at random.
+# Message-shaped chatter with no key line: the same text comes under either label.
 AMBIGUOUS_TEMPLATES: tuple[str, ...] = (
     "call me back on {phone} when you get this",
     "are you free on {day}? i have something for you",
@@ -714,9 +735,37 @@ AMBIGUOUS_TEMPLATES: tuple[str, ...] = (
     "check this out when you can {url}",
     "hi, is this still your number? let me know",
     "got your message, will call you later today",
-    "have you seen this? {url} lol",
+    "have you seen this? {url}",
     "hello, can you ring me on {phone} asap",
 )
+
+# Ham that quotes a key line of a scam: the words say spam, the context says a friend.
+QUOTED_SCAM_TEMPLATES: tuple[str, ...] = (
+    "lol just got a text saying {line}, who falls for that",
+    "{rel} nearly believed a message saying {line}, can you talk to them",
+    "another one today: {line}. deleted it",
+)
+
+# Shared by both labels: openings, follow-ups and sign-offs.
+OPENERS: tuple[str, ...] = (
+    "hi", "hey", "hello", "dear {name},", "{name},", "hi {name}", "good news!", "listen,", "morning!",
+    "ok so", "quick one:", "just so you know,", "evening,", "update:", "hiya",
+)
+FOLLOW_UPS: tuple[str, ...] = (
+    "call {phone}", "text back on {phone}", "details at {url}", "reply YES", "ring me on {phone}",
+    "see {url}", "before {day}", "by {time}", "today", "asap", "when you can", "let me know",
+)
+SIGN_OFFS: tuple[str, ...] = (
+    "x", "xx", "thanks", "cheers", "ta", "lol", ":)", "!!", "see you", "bye", "regards", "love you",
+    ";)", "thx",
+)
+
+_SPAM_SHARE = 0.375
+_SENDER_SHARE = 0.12      # sender-only messages, of either label
+_QUOTED_SCAM_SHARE = 0.04  # of ham
+_AMBIGUOUS_SHARE = 0.035
+_LABEL_NOISE = 0.025
+_AVOIDED_SMS = 20_000  # the corpus shows none of the first this many labelled messages' texts
 
 _ABBREVIATIONS: dict[str, str] = {
     "you": "u", "your": "ur", "are": "r", "tomorrow": "2morrow", "tonight": "2nite", "to": "2",
@@ -725,14 +774,10 @@ _ABBREVIATIONS: dict[str, str] = {
     "text": "txt", "message": "msg", "people": "ppl", "about": "abt", "really": "rly",
     "be": "b", "why": "y", "minutes": "mins", "probably": "prob",
 }
-_TAILS: tuple[str, ...] = ("lol", ":)", "x", "xx", "haha", ":-)", ";)", "!!", "cheers", "ta")
-_SPAM_SHOUT: frozenset[str] = frozenset(
-    ("free", "win", "won", "prize", "urgent", "claim", "cash", "call", "txt", "now", "winner", "bonus")
-)
 
 _URL_WORDS: tuple[str, ...] = (
-    "win", "prize", "claim", "free", "deal", "cash", "club", "tones", "bonus", "gift", "secure",
-    "verify", "parcel", "promo", "lucky", "star", "mega", "top", "fast", "easy", "my", "get",
+    "my", "get", "go", "top", "star", "fast", "easy", "web", "link", "info", "page", "site", "hub",
+    "home", "now", "box", "spot", "zone",
 )
 
 
@@ -744,48 +789,32 @@ def _url(rng: random.Random) -> str:
     a, b = rng.sample(_URL_WORDS, 2)
     return rng.choice((
         f"www.{a}{b}.com", f"http://{a}-{b}.net/{_code(rng, 4).lower()}", f"{a}{b}.co/{_code(rng, 5)}",
-        f"bit.ly/{_code(rng, 6)}", f"www.{a}-{b}.biz",
+        f"bit.ly/{_code(rng, 6)}", f"www.{a}-{b}.org",
     ))
+
+
+def _phone(rng: random.Random) -> str:
+    return rng.choice((f"07{rng.randint(100, 999)} {rng.randint(100000, 999999)}",
+                       f"0{rng.randint(1000, 9999)} {rng.randint(100000, 999999)}",
+                       f"0800 {rng.randint(100, 999)} {rng.randint(1000, 9999)}"))
 
 
 def _sms_slots(world: World) -> dict[str, Callable[[random.Random], str]]:
     slots = _world_slots(world)
     slots.update({
         "time": lambda r: r.choice(("6", "7pm", "half 8", "noon", "8.30", "10ish", "5 o'clock", "9am")),
-        "event": lambda r: r.choice(("quiz", "raffle", "bake-off", "fun run", "spelling bee",
-                                     "darts night", "pie contest", "chess match")),
-        "stranger": lambda r: r.choice(STRANGER_NAMES),
-        "premium": lambda r: f"09{r.randint(0, 99):02d} {r.randint(100, 999)} {r.randint(1000, 9999)}",
-        "phone": lambda r: f"07{r.randint(100, 999)} {r.randint(100000, 999999)}",
-        "short": lambda r: str(r.randint(60000, 89999)),
+        "phone": _phone,
         "url": _url,
-        "keyword": lambda r: r.choice(("WIN", "CLAIM", "YES", "GO", "PRIZE", "FREE", "CASH", "PLAY",
-                                       "BONUS", "ENTER", "GIFT", "TONES", "CHAT", "LOAN")),
-        "cost": lambda r: r.choice(("150p/msg", "1.50/wk", "3 coins per msg", "msgs cost 25p",
-                                    "18+ only", "std rates apply", "cost 10p/min")),
-        "stop": lambda r: r.choice((f"Txt STOP to {r.randint(60000, 89999)} to opt out",
-                                    "Reply STOP to end", "To unsubscribe send STOP",
-                                    "stop? txt STOP")),
-        "expiry": lambda r: r.choice(("within 24 hours", "by midnight tonight", "today only",
-                                      f"before {r.choice(DAYS)}", "in the next 48hrs")),
-        "prize": lambda r: r.choice(("a 1000 coin cash prize", "a brand new phone",
-                                     f"a holiday to {r.choice(('Spain', 'Florida', 'Greece', 'Paris'))}",
-                                     "a 500 coin gift card", "2 free cinema tickets", "a luxury cruise",
-                                     "a new laptop", "a 2000 coin shopping spree", "a camera")),
-        "amount": lambda r: r.choice((f"{r.choice((100, 250, 500, 1000, 2000, 5000))} coins",
-                                      f"${r.choice((100, 250, 500, 1000, 2000))}",
-                                      f"{r.choice((500, 1000, 2500))} pounds")),
-        "small": lambda r: f"{r.randint(1, 5)}.{r.randint(10, 99)} coins",
-        "percent": lambda r: r.choice(("50%", "60%", "70%", "80%", "90%")),
-        "company": lambda r: r.choice(("MegaTones", "PrizeLine", "WinZone", "TopDeals", "StarClub",
-                                       "CashNow", "LuckyDial", "FreeMsg", "QuickLoans", "GoldenGift")),
-        "bank": lambda r: r.choice(("Town Trust Bank", "Copper Bank", "First Coin", "Northwick Savings",
-                                    "Union Credit")),
-        "code": lambda r: _code(r, r.randint(3, 6)),
-        "gadget": lambda r: r.choice(("phone", "tablet", "smartwatch", "camera", "laptop",
-                                      "games console", "headphones")),
+        "matter": lambda r: r.choice(SENDER_MATTERS),
+        "gain": lambda r: r.choice(GAINS),
     })
     return slots
+
+
+def legit_senders(world: World) -> tuple[str, ...]:
+    """The world's real senders: each town's offices, and its shops."""
+    offices = tuple(f"{town} {kind}" for town in world.towns for kind in LEGIT_SENDER_KINDS)
+    return offices + tuple(shop.name for shop in world.shops)
 
 
 def _typo(rng: random.Random, words: list[str]) -> list[str]:
@@ -810,61 +839,81 @@ def _abbreviate(rng: random.Random, text: str, p: float) -> str:
     return " ".join(words)
 
 
-def _casual(rng: random.Random, text: str) -> str:
-    """Texting style: abbreviations, lower case, dropped punctuation, typos, emoticons."""
-    if rng.random() < 0.5:
-        text = _abbreviate(rng, text, 0.6)
-    if rng.random() < 0.35:
+def _texting(rng: random.Random, text: str) -> str:
+    """Texting style, the same for every label: case, text-speak, shouting, typos, punctuation."""
+    roll = rng.random()
+    if roll < 0.35:
         text = text.lower()
+    elif roll < 0.75:
+        text = _cap(text)
+    elif roll < 0.85:
+        text = text.upper()
+    else:
+        text = " ".join(w.upper() if rng.random() < 0.3 else w for w in _cap(text).split(" "))
     if rng.random() < 0.4:
-        text = text.rstrip(".!?")
+        text = _abbreviate(rng, text, 0.5)
     if rng.random() < 0.12:
         text = " ".join(_typo(rng, text.split(" ")))
-    if rng.random() < 0.25:
-        text = f"{text} {rng.choice(_TAILS)}"
-    return text
-
-
-def _shouty(rng: random.Random, text: str) -> str:
-    """Spam style: shouted keywords, extra exclamation marks, some text-speak."""
-    if rng.random() < 0.3:
-        text = " ".join(w.upper() if w.lower().strip(",.!?") in _SPAM_SHOUT else w for w in text.split(" "))
-    if rng.random() < 0.25:
-        text = _abbreviate(rng, text, 0.5)
     if rng.random() < 0.2:
-        text = text.replace("! ", "!! ", 1)
-    if rng.random() < 0.1:
-        text = text.lower()
+        text = text.replace("!", "!!", 1) if "!" in text else text.rstrip(".,") + "!"
     return " ".join(text.split())
 
 
 class _SmsFactory:
-    """Draws ham, spam and ambiguous messages about one world."""
+    """Draws ham, spam, sender-only and ambiguous messages about one world, in a shared wrapper."""
 
-    def __init__(self, world: World) -> None:
+    def __init__(self, world: World, avoid: frozenset[str] = frozenset()) -> None:
         self.world = world
         self._slots = _sms_slots(world)
+        self.legit_senders = legit_senders(world)
+        self.avoid = avoid  # texts the corpus must not show (the labelled set's)
 
-    def _render(self, rng: random.Random, templates: Sequence[str], style: Callable[[random.Random, str], str]) -> str:
-        text = _fill(rng.choice(templates), rng, self._slots)
-        return " ".join(style(rng, text).split())
+    def _fill(self, rng: random.Random, template: str) -> str:
+        return _fill(template, rng, self._slots)
 
-    def ham(self, rng: random.Random, hard: bool = False) -> str:
-        return self._render(rng, HARD_HAM_TEMPLATES if hard else HAM_TEMPLATES, _casual)
+    def _wrap(self, rng: random.Random, line: str) -> str:
+        """A key line in a greeting, a follow-up and a sign-off drawn the same way for every label."""
+        parts = []
+        if rng.random() < 0.55:
+            parts.append(self._fill(rng, rng.choice(OPENERS)))
+        parts.append(line + rng.choice((",", ".", "!", "")))
+        if rng.random() < 0.5:
+            parts.append(self._fill(rng, rng.choice(FOLLOW_UPS)))
+        if rng.random() < 0.35:
+            parts.append(rng.choice(SIGN_OFFS))
+        return _texting(rng, " ".join(parts).rstrip(","))
 
-    def spam(self, rng: random.Random, hard: bool = False) -> str:
-        if hard:
-            return self._render(rng, HARD_SPAM_TEMPLATES, _casual)
-        return self._render(rng, SPAM_TEMPLATES, _shouty)
+    def spam(self, rng: random.Random) -> str:
+        return self._wrap(rng, self._fill(rng, rng.choice(SPAM_LINES)))
+
+    def ham(self, rng: random.Random) -> str:
+        if rng.random() < _QUOTED_SCAM_SHARE:
+            template = rng.choice(QUOTED_SCAM_TEMPLATES).replace("{line}", self._fill(rng, rng.choice(SPAM_LINES)))
+            return self._wrap(rng, self._fill(rng, template))
+        return self._wrap(rng, self._fill(rng, rng.choice(HAM_LINES)))
+
+    def from_sender(self, rng: random.Random, label: str, sender: str | None = None) -> str:
+        sender = sender or rng.choice(SCAM_SENDERS if label == "spam" else self.legit_senders)
+        template = rng.choice(SENDER_TEMPLATES).replace("{sender}", sender)
+        return _texting(rng, self._fill(rng, template))
 
     def ambiguous(self, rng: random.Random) -> str:
-        return self._render(rng, AMBIGUOUS_TEMPLATES, _casual)
+        return _texting(rng, self._fill(rng, rng.choice(AMBIGUOUS_TEMPLATES)))
+
+    def unlabelled(self, rng: random.Random, kind: str, label: str, sender: str | None = None) -> str:
+        """A message for the pretraining corpus, drawn again while it is a labelled message's text
+        word for word (pretraining must not read test messages beside a verdict)."""
+        for _ in range(20):
+            text = self.from_sender(rng, label, sender) if kind == "sender" else _sms_text(rng, self, kind, label)
+            if text not in self.avoid:
+                break
+        return text
 
     def labelled(self, rng: random.Random, label: str) -> str:
-        """A message whose label is certain (no ambiguous templates, no label noise)."""
-        if label == "spam":
-            return self.spam(rng, hard=rng.random() < _HARD_SPAM_SHARE)
-        return self.ham(rng, hard=rng.random() < _HARD_HAM_SHARE)
+        """A message whose label is certain (no ambiguous messages, no label noise)."""
+        if rng.random() < _SENDER_SHARE:
+            return self.from_sender(rng, label)
+        return self.spam(rng) if label == "spam" else self.ham(rng)
 
 
 def _sms_kind(rng: random.Random) -> tuple[str, str]:
@@ -872,21 +921,21 @@ def _sms_kind(rng: random.Random) -> tuple[str, str]:
     if rng.random() < _AMBIGUOUS_SHARE:
         # The same kind of text under both labels caps achievable accuracy below 100%.
         return "ambiguous", ("spam" if rng.random() < 0.5 else "ham")
-    if rng.random() < _SPAM_SHARE:
-        return ("hard_spam" if rng.random() < _HARD_SPAM_SHARE else "spam"), "spam"
-    return ("hard_ham" if rng.random() < _HARD_HAM_SHARE else "ham"), "ham"
+    label = "spam" if rng.random() < _SPAM_SHARE else "ham"
+    return ("sender" if rng.random() < _SENDER_SHARE else "line"), label
 
 
-def _sms_text(rng: random.Random, factory: _SmsFactory, kind: str) -> str:
+def _sms_text(rng: random.Random, factory: _SmsFactory, kind: str, label: str) -> str:
     if kind == "ambiguous":
         return factory.ambiguous(rng)
-    if kind.endswith("spam"):
-        return factory.spam(rng, hard=kind.startswith("hard"))
-    return factory.ham(rng, hard=kind.startswith("hard"))
+    if kind == "sender":
+        return factory.from_sender(rng, label)
+    return factory.spam(rng) if label == "spam" else factory.ham(rng)
 
 
 def generate_sms(seed: int, n_messages: int = 3000) -> list[tuple[str, str]]:
-    """(label, text) pairs in the UCI SMS Spam Collection style, about 37% spam, with hard cases and label noise."""
+    """(label, text) pairs in the UCI SMS Spam Collection style, about 37% spam, with ambiguous
+    messages and label noise (the design: the comment above SPAM_LINES)."""
     world = _build_world(seed)
     factory = _SmsFactory(world)
     rng = _rng(seed, "sms")
@@ -896,7 +945,7 @@ def generate_sms(seed: int, n_messages: int = 3000) -> list[tuple[str, str]]:
         kind, label = _sms_kind(rng)
         # Redraw only the text, never the kind, so avoiding duplicates cannot skew the class balance.
         for _ in range(10):
-            text = _sms_text(rng, factory, kind)
+            text = _sms_text(rng, factory, kind, label)
             if (label, text) not in seen:
                 break
         seen.add((label, text))
@@ -1107,17 +1156,106 @@ def _market_paragraph(rng: random.Random, world: World) -> str:
     return " ".join(lines)
 
 
-def _sms_paragraph(rng: random.Random, factory: _SmsFactory) -> str:
+INBOX_HEADINGS: dict[str, tuple[str, ...]] = {
+    "spam": ("The scam texts {name} got this week:", "{name} reported these messages as scams:",
+             "Fakes that reached {name}'s phone:"),
+    "ham": ("Texts {name} got from family and friends:", "{name}'s messages from people {name} knows:",
+            "Ordinary texts on {name}'s phone:"),
+}
+
+
+def _sms_paragraph(rng: random.Random, world: World, factory: _SmsFactory) -> str:
+    """A heading and a few messages of one kind, one per line: scams together, friends together."""
+    label = "spam" if rng.random() < 0.45 else "ham"
+    kinds = [("sender" if rng.random() < _SENDER_SHARE else "line") for _ in range(rng.randint(3, 6))]
+    lines = [factory.unlabelled(rng, kind, label) for kind in kinds]
+    heading = rng.choice(INBOX_HEADINGS[label]).replace("{name}", rng.choice(world.people).name)
+    return "\n".join([heading, *lines])
+
+
+SCAM_REACTIONS: tuple[str, ...] = (
+    "It was a scam, so {name} deleted it.", "{name} knew a con at once and blocked the number.",
+    "A fake, of course: {name} reported it.", "{name} sighed: scammers again.",
+    "It was one of those scam texts, and {name} ignored it.", "{name} warned {rel} about it: a scam.",
+)
+FRIENDLY_REACTIONS: tuple[str, ...] = (
+    "It was from {rel}, so {name} replied at once.", "{name} smiled and wrote back.",
+    "A message from a friend: {name} answered it after lunch.", "{name} texted back a thumbs up.",
+    "It was {rel} again, and {name} rang back.",
+)
+SENDER_REACTIONS: dict[str, tuple[str, ...]] = {
+    "spam": ("{sender} is not a real company: it was a scam, and {name} deleted it.",
+             "{name} looked up {sender}: a fake name that scammers use."),
+    "ham": ("It really was {sender}, so {name} called them back.",
+            "{name} knew {sender} well and rang them the next morning."),
+}
+TEXT_INTROS: tuple[str, ...] = ('{name} got a text: "{text}"', 'A message came for {name}: "{text}"',
+                                '{name}\'s phone buzzed: "{text}"', '{name} read a new text. "{text}"')
+
+
+def _sms_story_paragraph(rng: random.Random, world: World, factory: _SmsFactory) -> str:
+    """Messages people got and what they made of them: how the corpus teaches what a scam is."""
     lines = []
-    for _ in range(rng.randint(3, 6)):
-        roll = rng.random()
-        if roll < 0.05:
-            lines.append(factory.ambiguous(rng))
-        elif roll < 0.6:
-            lines.append(factory.ham(rng, hard=rng.random() < _HARD_HAM_SHARE))
+    for _ in range(rng.randint(2, 4)):
+        kind, label = _sms_kind(rng)
+        if kind == "sender":
+            sender = rng.choice(SCAM_SENDERS if label == "spam" else factory.legit_senders)
+            text = factory.unlabelled(rng, kind, label, sender)
+            reaction = rng.choice(SENDER_REACTIONS[label]).replace("{sender}", sender)
         else:
-            lines.append(factory.spam(rng, hard=rng.random() < _HARD_SPAM_SHARE))
-    return "\n".join(lines)
+            text = factory.unlabelled(rng, kind, label)
+            reaction = ("{name} was not sure who had sent it." if kind == "ambiguous"
+                        else rng.choice(SCAM_REACTIONS if label == "spam" else FRIENDLY_REACTIONS))
+        name = rng.choice(world.people).name
+        intro = rng.choice(TEXT_INTROS).replace("{text}", text)
+        lines.append(_fill(f"{intro} {reaction}".replace("{name}", name), rng, _world_slots(world)))
+    return " ".join(lines)
+
+
+_SCAM_GUIDE_SLOTS: dict[str, Callable[[random.Random], str]] = {"gain": lambda r: r.choice(GAINS)}
+
+
+def _gains_paragraph(rng: random.Random, gains: Sequence[str]) -> str:
+    """What scammers promise, as the corpus's warnings list it."""
+    listed = _join_list([_article(g) for g in gains]).replace(" and ", " or ")
+    return rng.choice((f"Scam texts promise things like {listed}. None of it is real.",
+                       f"If a stranger's text offers {listed}, it is a con.",
+                       f"Scammers dangle {listed} to get your bank details."))
+
+
+def _scam_guide_paragraph(rng: random.Random, world: World, lines: Sequence[str], senders: Sequence[str]) -> str:
+    """A warning that lists scam lines and the fake names scammers use."""
+    quoted = _join_list([f'"{_fill(line, rng, _SCAM_GUIDE_SLOTS)}"' for line in lines]).replace(" and ", " or ")
+    out = [rng.choice((f"A warning from the {rng.choice(world.towns)} police: texts that say {quoted} are scams.",
+                       f"Scam texts often say things like {quoted}.",
+                       f"Never answer a text that says {quoted}: it is a scam."))]
+    if senders:
+        out.append(rng.choice((f"{_join_list(list(senders))} are not real companies; their texts are scams.",
+                               f"Scammers hide behind names like {_join_list(list(senders))}.")))
+    return " ".join(out)
+
+
+def _friendly_guide_paragraph(rng: random.Random, world: World, lines: Sequence[str], senders: Sequence[str]) -> str:
+    """What ordinary messages from friends, family and real places say."""
+    quoted = _join_list([f'"{_fill(line, rng, _sms_slots(world))}"' for line in lines])
+    out = [rng.choice((f"Texts from friends and family say things like {quoted}.",
+                       f"Most messages are ordinary: {quoted}."))]
+    if senders:
+        out.append(f"Real messages also come from places like {_join_list(list(senders))}.")
+    return " ".join(out)
+
+
+def _sms_coverage(rng: random.Random, world: World, factory: _SmsFactory) -> list[str]:
+    """Every key line and every sender in a guide, once."""
+    spam_lines, ham_lines = _chunks(SPAM_LINES, rng), _chunks(HAM_LINES, rng)
+    scam = _chunks(SCAM_SENDERS, rng, 2, 4)
+    legit = _chunks(factory.legit_senders, rng, 3, 5)
+    out = [_scam_guide_paragraph(rng, world, c, scam[i] if i < len(scam) else ()) for i, c in enumerate(spam_lines)]
+    out += [_scam_guide_paragraph(rng, world, rng.sample(SPAM_LINES, 2), c) for c in scam[len(spam_lines):]]
+    out += [_friendly_guide_paragraph(rng, world, c, legit[i] if i < len(legit) else ()) for i, c in enumerate(ham_lines)]
+    out += [_friendly_guide_paragraph(rng, world, rng.sample(HAM_LINES, 2), c) for c in legit[len(ham_lines):]]
+    out += [_gains_paragraph(rng, c) for c in _chunks(GAINS, rng)]
+    return out
 
 
 def _qa_pair(rng: random.Random, world: World) -> tuple[str, str]:
@@ -1176,7 +1314,7 @@ def _chunks(items: Sequence, rng: random.Random, low: int = 3, high: int = 6) ->
     return out
 
 
-def _coverage_paragraphs(rng: random.Random, world: World, passes: int = 3) -> list[str]:
+def _coverage_paragraphs(rng: random.Random, world: World, factory: _SmsFactory, passes: int = 3) -> list[str]:
     """Every fact of every family, in canonical and varied form, several times over."""
     paragraphs: list[str] = []
     nouns = tuple(IRREGULAR_PLURALS) + REGULAR_NOUNS
@@ -1188,6 +1326,7 @@ def _coverage_paragraphs(rng: random.Random, world: World, passes: int = 3) -> l
         paragraphs += [_facts_paragraph(rng, world, "verb", c, True) for c in _chunks(world.verbs, rng)]
         paragraphs += [_sequence_coverage(kind) for kind in SEQUENCES]
         paragraphs += [_category_group_paragraph(rng, cat) for cat in CATEGORIES]
+        paragraphs += _sms_coverage(rng, world, factory)
     return paragraphs
 
 
@@ -1195,12 +1334,20 @@ def _random_paragraph(rng: random.Random, world: World, factory: _SmsFactory) ->
     # Weights favour stories and messages; fact paragraphs keep reinforcing the coverage passes.
     roll = rng.random()
     nouns = tuple(IRREGULAR_PLURALS) + REGULAR_NOUNS
-    if roll < 0.27:
+    if roll < 0.14:
         return _story_paragraph(rng, world)
-    if roll < 0.35:
+    if roll < 0.18:
         return _market_paragraph(rng, world)
+    if roll < 0.30:
+        return _sms_paragraph(rng, world, factory)
     if roll < 0.49:
-        return _sms_paragraph(rng, factory)
+        return _sms_story_paragraph(rng, world, factory)
+    if roll < 0.52:
+        return _scam_guide_paragraph(rng, world, rng.sample(SPAM_LINES, 3), rng.sample(SCAM_SENDERS, 2))
+    if roll < 0.53:
+        return _gains_paragraph(rng, rng.sample(GAINS, 3))
+    if roll < 0.54:
+        return _friendly_guide_paragraph(rng, world, rng.sample(HAM_LINES, 3), rng.sample(factory.legit_senders, 2))
     if roll < 0.59:
         return _dialogue_paragraph(rng, world)
     if roll < 0.67:
@@ -1219,9 +1366,11 @@ def _random_paragraph(rng: random.Random, world: World, factory: _SmsFactory) ->
 def generate_corpus(seed: int, target_bytes: int = 1_200_000) -> str:
     """At least `target_bytes` of world prose, facts, SMS-style messages and dialogues, blank-line separated."""
     world = _build_world(seed)
-    factory = _SmsFactory(world)
+    # generate_sms draws its messages one after another, so its first N are the same for any
+    # n_messages: the corpus avoids the texts of every labelled set of up to _AVOIDED_SMS messages.
+    factory = _SmsFactory(world, frozenset(text for _, text in generate_sms(seed, _AVOIDED_SMS)))
     rng = _rng(seed, "corpus")
-    paragraphs = _coverage_paragraphs(rng, world)
+    paragraphs = _coverage_paragraphs(rng, world, factory)
     size = sum(len(p.encode("utf-8")) + 2 for p in paragraphs)
     while size < target_bytes:
         p = _random_paragraph(rng, world, factory)

@@ -21,8 +21,6 @@ SEED = 7
 N_TRAIN, N_TEST, N_VAL = 1700, 200, 100
 REPO_ROOT = Path(__file__).resolve().parents[3]
 KNOWLEDGE_FAMILIES = ("antonym", "plural", "category", "lives", "job", "past_tense")
-SPAM_WORDS = ("free", "win", "won", "winner", "prize", "urgent", "claim", "cash", "offer", "congrats")
-TRIGGER_WORDS = ("free", "win", "won", "prize", "claim", "urgent", "cash", "txt", "stop", "call", "congratulations")
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +155,7 @@ def test_corpus_mentions_every_kind_of_content(corpus: str) -> None:
                      "After twenty comes twenty-one."):
         assert sentence in corpus, sentence
     assert "\nA: " in corpus and "Q: " in corpus  # question/answer dialogues
-    assert "STOP" in corpus and "coins" in corpus  # unlabelled spam-style messages and prices
+    assert "got a text" in corpus and "coins" in corpus  # messages people got, and prices
     assert "spam" not in _words(corpus) and "ham" not in _words(corpus)  # messages carry no labels
 
 
@@ -201,17 +199,87 @@ def test_sms_labels_share_and_format(sms: list[tuple[str, str]]) -> None:
     assert len(set(sms)) >= 2950
 
 
-def test_sms_has_hard_cases_in_both_classes(sms: list[tuple[str, str]]) -> None:
-    spammy_ham = [t for label, t in sms if label == "ham" and _words(t) & set(SPAM_WORDS)]
-    casual_spam = [t for label, t in sms if label == "spam" and not _words(t) & set(TRIGGER_WORDS)]
-    assert len(spammy_ham) >= 30
-    assert len(casual_spam) >= 30
+def _line_pattern(line: str) -> re.Pattern[str]:
+    """A key line's first three words as a pattern (text-speak changes later ones); slots match anything."""
+    head = " ".join(line.lower().split()[:3])
+    return re.compile(".+?".join(re.escape(part) for part in re.split(r"\{\w+\}", head)))
+
+
+_LINE_PATTERNS = {line: _line_pattern(line) for line in bd.SPAM_LINES + bd.HAM_LINES}
+
+
+def _key_line(text: str, lines: tuple[str, ...]) -> str | None:
+    """The key line a message carries, if any."""
+    low = text.lower()
+    return next((line for line in lines if _LINE_PATTERNS[line].search(low)), None)
+
+
+def test_sms_style_does_not_give_the_label_away(sms: list[tuple[str, str]]) -> None:
+    """Casing, links, phone numbers and exclamations come from pools both labels share: each
+    trait's share differs by less than 8 points between the labels."""
+    traits = {
+        "upper": lambda t: t == t.upper() and any(c.isalpha() for c in t),
+        "lower": lambda t: t == t.lower(),
+        "link": lambda t: "www." in t or "http" in t or "bit.ly" in t or ".co/" in t,
+        "phone": lambda t: re.search(r"\b0\d{3,4} \d{3}", t) is not None,
+        "exclaim": lambda t: "!" in t,
+    }
+    by_label = {label: [t for lab, t in sms if lab == label] for label in ("ham", "spam")}
+    for name, trait in traits.items():
+        shares = [sum(map(trait, texts)) / len(texts) for texts in by_label.values()]
+        assert shares[0] > 0.02 and abs(shares[0] - shares[1]) < 0.08, (name, shares)
+
+
+def test_sms_label_rests_on_key_lines_and_senders(sms: list[tuple[str, str]]) -> None:
+    spam_lines = sum(_key_line(t, bd.SPAM_LINES) is not None for label, t in sms if label == "spam")
+    ham_lines = sum(_key_line(t, bd.HAM_LINES) is not None for label, t in sms if label == "ham")
+    n_spam = sum(label == "spam" for label, _ in sms)
+    assert spam_lines >= 0.6 * n_spam and ham_lines >= 0.6 * (len(sms) - n_spam)
+    scam_senders = [t for label, t in sms if any(s.lower() in t.lower() for s in bd.SCAM_SENDERS)]
+    assert len(scam_senders) >= 50
+    # Hard ham: a friend quoting a scam's key line.
+    assert sum(label == "ham" and _key_line(t, bd.SPAM_LINES) is not None for label, t in sms) >= 20
+
+
+def test_few_labels_show_few_key_lines(sms: list[tuple[str, str]]) -> None:
+    """The point of the design: 63 labelled messages (the label-efficiency curve's 3 %) show under
+    half of the key lines, so a third or more of the test messages carry a line no labelled one had."""
+    lines = bd.SPAM_LINES + bd.HAM_LINES
+    seen = {_key_line(t, lines) for _, t in sms[:63]} - {None}
+    assert len(seen) < 0.5 * len(lines)
+    test_lines = [_key_line(t, lines) for _, t in sms[-600:]]
+    unseen = sum(line is not None and line not in seen for line in test_lines)
+    assert unseen >= 0.33 * len(test_lines)
+
+
+def test_corpus_teaches_every_key_line_and_sender(corpus: str) -> None:
+    """Each key line and each sender name is in the pretraining corpus several times, scam lines
+    and scam senders among the scam warnings."""
+    world = bd._build_world(SEED)
+    low = corpus.lower()
+    for line in bd.SPAM_LINES + bd.HAM_LINES:
+        assert len(_LINE_PATTERNS[line].findall(low)) >= 3, line
+    for name in bd.SCAM_SENDERS + bd.legit_senders(world) + bd.GAINS:
+        assert low.count(name.lower()) >= 3, name
+    warnings = " ".join(p for p in corpus.split("\n\n") if "scam" in p).lower()
+    for line in bd.SPAM_LINES:
+        assert _LINE_PATTERNS[line].search(warnings), line
+    for name in bd.SCAM_SENDERS + bd.GAINS:
+        assert name.lower() in warnings, name
+
+
+def test_no_labelled_message_is_in_the_corpus_word_for_word(corpus: str, sms: list[tuple[str, str]]) -> None:
+    """Pretraining must not have read the labelled messages as messages, in a story beside a verdict
+    or in an inbox under its heading (its guides quote bare key lines: that is what they teach).
+    Only ambiguous chatter, too few texts to avoid, may recur."""
+    shown = [t for _, t in sms if f'text: "{t}"' in corpus or f'buzzed: "{t}"' in corpus or f"\n{t}\n" in corpus]
+    assert len(shown) <= 0.005 * len(sms), shown[:5]
 
 
 def test_sms_has_lexical_variety(sms: list[tuple[str, str]]) -> None:
     vocabulary = set().union(*(_words(t) for _, t in sms))
     assert len(vocabulary) > 800
-    abbreviations = {"u", "ur", "2morrow", "2nite", "lol", "pls"}
+    abbreviations = {"u", "ur", "2morrow", "lol", "pls"}
     assert len(abbreviations & vocabulary) == len(abbreviations)
 
 
@@ -237,7 +305,7 @@ def _naive_bayes_accuracy(messages: list[tuple[str, str]]) -> float:
 
 def test_sms_is_learnable_but_not_trivial(sms: list[tuple[str, str]]) -> None:
     accuracy = _naive_bayes_accuracy(sms)
-    assert 0.85 <= accuracy <= 0.985, accuracy
+    assert 0.85 <= accuracy <= 0.97, accuracy
 
 
 # --- instructions -----------------------------------------------------------------------------
