@@ -8,7 +8,7 @@ import random
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,10 @@ class NoTracking:
 
     def log_text(self, text: str, name: str) -> None:
         pass
+
+    def log_child_run(self, name: str, params: Mapping[str, Any], metrics: Mapping[str, float],
+                      tags: Mapping[str, str], seconds: float | None = None) -> str:
+        return ""
 
 
 @dataclass
