@@ -64,7 +64,9 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def params(**label_efficiency: object) -> Params:
     return shipped_params({"model": {"context_length": CONTEXT},
-                           "finetune_classifier": {"epochs": 1, "batch_size": 8, "max_length": 16, "device": "cpu"},
+                           # last_block: unlike the random-init line, which trains every weight
+                           "finetune_classifier": {"epochs": 1, "batch_size": 8, "max_length": 16, "device": "cpu",
+                                                   "trainable": "last_block"},
                            "finetune_instruct": {"allowed_max_length": CONTEXT},
                            "finetune_preference": {"allowed_max_length": CONTEXT},
                            "label_efficiency": {"fractions": [0.1, 0.5, 1.0], "min_steps": 4, **label_efficiency}})
