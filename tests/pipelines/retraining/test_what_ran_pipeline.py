@@ -86,6 +86,7 @@ def test_nothing_then_one_param_then_one_data_file(project, monkeypatch) -> None
 
     (work / SMS).write_text(_sms_records(300, seed=2))
     data = _retrain(work, env, "r4", monkeypatch)
-    # The corpus is unchanged, so tokenize and pretrain (and the instruct model) stay as they were.
-    assert data.ran == data.changed == ["download", "finetune_classifier", "evaluate"]
+    # The corpus is unchanged, so tokenize and pretrain (and the instruct model) stay as they were;
+    # the label-efficiency curve reads the classification data too.
+    assert data.ran == data.changed == ["download", "finetune_classifier", "label_efficiency", "evaluate"]
     assert _registered(data, "r4") == {"classifier": "finetune_classifier"}
