@@ -27,6 +27,7 @@ from steps.tasks.classification import (
     accuracy,
     check_splits,
     encode_examples,
+    epoch_steps,
     fit_classifier,
     initial_classifier,
     loader,
@@ -84,7 +85,7 @@ def measure_points(ctx: StageContext) -> dict[str, dict[str, Any]]:
     for fraction, subset in zip(settings.fractions, nested_subsets(splits["train"], settings.fractions, seed)):
         items, _ = encode_examples(tok, subset, labels, cfg.max_length, cfg.long_records,
                                    f"{layout.CLASSIFICATION} (train split)")
-        steps = point_steps(len(items), cfg.epochs, cfg.batch_size, settings.min_steps)
+        steps = point_steps(epoch_steps(len(items), cfg), settings.min_steps)
         point: dict[str, Any] = {"fraction": fraction, "labels": len(items), "steps": steps}
         for method, init, trainable in GPT_LINES:
             start = time.perf_counter()

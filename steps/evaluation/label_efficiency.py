@@ -8,7 +8,6 @@ split. Plain Python: the evaluate stage reads the report without importing any t
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,10 +25,11 @@ POINT_STAGE = "label_efficiency_point"
 CSV_COLUMNS = ["labels", "fraction", *METHODS]
 
 
-def point_steps(n_labels: int, epochs: int, batch_size: int, min_steps: int) -> int:
-    """Optimizer steps of a point: finetune_classifier's epochs over the subset, at least `min_steps`
-    (a subset of 20 messages would otherwise train for a handful of updates)."""
-    return max(min_steps, epochs * math.ceil(n_labels / batch_size))
+def point_steps(epoch_steps: int, min_steps: int) -> int:
+    """Optimizer steps of a point: finetune_classifier's epochs over the subset (`epoch_steps`, as
+    steps.tasks.classification.epoch_steps counts them), at least `min_steps` (a subset of 20
+    messages would otherwise train for a handful of updates)."""
+    return max(min_steps, epoch_steps)
 
 
 def point_warmup(steps: int, warmup_steps: int) -> int:

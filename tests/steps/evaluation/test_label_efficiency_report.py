@@ -14,6 +14,8 @@ from steps.evaluation.label_efficiency import (
     point_warmup,
     read_curve,
 )
+from steps.tasks.classification import epoch_steps
+from tests.params import shipped_params
 
 
 def point(fraction: float, labels: int, pretrained: float = 0.9, random_init: float = 0.7, tfidf: float = 0.8) -> dict:
@@ -26,9 +28,10 @@ def points(*items: dict) -> dict[str, dict]:
 
 
 def test_a_point_trains_its_epochs_or_min_steps_whichever_is_more() -> None:
-    assert point_steps(21, epochs=3, batch_size=16, min_steps=60) == 60  # 3 x 2 batches
-    assert point_steps(2100, epochs=3, batch_size=16, min_steps=60) == 396  # 3 x 132, as finetune_classifier
-    assert point_steps(21, epochs=3, batch_size=16, min_steps=1) == 6
+    cfg = shipped_params({"finetune_classifier": {"epochs": 3, "batch_size": 16}}).finetune_classifier
+    assert point_steps(epoch_steps(21, cfg), min_steps=60) == 60  # 3 x 2 batches
+    assert point_steps(epoch_steps(2100, cfg), min_steps=60) == 396  # 3 x 132, as finetune_classifier
+    assert point_steps(epoch_steps(21, cfg), min_steps=1) == 6
 
 
 def test_warmup_is_at_most_a_tenth_of_the_steps() -> None:
