@@ -1214,9 +1214,6 @@ def _sms_story_paragraph(rng: random.Random, world: World, factory: _SmsFactory)
     return " ".join(lines)
 
 
-_SCAM_GUIDE_SLOTS: dict[str, Callable[[random.Random], str]] = {"gain": lambda r: r.choice(GAINS)}
-
-
 def _gains_paragraph(rng: random.Random, gains: Sequence[str]) -> str:
     """What scammers promise, as the corpus's warnings list it."""
     listed = _join_list([_article(g) for g in gains]).replace(" and ", " or ")
@@ -1227,7 +1224,8 @@ def _gains_paragraph(rng: random.Random, gains: Sequence[str]) -> str:
 
 def _scam_guide_paragraph(rng: random.Random, world: World, lines: Sequence[str], senders: Sequence[str]) -> str:
     """A warning that lists scam lines and the fake names scammers use."""
-    quoted = _join_list([f'"{_fill(line, rng, _SCAM_GUIDE_SLOTS)}"' for line in lines]).replace(" and ", " or ")
+    slots = _sms_slots(world)
+    quoted = _join_list([f'"{_fill(line, rng, slots)}"' for line in lines]).replace(" and ", " or ")
     out = [rng.choice((f"A warning from the {rng.choice(world.towns)} police: texts that say {quoted} are scams.",
                        f"Scam texts often say things like {quoted}.",
                        f"Never answer a text that says {quoted}: it is a scam."))]
@@ -1239,7 +1237,8 @@ def _scam_guide_paragraph(rng: random.Random, world: World, lines: Sequence[str]
 
 def _friendly_guide_paragraph(rng: random.Random, world: World, lines: Sequence[str], senders: Sequence[str]) -> str:
     """What ordinary messages from friends, family and real places say."""
-    quoted = _join_list([f'"{_fill(line, rng, _sms_slots(world))}"' for line in lines])
+    slots = _sms_slots(world)
+    quoted = _join_list([f'"{_fill(line, rng, slots)}"' for line in lines])
     out = [rng.choice((f"Texts from friends and family say things like {quoted}.",
                        f"Most messages are ordinary: {quoted}."))]
     if senders:
