@@ -49,6 +49,7 @@ DEFAULT_PORT = 4200
 STATE_FILE = "gptpipe-server.json"
 LOG_FILE = "gptpipe-server.log"
 LOCK_FILE = "gptpipe-server.lock"
+PORT_ATTEMPTS = 3  # a port found free can be taken before the server binds it: then another one
 START_TIMEOUT_S = 180  # the first start creates Prefect's database: slow on a busy small machine
 STOP_TIMEOUT_S = 30
 
@@ -224,16 +225,32 @@ def start(home: Path | None = None, port: int = DEFAULT_PORT) -> tuple[LocalServ
             _await_healthy(found)
             return found, False
         chosen = port if port_free(port) else _any_free_port()
-        proc = spawn(command(chosen), environment(home), cwd=home, log=home / LOG_FILE)
-        server = LocalServer(str(home), chosen, proc.pid, proc.create_time())
-        write_json(home / STATE_FILE, asdict(server))
-        try:
-            _await_healthy(server)
-        except ServerError:
-            terminate(proc)
-            (home / STATE_FILE).unlink(missing_ok=True)
-            raise
+        tried = 1
+        while (server := _spawn_healthy(home, chosen)) is None:
+            # Free when chosen, taken when the server tried to bind it: another server (of another
+            # home) started on it meanwhile. Any other failure raised in _spawn_healthy.
+            if tried == PORT_ATTEMPTS:
+                raise ServerError(f"port {chosen} and {tried - 1} before it were taken while the Prefect server "
+                                  f"started; the end of {home / LOG_FILE}:\n{log_tail(home / LOG_FILE)}")
+            chosen, tried = _any_free_port(), tried + 1
     return server, True
+
+
+def _spawn_healthy(home: Path, port: int) -> LocalServer | None:
+    """Start the server on `port` and wait until it is healthy; None if it failed because something
+    else took the port meanwhile."""
+    proc = spawn(command(port), environment(home), cwd=home, log=home / LOG_FILE)
+    server = LocalServer(str(home), port, proc.pid, proc.create_time())
+    write_json(home / STATE_FILE, asdict(server))
+    try:
+        _await_healthy(server)
+        return server
+    except ServerError:
+        terminate(proc)
+        (home / STATE_FILE).unlink(missing_ok=True)
+        if port_free(port):
+            raise
+        return None
 
 
 def stop(home: Path | None = None) -> LocalServer | None:
@@ -266,7 +283,8 @@ def use_for_this_process() -> str:
 
 def _await_healthy(server: LocalServer) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
-    while not healthy(f"{server.api_url}/health", timeout=2):
+    # Alive checked after the answer: a server of another home on the same port answers too.
+    while not healthy(f"{server.api_url}/health", timeout=2) or live_process(server.pid, server.create_time) is None:
         if live_process(server.pid, server.create_time) is None:
             raise ServerError(f"the Prefect server exited while starting; the end of {server.log}:\n"
                               f"{log_tail(server.log)}")

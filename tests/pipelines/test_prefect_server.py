@@ -107,6 +107,35 @@ def test_start_status_stop_and_concurrent_first_starts_make_one_server(tmp_path)
 
 
 @pytest.mark.slow
+def test_a_port_taken_between_the_check_and_the_start_makes_it_start_on_another(tmp_path, monkeypatch):
+    """Two servers of different homes starting at once (two test workers, two users) may both find
+    the same port free: the one that loses the race starts on another port instead of failing."""
+    import socket
+
+    home = tmp_path / "home"
+    checks = []
+
+    def free_when_first_asked(port: int) -> bool:  # the other server binds right after our check
+        checks.append(port)
+        return len(checks) == 1 or real_port_free(port)
+
+    real_port_free = prefect_server.port_free
+    monkeypatch.setattr(prefect_server, "port_free", free_when_first_asked)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server, started = prefect_server.start(home, port=port)
+        try:
+            assert started and server.port != port
+            assert checks == [port, port]  # found free, then found taken after the failed start
+            assert prefect_server.running(home) == server
+            assert "already in use" in server.log.read_text()  # Prefect's own refusal, kept in the log
+        finally:
+            prefect_server.stop(home)
+
+
+@pytest.mark.slow
 def test_a_stage_records_its_flow_run_on_the_local_server(prefect_api, tmp_path):
     """A stage process without PREFECT_API_URL finds the running local server (none started: the
     session's, tests/conftest.py) and records its flow and task runs there."""
