@@ -23,8 +23,10 @@ $(STAMP): pyproject.toml
 pipeline: setup
 	dvc repro
 
+# Test modules run on up to 4 workers (pytest-xdist), one module per worker at a time: an end-to-end
+# module shares one pipeline run among its tests (a module-scoped fixture).
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest --numprocesses auto --maxprocesses 4 --dist loadfile
 
 # Team mode: PostgreSQL, an MLflow server on it and a Prefect server on 127.0.0.1 (state in .services/).
 # Options go in SERVICES_ARGS, e.g. make services SERVICES_ARGS="--mlflow-port 5001".

@@ -1,9 +1,11 @@
 """Shared test fixtures."""
 
+import fcntl
 import functools
 import os
 import socket
 import subprocess
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from http.server import (
@@ -17,6 +19,14 @@ from types import SimpleNamespace
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules with slow (end-to-end) tests first, each module's tests in their order: with test
+    workers (`make test`), the long modules start at once and the short ones fill in beside them,
+    instead of one long module running alone at the end."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)
 
 
 @pytest.fixture
@@ -104,14 +114,17 @@ def apt_install_for_ci(install: list[str]) -> None:
     the test with the command and its error."""
     apt = install[:install.index("install")]
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    # A fresh CI image may have no package lists yet.
-    for cmd in ([*apt, "update"], [*install, "--no-install-recommends"]):
-        try:
-            proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=900)
-        except (OSError, subprocess.TimeoutExpired) as err:
-            pytest.skip(f"CI is set but `{' '.join(cmd)}` could not run: {err}")
-        if proc.returncode != 0:
-            pytest.skip(f"CI is set but `{' '.join(cmd)}` failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    # One install at a time across test workers (pytest -n): apt-get refuses to run beside another.
+    with open(Path(tempfile.gettempdir()) / "gptpipe-tests-apt.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        # A fresh CI image may have no package lists yet.
+        for cmd in ([*apt, "update"], [*install, "--no-install-recommends"]):
+            try:
+                proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=900)
+            except (OSError, subprocess.TimeoutExpired) as err:
+                pytest.skip(f"CI is set but `{' '.join(cmd)}` could not run: {err}")
+            if proc.returncode != 0:
+                pytest.skip(f"CI is set but `{' '.join(cmd)}` failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
 
 
 def free_port() -> int:
