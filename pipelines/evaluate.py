@@ -93,7 +93,8 @@ def evaluate_classifier(ctx: StageContext, device: torch.device) -> tuple[dict[s
 
 @stage_task
 def evaluate_instruct(ctx: StageContext, device: torch.device) -> tuple[dict[str, float], list[dict], list[dict]]:
-    """Exact match and ROUGE-L of the finetuned responses and of the pretrained-only ones (returned too)."""
+    """Exact match and ROUGE-L of the finetuned responses, of the pretrained-only ones (returned too)
+    and, with finetune_instruct.random_init_baseline, of the same finetuning from random weights."""
     cfg = ctx.params.finetune_instruct
     responses = json.loads((layout.INSTRUCT_MODEL / layout.RESPONSES).read_text(encoding="utf-8"))
     _, head = read_config(layout.INSTRUCT_MODEL)
@@ -104,8 +105,12 @@ def evaluate_instruct(ctx: StageContext, device: torch.device) -> tuple[dict[str
                                   start.cfg.context_length, style=head.get("prompt_style", "alpaca"),
                                   desc="pretrained-only responses")
     refs = [r["output"] for r in responses]
+    scored = [("instruct", responses), ("instruct_start", baseline)]
+    if cfg.random_init_baseline:
+        scored.append(("instruct_random_init", json.loads(
+            (layout.INSTRUCT_MODEL / layout.RANDOM_INIT_RESPONSES).read_text(encoding="utf-8"))))
     metrics = {}
-    for name, recs in (("instruct", responses), ("instruct_start", baseline)):
+    for name, recs in scored:
         preds = [r["model_response"] for r in recs]
         metrics[f"{name}_exact_match"] = compute("exact_match", predictions=preds, references=refs)["exact_match"]
         metrics[f"{name}_rougeL"] = compute("rouge_l", predictions=preds, references=refs)["rougeL"]

@@ -10,7 +10,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from model.atomic import write_text
-from model.checkpoint import load_model
+from model.checkpoint import load_model, new_model
+from model.config import GPTConfig
 from model.gpt import count_parameters
 from pipelines.stage import StageContext, run_stage, stage_flow, stage_task
 from steps import layout
@@ -62,9 +63,12 @@ def finetune(ctx: StageContext) -> dict[str, float]:
         log.warning("%d records longer than allowed_max_length %d were cut to fit: their input, then their "
                     "instruction, then (only when the bare prompt left too little room) their response's end",
                     cut, max_len)
-    train_dl = DataLoader(fitted["train"].items, batch_size=cfg.batch_size, shuffle=True,  # type: ignore[arg-type]
-                          collate_fn=collate_fn, generator=torch.Generator().manual_seed(seed))
-    train_batches = ScoredBatches(train_dl, f"{layout.INSTRUCTIONS} (train split)")
+    def train_batches() -> ScoredBatches:
+        # The same seeded order for the model and its random-init baseline.
+        loader = DataLoader(fitted["train"].items, batch_size=cfg.batch_size, shuffle=True,  # type: ignore[arg-type]
+                            collate_fn=collate_fn, generator=torch.Generator().manual_seed(seed))
+        return ScoredBatches(loader, f"{layout.INSTRUCTIONS} (train split)")
+
     val_items = fitted["val"].items
     val_scored = ScoredBatches([collate_fn(val_items[i : i + cfg.batch_size])
                                 for i in range(0, len(val_items), cfg.batch_size)],
@@ -81,7 +85,8 @@ def finetune(ctx: StageContext) -> dict[str, float]:
 
     steps = cfg.epochs * math.ceil(len(fitted["train"].items) / cfg.batch_size)
     settings = TrainSettings.from_config(cfg, steps)
-    result = train(net, cycle(train_batches), instruction_loss, settings, device, amp, evaluate,
+    batches = train_batches()
+    result = train(net, cycle(batches), instruction_loss, settings, device, amp, evaluate,
                    on_metrics=ctx.run.log_metrics, desc="instruct")
 
     merged = save_finetuned(layout.INSTRUCT_MODEL, net, {"kind": "lm", "prompt_style": cfg.prompt_style},
@@ -91,11 +96,15 @@ def finetune(ctx: StageContext) -> dict[str, float]:
                                    merged.cfg.context_length, style=cfg.prompt_style, desc="test responses")
     write_text(layout.INSTRUCT_MODEL / layout.RESPONSES, json.dumps(responses, indent=1, ensure_ascii=False) + "\n")
     ctx.run.log_model_folder(layout.INSTRUCT_MODEL)
+    baseline: dict[str, float] = {}
+    if cfg.random_init_baseline:
+        baseline = _random_init_baseline(ctx, model.cfg, train_batches(), settings, evaluate, device, amp,
+                                         tok, splits["test"])
 
     plots.write_csv(ctx.plots / "loss.csv", result.history, ["step", "train_loss", "val_loss"])
     plots.curves(ctx.plots / "loss.png", result.history, ["train_loss", "val_loss"],
                  "Instruction finetuning loss", "cross-entropy (response tokens)")
-    skipped = train_batches.skipped + val_scored.skipped
+    skipped = batches.skipped + val_scored.skipped
     if skipped:
         log.warning("%d batches had no target to score and were skipped", skipped)
     last = result.history[-1]
@@ -110,7 +119,31 @@ def finetune(ctx: StageContext) -> dict[str, float]:
         "tokens_per_s": result.tokens_per_s,
         "peak_memory_mb": result.peak_memory_mb,
         "test_responses": len(responses),
+        **baseline,
     }
+
+
+def _random_init_baseline(ctx: StageContext, model_cfg: GPTConfig, batches: ScoredBatches, settings: TrainSettings,
+                          evaluate, device: torch.device, amp, tok, test: list[dict[str, str]]) -> dict[str, float]:
+    """What pretraining bought: the same architecture from random weights, every weight trained with
+    the same settings on the same batches in the same order; its test responses go beside the
+    model's (evaluate scores both). Metrics and the MLflow curve are prefixed random_init_."""
+    cfg = ctx.params.finetune_instruct
+    torch.manual_seed(ctx.params.seed)
+    scratch = new_model(model_cfg)
+
+    def log_metrics(metrics: dict[str, float], step: int) -> None:
+        ctx.run.log_metrics({f"random_init_{k}": v for k, v in metrics.items()}, step)
+
+    result = train(scratch, cycle(batches), instruction_loss, settings, device, amp, evaluate,
+                   on_metrics=log_metrics, desc="instruct from random weights")
+    responses = generate_responses(scratch, tok, test, device, eot_id(tok), cfg.max_new_tokens,
+                                   model_cfg.context_length, style=cfg.prompt_style,
+                                   desc="test responses (random init)")
+    write_text(layout.INSTRUCT_MODEL / layout.RANDOM_INIT_RESPONSES,
+               json.dumps(responses, indent=1, ensure_ascii=False) + "\n")
+    last = result.history[-1]
+    return {"random_init_train_loss": last["train_loss"], "random_init_val_loss": last["val_loss"]}
 
 
 @stage_flow("finetune_instruct")

@@ -580,6 +580,10 @@ class InstructConfig(OptimConfig):
     stop with an error naming the first one."""
     max_new_tokens: int = Field(ge=1)
     """Tokens generated per test response."""
+    random_init_baseline: bool
+    """Also finetune the same architecture from random weights (every weight, the same settings and
+    batches) and write its test responses beside the model's, so evaluate shows what pretraining
+    bought; doubles the stage's training time."""
     lora: LoraConfig
     """Adapter settings when method is `lora`."""
 

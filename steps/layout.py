@@ -30,6 +30,8 @@ INIT_PROVENANCE = "init_from.json"
 CLASSIFIER_TEST_SPLIT = "test.jsonl"
 ADAPTER = "adapter"
 RESPONSES = "responses.json"
+# Beside models/instruct's responses: those of the same finetuning from random weights.
+RANDOM_INIT_RESPONSES = "random_init_responses.json"
 
 REPORTS = Path("reports")
 SUMMARY = REPORTS / "summary.md"

@@ -14,6 +14,18 @@ def _row(name: str, start: float, finetuned: float) -> str:
     return f"| {name} | {start:.4f} | {finetuned:.4f} | {finetuned - start:+.4f} |"
 
 
+def _instruct_random_init_section(m: dict[str, float]) -> list[str]:
+    """The instruction model beside the same finetuning from random weights (when it ran) and the
+    pretrained model unfinetuned: what pretraining and finetuning each bought."""
+    if "instruct_random_init_exact_match" not in m:
+        return []
+    rows = (("finetuned from the pretrained model", "instruct"), ("finetuned from random weights", "instruct_random_init"),
+            ("pretrained only, not finetuned", "instruct_start"))
+    return ["", "### What pretraining bought the instruction model (test split)", "",
+            "| model | exact match | ROUGE-L |", "|---|---|---|",
+            *(f"| {name} | {m[f'{key}_exact_match']:.4f} | {m[f'{key}_rougeL']:.4f} |" for name, key in rows)]
+
+
 def _judge_row(m: dict[str, float]) -> list[str]:
     """The LLM-judge row, when the judge ran: scores are 0-100, and either side may have none."""
     if m.get("instruct_judge_available") != 1:
@@ -212,6 +224,7 @@ def summary_markdown(metrics: dict[str, float], confusion: dict[str, Any], examp
         *_judge_note(m, judge),
         "",
         "![before and after](plots/evaluate/before_after.png)",
+        *_instruct_random_init_section(m),
         "",
         "### Classifier confusion matrix (rows: true, columns: predicted)",
         "",

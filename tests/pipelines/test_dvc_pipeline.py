@@ -79,11 +79,12 @@ def test_metrics_and_plots_of_every_stage(project, first_repro):
         "tokenize": ["vocab_size", "train_tokens", "val_tokens"],
         "pretrain": ["train_loss", "val_loss", "val_perplexity", "unigram_val_loss"],
         "finetune_classifier": ["train_accuracy", "val_accuracy", "test_accuracy", "test_f1"],
-        "finetune_instruct": ["train_loss", "val_loss", "trainable_parameters"],
+        "finetune_instruct": ["train_loss", "val_loss", "trainable_parameters", "random_init_val_loss"],
         "finetune_preference": ["train_loss", "train_reward_margin", "val_loss", "val_reward_margin",
                                 "val_reward_accuracy"],
         "evaluate": ["pretrain_val_perplexity", "classifier_test_accuracy", "classifier_start_test_accuracy",
                      "instruct_exact_match", "instruct_rougeL", "instruct_start_exact_match",
+                     "instruct_random_init_exact_match", "instruct_random_init_rougeL",
                      "preference_test_reward_accuracy", "preference_test_reward_margin",
                      "preference_sft_property_rate", "preference_dpo_property_rate"],
     }
@@ -110,6 +111,10 @@ def test_metrics_and_plots_of_every_stage(project, first_repro):
     assert curve["headline"]["labels"] == 70 and curve["full"]["labels"] == 280
     assert json.loads((work / layout.metrics_file("evaluate")).read_text())["label_efficiency"] == curve
     assert "| 70 (25%) |" in summary and "plots/label_efficiency/curve.png" in summary
+    assert "| finetuned from random weights |" in summary
+    scratch = json.loads((work / layout.INSTRUCT_MODEL / layout.RANDOM_INIT_RESPONSES).read_text())
+    responses = json.loads((work / layout.INSTRUCT_MODEL / layout.RESPONSES).read_text())
+    assert [r["instruction"] for r in scratch] == [r["instruction"] for r in responses]
     shown = subprocess.run(["dvc", "metrics", "show", "--json"], cwd=work, env=project[1],
                            capture_output=True, text=True, check=True).stdout
     assert "test_accuracy" in shown

@@ -3,6 +3,7 @@ folder on built-in records, a small tokenizer and a tiny GPT: no Prefect server,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from model.atomic import write_json
-from model.checkpoint import save_model
+from model.checkpoint import load_model, new_model, save_model
 from model.gpt import GPTModel
 from pipelines.finetune_instruct import finetune
 from pipelines.stage import NoTracking, StageContext
@@ -83,3 +84,59 @@ def test_an_empty_split_is_an_error_naming_it(project: Path) -> None:
                                          r"train 7, test 0, val 2\); finetuning needs at least one record in every "
                                          r"split: .* at least 10 records"):
         run(allowed_max_length=CONTEXT, prompt_style="phi3")
+
+
+class Recorder(NoTracking):
+    """The metrics a stage logs, in order."""
+
+    def __init__(self) -> None:
+        self.logged: list[tuple[dict[str, float], int | None]] = []
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.logged.append((dict(metrics), step))
+
+
+def test_the_random_init_baseline_is_the_same_finetuning_from_fresh_weights(project: Path) -> None:
+    """With a "pretrained" model that is itself the seeded fresh model, the baseline retraces the
+    model's finetuning exactly (same settings, batches and order); its curve is logged apart."""
+    params = shipped_params({"model": {"context_length": CONTEXT}, "finetune_preference": {"allowed_max_length": CONTEXT},
+                             "finetune_instruct": {"epochs": 1, "batch_size": 8, "eval_interval": 2, "max_new_tokens": 2,
+                                                   "prompt_style": "phi3", "random_init_baseline": True,
+                                                   "allowed_max_length": CONTEXT}})
+    # Without dropout: the two finetunings draw their dropout masks from wherever torch's stream is.
+    cfg = dataclasses.replace(load_model(layout.PRETRAIN_MODEL)[0].cfg, drop_rate=0.0)
+    torch.manual_seed(params.seed)
+    save_model(layout.PRETRAIN_MODEL, new_model(cfg))
+    tracker = Recorder()
+    metrics = finetune.fn(StageContext("finetune_instruct", params, tracker))
+
+    assert metrics["random_init_train_loss"] == metrics["train_loss"]
+    assert metrics["random_init_val_loss"] == metrics["val_loss"]
+    responses = json.loads((layout.INSTRUCT_MODEL / layout.RESPONSES).read_text())
+    scratch = json.loads((layout.INSTRUCT_MODEL / layout.RANDOM_INIT_RESPONSES).read_text())
+    assert len(scratch) == len(responses) == 4 and scratch == responses
+    own = [(m, step) for m, step in tracker.logged if not any(k.startswith("random_init_") for k in m)]
+    prefixed = [(m, step) for m, step in tracker.logged if all(k.startswith("random_init_") for k in m)]
+    assert len(own) + len(prefixed) == len(tracker.logged) and prefixed
+
+    def learning(logged):  # the curves, without the throughput figures
+        return [({k.removeprefix("random_init_"): v for k, v in m.items() if "tokens_per_s" not in k}, step)
+                for m, step in logged]
+
+    assert learning(own) == learning(prefixed)
+
+
+def test_the_random_init_baseline_starts_elsewhere_and_leaves_the_model_as_it_was(project: Path) -> None:
+    torch.manual_seed(0)  # as run_stage seeds a stage process
+    without = run(prompt_style="phi3", allowed_max_length=CONTEXT, random_init_baseline=False)
+    model_responses = (layout.INSTRUCT_MODEL / layout.RESPONSES).read_text()
+    assert not (layout.INSTRUCT_MODEL / layout.RANDOM_INIT_RESPONSES).exists()
+    torch.manual_seed(0)
+    with_baseline = run(prompt_style="phi3", allowed_max_length=CONTEXT, random_init_baseline=True)
+    assert {k: v for k, v in with_baseline.items() if not k.startswith("random_init_")
+            and k not in ("seconds_per_step", "tokens_per_s", "peak_memory_mb")} == \
+        {k: v for k, v in without.items() if k not in ("seconds_per_step", "tokens_per_s", "peak_memory_mb")}
+    assert (layout.INSTRUCT_MODEL / layout.RESPONSES).read_text() == model_responses
+    # Here the "pretrained" model is another seed's fresh one: the baseline learns from elsewhere.
+    assert with_baseline["random_init_train_loss"] != with_baseline["train_loss"]
+    assert math.isfinite(with_baseline["random_init_val_loss"])

@@ -231,3 +231,15 @@ def test_label_efficiency_turned_off_is_said() -> None:
 
 def test_no_label_efficiency_section_without_its_report(lines: list[str]) -> None:
     assert not any("Label efficiency" in line for line in lines)
+
+
+def test_the_random_init_instruction_model_sits_beside_the_others_only_when_it_ran(lines: list[str]) -> None:
+    title = "### What pretraining bought the instruction model (test split)"
+    assert title not in lines
+    scratch = {"instruct_random_init_exact_match": 0.05, "instruct_random_init_rougeL": 0.0812}
+    with_it = summary_markdown({**METRICS, **scratch}, CONFUSION, EXAMPLES, STARTS).splitlines()
+    i = with_it.index(title)
+    assert with_it[i + 2: i + 7] == ["| model | exact match | ROUGE-L |", "|---|---|---|",
+                                     "| finetuned from the pretrained model | 0.4200 | 0.1000 |",
+                                     "| finetuned from random weights | 0.0500 | 0.0812 |",
+                                     "| pretrained only, not finetuned | 0.0000 | 0.1230 |"]
