@@ -1304,6 +1304,58 @@ def _dialogue_paragraph(rng: random.Random, world: World) -> str:
     return "\n".join(lines)
 
 
+# Reading: a note about an arbitrary event, then questions whose answers are copied from the note,
+# each answer on a line of its own. Facts recalled from elsewhere cannot answer them (who, when and
+# where are drawn afresh), so they reward reading the context; and the answers start their lines,
+# the form an instruction model's responses take (the BPE splits a line-initial word differently
+# from the same word after a space).
+_READING_EVENTS: tuple[tuple[str, dict[str, str]], ...] = (
+    ("On {day}, {a} gave {b} {thing} at the {place} in {town}.",
+     {"a": "Who gave it?", "b": "Who got it?", "day": "On which day?", "town": "In which town?"}),
+    ("{a} lost {thing} near the {place} in {town} on {day}, and {b} found it.",
+     {"a": "Who lost it?", "b": "Who found it?", "day": "When was it lost?", "town": "Which town was it?"}),
+    ("In {month}, {a} sold {thing} to {b} for {price} coins.",
+     {"a": "Who sold it?", "b": "Who bought it?", "month": "In which month?", "price": "How much was paid?"}),
+    ("{b} and {a} met at the {place} in {town} on {day} to talk about {food}.",
+     {"day": "On which day did they meet?", "town": "Where did they meet?", "food": "What did they talk about?"}),
+    ("Last {day}, {a} paid {price} coins for {thing} in {town}.",
+     {"a": "Who paid?", "price": "How much did it cost?", "day": "Which day was it?", "town": "Which town?"}),
+    ("{a} wrote to {b}: see you in {town} on {day}, bring {thing}.",
+     {"a": "Who wrote?", "b": "Who was it for?", "town": "Where will they meet?", "day": "When?"}),
+)
+
+
+def _reading_paragraph(rng: random.Random, world: World) -> str:
+    template, questions = rng.choice(_READING_EVENTS)
+    a, b = rng.sample(world.people, 2)
+    slots = {"a": a.name, "b": b.name, "day": rng.choice(DAYS), "month": rng.choice(MONTHS),
+             "town": rng.choice(world.towns), "place": rng.choice(PLACES), "food": rng.choice(FOODS),
+             "price": str(rng.randint(2, 99)), "thing": _article(f"{rng.choice(COLORS)} {rng.choice(ITEMS)}")}
+    asked = rng.sample(sorted(questions), rng.randint(2, len(questions)))
+    lines = [template.format(**slots)]
+    for slot in asked:
+        answer = slots[slot] + (" coins" if slot == "price" else "")
+        lines += [questions[slot], answer] if rng.random() < 0.7 else [f"{questions[slot]} {answer}."]
+    return "\n".join(lines)
+
+
+def _drill_paragraph(rng: random.Random, world: World) -> str:
+    """A word drill, one pair a line: nouns and plurals, verbs and past tenses, opposites. Each
+    line starts with a word, so words appear in the line-initial form an answer takes."""
+    kind = rng.choice(("plural", "past", "opposite"))
+    if kind == "plural":
+        nouns = rng.sample(tuple(IRREGULAR_PLURALS) + REGULAR_NOUNS, 5)
+        pairs, heading = [(n, _plural(n)) for n in nouns], rng.choice(("One and many:", "Plurals:"))
+    elif kind == "past":
+        pairs = [(v.base, v.past) for v in rng.sample(world.verbs, 5)]
+        heading = rng.choice(("Now and before:", "Past tenses:"))
+    else:
+        pairs = [rng.choice((x, (x[1], x[0]))) for x in rng.sample(ANTONYMS, 5)]
+        heading = rng.choice(("Opposites:", "Word and opposite:"))
+    sep = rng.choice((": ", " - ", "\n"))
+    return "\n".join([heading, *(f"{x}{sep}{y}" for x, y in pairs)])
+
+
 def _chunks(items: Sequence, rng: random.Random, low: int = 3, high: int = 6) -> list[list]:
     items = list(items)
     rng.shuffle(items)
@@ -1331,10 +1383,19 @@ def _coverage_paragraphs(rng: random.Random, world: World, factory: _SmsFactory,
     return paragraphs
 
 
+# Of the filler paragraphs, the share that are reading notes or word drills: what makes copying from
+# the context pay. With less of it (none before), the default run's model never learned to copy: a
+# story's repeated protagonist cost as many nats as its first mention, and the instruction model
+# answered held-out questions with answers it had memorised from its training records.
+_READING_SHARE = 0.2
+
+
 def _random_paragraph(rng: random.Random, world: World, factory: _SmsFactory) -> str:
     # Weights favour stories and messages; fact paragraphs keep reinforcing the coverage passes.
     roll = rng.random()
     nouns = tuple(IRREGULAR_PLURALS) + REGULAR_NOUNS
+    if rng.random() < _READING_SHARE:
+        return _reading_paragraph(rng, world) if rng.random() < 0.7 else _drill_paragraph(rng, world)
     if roll < 0.14:
         return _story_paragraph(rng, world)
     if roll < 0.18:

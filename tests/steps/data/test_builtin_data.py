@@ -175,6 +175,51 @@ def test_corpus_contains_every_heldout_fact(corpus: str, examples: list) -> None
     assert set(checked) == set(KNOWLEDGE_FAMILIES)
 
 
+def test_reading_notes_are_answered_by_copying_from_the_note() -> None:
+    """Who, when and where are drawn afresh for each note, so only the note itself answers its
+    questions; most answers start a line of their own, the form an instruction model's answer takes."""
+    world, rng = bd._build_world(SEED), __import__("random").Random(3)
+    own_line = inline = 0
+    for _ in range(300):
+        note, *qa = bd._reading_paragraph(rng, world).split("\n")
+        assert qa and not note.endswith("?")
+        i = 0
+        while i < len(qa):
+            line = qa[i]
+            assert "? " in line or line.endswith("?"), line
+            if line.endswith("?"):  # the answer is the next line, alone
+                answer, i, own_line = qa[i + 1], i + 2, own_line + 1
+                assert not answer.endswith(("?", ".")) and not answer.startswith(" ")
+            else:
+                answer, i, inline = line.split("? ", 1)[1].removesuffix("."), i + 1, inline + 1
+            assert answer in note, (note, answer)
+    assert own_line > 2 * inline > 0
+
+
+def test_word_drills_pair_each_word_with_its_plural_past_tense_or_opposite() -> None:
+    world, rng = bd._build_world(SEED), __import__("random").Random(4)
+    opposite = {a: b for a, b in bd.ANTONYMS} | {b: a for a, b in bd.ANTONYMS}
+    pasts = {v.base: v.past for v in world.verbs}
+    seen = set()
+    for _ in range(200):
+        heading, *lines = bd._drill_paragraph(rng, world).split("\n")
+        pairs = [re.split(r": | - ", line) for line in lines] if ":" in lines[0] or " - " in lines[0] \
+            else [lines[i:i + 2] for i in range(0, len(lines), 2)]
+        assert len(pairs) == 5 and all(len(pair) == 2 and not pair[0].startswith(" ") for pair in pairs)
+        kind = {"One and many:": "plural", "Plurals:": "plural", "Now and before:": "past", "Past tenses:": "past",
+                "Opposites:": "opposite", "Word and opposite:": "opposite"}[heading]
+        seen.add(kind)
+        for word, other in pairs:
+            expected = {"plural": bd._plural(word), "past": pasts.get(word), "opposite": opposite.get(word)}[kind]
+            assert other == expected, (heading, word, other)
+    assert seen == {"plural", "past", "opposite"}
+
+
+def test_the_corpus_holds_reading_notes_and_drills(corpus: str) -> None:
+    assert "\nWho found it?" in corpus or "\nWho gave it?" in corpus or "\nWho sold it?" in corpus
+    assert "\nPlurals:\n" in corpus or "\nOne and many:\n" in corpus
+
+
 def test_corpus_stories_agree_with_world(corpus: str) -> None:
     world = bd._build_world(SEED)
     for person in world.people:
