@@ -107,8 +107,7 @@ def evaluate_instruct(ctx: StageContext, device: torch.device) -> tuple[dict[str
     refs = [r["output"] for r in responses]
     scored = [("instruct", responses), ("instruct_start", baseline)]
     if cfg.random_init_baseline:
-        scored.append(("instruct_random_init", json.loads(
-            (layout.INSTRUCT_MODEL / layout.RANDOM_INIT_RESPONSES).read_text(encoding="utf-8"))))
+        scored.append(("instruct_random_init", random_init_responses()))
     metrics = {}
     for name, recs in scored:
         preds = [r["model_response"] for r in recs]
@@ -181,6 +180,17 @@ def label_efficiency_curve() -> dict[str, Any]:
         raise ValueError(f"{path}: cannot read the label-efficiency report ({err}); rerun the stage: "
                          "dvc repro -f -s label_efficiency") from None
     return read_curve(report, str(path))
+
+
+def random_init_responses() -> list[dict]:
+    """The test responses of finetune_instruct's random-init baseline (finetune_instruct.random_init_baseline)."""
+    path = layout.INSTRUCT_MODEL / layout.RANDOM_INIT_RESPONSES
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: cannot read the random-init baseline's responses ({err}); "
+                         "finetune_instruct.random_init_baseline is true, so rerun that stage: "
+                         "dvc repro -f -s finetune_instruct (or set random_init_baseline: false)") from None
 
 
 def instruct_examples(responses: list[dict], baseline: list[dict], n: int = 8) -> list[dict]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
@@ -94,7 +95,7 @@ def finetune(ctx: StageContext) -> dict[str, float]:
     merged.to(device)
     responses = generate_responses(merged, tok, splits["test"], device, pad, cfg.max_new_tokens,
                                    merged.cfg.context_length, style=cfg.prompt_style, desc="test responses")
-    write_text(layout.INSTRUCT_MODEL / layout.RESPONSES, json.dumps(responses, indent=1, ensure_ascii=False) + "\n")
+    _write_responses(layout.INSTRUCT_MODEL / layout.RESPONSES, responses)
     ctx.run.log_model_folder(layout.INSTRUCT_MODEL)
     baseline: dict[str, float] = {}
     if cfg.random_init_baseline:
@@ -140,10 +141,13 @@ def _random_init_baseline(ctx: StageContext, model_cfg: GPTConfig, batches: Scor
     responses = generate_responses(scratch, tok, test, device, eot_id(tok), cfg.max_new_tokens,
                                    model_cfg.context_length, style=cfg.prompt_style,
                                    desc="test responses (random init)")
-    write_text(layout.INSTRUCT_MODEL / layout.RANDOM_INIT_RESPONSES,
-               json.dumps(responses, indent=1, ensure_ascii=False) + "\n")
+    _write_responses(layout.INSTRUCT_MODEL / layout.RANDOM_INIT_RESPONSES, responses)
     last = result.history[-1]
     return {"random_init_train_loss": last["train_loss"], "random_init_val_loss": last["val_loss"]}
+
+
+def _write_responses(path: Path, responses: list[dict[str, str]]) -> None:
+    write_text(path, json.dumps(responses, indent=1, ensure_ascii=False) + "\n")
 
 
 @stage_flow("finetune_instruct")

@@ -283,11 +283,14 @@ def use_for_this_process() -> str:
 
 def _await_healthy(server: LocalServer) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
-    # Alive checked after the answer: a server of another home on the same port answers too.
-    while not healthy(f"{server.api_url}/health", timeout=2) or live_process(server.pid, server.create_time) is None:
+    while True:
+        answered = healthy(f"{server.api_url}/health", timeout=2)
+        # Alive checked after the answer: a server of another home on the same port answers too.
         if live_process(server.pid, server.create_time) is None:
             raise ServerError(f"the Prefect server exited while starting; the end of {server.log}:\n"
                               f"{log_tail(server.log)}")
+        if answered:
+            return
         if time.monotonic() > deadline:
             raise ServerError(f"the Prefect server is not healthy after {START_TIMEOUT_S} s ({server.api_url}); "
                               f"the end of {server.log}:\n{log_tail(server.log)}")

@@ -8,6 +8,12 @@ of the key lines, while the corpus shows every one of them many times with what 
 (stories with a verdict, inboxes under a heading, scam warnings that list lines, prizes and fake
 sender names). The corpus never shows a labelled message's text as a message. Details: the comment
 above SPAM_LINES.
+
+The instruction set's test prompts ask about words and people its training records never mention;
+the corpus holds their facts. A fifth of its filler paragraphs are reading notes (an arbitrary event,
+then questions answered by copying from it) and word drills, one pair a line: they teach the model to
+copy from its context and show words in the line-initial form an answer takes. Details: the comment
+above _READING_EVENTS.
 """
 
 from __future__ import annotations

@@ -140,3 +140,16 @@ def test_the_random_init_baseline_starts_elsewhere_and_leaves_the_model_as_it_wa
     # Here the "pretrained" model is another seed's fresh one: the baseline learns from elsewhere.
     assert with_baseline["random_init_train_loss"] != with_baseline["train_loss"]
     assert math.isfinite(with_baseline["random_init_val_loss"])
+
+
+def test_evaluate_reads_the_baselines_responses_or_says_how_to_make_them(project: Path) -> None:
+    from pipelines.evaluate import random_init_responses
+
+    run(prompt_style="phi3", allowed_max_length=CONTEXT, random_init_baseline=True)
+    path = layout.INSTRUCT_MODEL / layout.RANDOM_INIT_RESPONSES
+    assert random_init_responses() == json.loads(path.read_text())
+    path.unlink()
+    with pytest.raises(ValueError, match=r"random_init_responses.json: cannot read the random-init baseline's "
+                                         r"responses .*rerun that stage: dvc repro -f -s finetune_instruct "
+                                         r"\(or set random_init_baseline: false\)"):
+        random_init_responses()
