@@ -101,7 +101,8 @@ def bench_backend(
         return sum(len(ids) for ids in raw_ids) + len(raw_ids)  # + one end-of-text per document
 
     def run_ours(workers: int) -> Callable[[], int]:
-        return lambda: encode_to_file(encoder, iter_pieces(corpus), out, workers, total_bytes=size).tokens
+        return lambda: encode_to_file(encoder, iter_pieces(corpus, clean_cut=encoder.clean_cut), out, workers,
+                                      total_bytes=size).tokens
 
     timings = {"raw, 1 core": best_of(repeats, run_raw)}
     expected = np.fromiter((i for ids in raw_ids for i in ids + [encoder.eot_id]), dtype=np.int64)

@@ -13,7 +13,7 @@ from pipelines.stage import StageContext, run_stage, stage_flow, stage_task
 from steps import layout
 from steps.config import TokenizeConfig
 from steps.evaluation import plots
-from steps.tokenization.corpus import CorpusPart, split_corpus
+from steps.tokenization.corpus import CorpusPart, spaced_clean_cut, split_corpus
 from steps.tokenization.gpt2_bpe import gpt2_encoding, gpt2_tokenizer
 from steps.tokenization.tokenizer import (
     EncodeStats,
@@ -42,7 +42,7 @@ def build_tokenizer(cfg: TokenizeConfig, train: CorpusPart) -> tuple[Tokenizer, 
         vocab_bpe = Path(cfg.vocab_bpe) if cfg.vocab_bpe else None
         # tiktoken encodes faster than `tokenizers` with the same vocabulary (tests check the ids agree).
         return gpt2_tokenizer(encoder_json, vocab_bpe), TiktokenEncoder(gpt2_encoding(encoder_json, vocab_bpe))
-    tok = train_bpe(train.texts(), cfg.vocab_size, cfg.min_frequency)
+    tok = train_bpe(train.texts(clean_cut=spaced_clean_cut), cfg.vocab_size, cfg.min_frequency)
     return tok, HFEncoder(tok)
 
 
@@ -80,7 +80,7 @@ def train_and_encode(ctx: StageContext) -> dict[str, float]:
 
 
 def encode_part(encoder: TokenEncoder, part: CorpusPart, path: Path, workers: int) -> EncodeStats:
-    stats = encode_to_file(encoder, part.pieces(), path, workers=workers, total_bytes=part.nbytes)
+    stats = encode_to_file(encoder, part.pieces(clean_cut=encoder.clean_cut), path, workers=workers, total_bytes=part.nbytes)
     log.info("%s: %d documents, %d tokens, %.0f tokens/s on %d workers",
              path, stats.documents, stats.tokens, stats.tokens_per_s, workers)
     return stats

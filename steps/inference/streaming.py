@@ -3,7 +3,7 @@ that only ever emits complete UTF-8 (a byte-level BPE token can hold half a char
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 
@@ -45,29 +45,39 @@ class TextStream:
     """Token ids in, text out as soon as it is complete.
 
     Tokens are decoded in groups: a group is held back while its decoding ends in a replacement
-    character, i.e. while its last character's bytes have not all arrived. Decoding groups
-    separately gives the same text as decoding everything at once because a byte-level BPE
-    decodes to the concatenation of its tokens' bytes.
+    character, i.e. while its last character's bytes have not all arrived. Each group is decoded
+    after the one before it (the prompt's last tokens for the first) and only the new text is
+    emitted, so the pieces join into the text that decoding prompt and reply together gives: a
+    token's text can depend on what precedes it (our BPE's decoder drops the space its normalizer
+    wrote after a newline or at a text's start; SentencePiece's drops a text's first space).
     """
 
-    def __init__(self, tokenizer: Tokenizer) -> None:
+    CONTEXT_TOKENS = 8
+    """Prompt tokens decoded before the first group: enough to end on a whole character."""
+
+    def __init__(self, tokenizer: Tokenizer, context: Sequence[int] = ()) -> None:
         self.tokenizer = tokenizer
+        self.context: list[int] = list(context[-self.CONTEXT_TOKENS:])
         self.pending: list[int] = []
 
     def push(self, token_id: int) -> str:
         """The text this token completes ("" while a character is still incomplete)."""
         self.pending.append(token_id)
-        text = self.tokenizer.decode(self.pending)
+        text = self._new_text()
         if text.endswith(REPLACEMENT):
             return ""
-        self.pending = []
+        self.context, self.pending = self.pending, []
         return text
 
     def flush(self) -> str:
         """Whatever is held back, as it decodes (generation ended inside a character)."""
-        text = self.tokenizer.decode(self.pending) if self.pending else ""
-        self.pending = []
+        text = self._new_text() if self.pending else ""
+        self.context, self.pending = self.pending or self.context, []
         return text
+
+    def _new_text(self) -> str:
+        before = self.tokenizer.decode(self.context) if self.context else ""
+        return self.tokenizer.decode(self.context + self.pending)[len(before):]
 
 
 def next_tokens(loaded: LoadedModel, prompt_ids: list[int], sampling: Sampling) -> Iterator[int]:
@@ -97,7 +107,7 @@ class Completion:
         self.stopped: str | None = None
 
     def __iter__(self) -> Iterator[str]:
-        stream = TextStream(self.loaded.tokenizer)
+        stream = TextStream(self.loaded.tokenizer, self.prompt_ids or [self.loaded.eot_id])
         for token in next_tokens(self.loaded, self.prompt_ids, self.sampling):
             self.ids.append(token)
             piece = stream.push(token)

@@ -217,7 +217,7 @@ class Job:
         """(text, finish reason) pairs as tokens are made; the finish reason only on the last,
         "stop" (end-of-text or a stop string) or "length". Text is whole characters only, and
         text that might begin a stop string is held back until it is clear."""
-        stream = TextStream(self.loaded.tokenizer)
+        stream = TextStream(self.loaded.tokenizer, self.prompt)
         stops = StopMatcher(self.stops)
         eot = self.loaded.eot_id
         # aclosing: leaving early closes the worker's stream at once, which cancels the sequence.

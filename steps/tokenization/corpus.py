@@ -8,7 +8,7 @@ is read line by line and a long document is handed on in pieces of about `chunk_
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -17,7 +17,7 @@ EOT = "<|endoftext|>"
 CHUNK_BYTES = 1 << 20
 _SEPARATOR_LINES = frozenset((EOT + eol).encode() for eol in ("", "\n", "\r\n"))
 _LONGEST_SEPARATOR = max(map(len, _SEPARATOR_LINES))
-# Without a token-preserving boundary (see _is_clean_cut), a document is still cut at this many
+# Without a token-preserving boundary (see `CutRule`), a document is still cut at this many
 # chunks, so memory stays bounded whatever the text looks like.
 _FORCED_CUT_CHUNKS = 4
 
@@ -32,6 +32,39 @@ class Piece:
     """Bytes of the file this piece stands for (separator line included), for progress bars."""
 
 
+CutRule = Callable[[str, str, str], bool]
+"""Whether a long document may be cut before `line` (`before` precedes it, `after` follows it):
+encoding `...before` and `line after...` apart must give the ids of encoding them whole. Which
+cuts keep the ids depends on the tokenizer's pre-tokenization, so each encoder names its rule."""
+
+
+def gpt2_clean_cut(before: str, line: str, after: str) -> bool:
+    """GPT-2's pre-tokenizer splits between `before` and `line`.
+
+    Its pattern splits a whitespace run W followed by a visible character into W[:-1] and W[-1]
+    (or keeps W whole when it is one character), while a run that ends the text stays whole. So a
+    cut inside a run keeps the ids only if the run continues past the cut by exactly one
+    character, or if the run is only the newline itself. Python's isspace() is a superset of the
+    regex's \\s, which errs on the safe side.
+    """
+    if line[0].isspace():
+        if len(line) > 1 and not line[1].isspace():
+            return True
+        return line == "\n" and not after[0].isspace()
+    return len(before) > 1 and not before[-2].isspace()
+
+
+def spaced_clean_cut(before: str, line: str, after: str) -> bool:
+    """Our trained BPE's pre-tokenization (`tokenizer.train_bpe`) splits between `before` and `line`.
+
+    Its normalizer writes a space after every newline another character follows and one at the
+    start of every text, so a line that starts with a visible character starts, whole or cut off,
+    with that space, which GPT-2's pattern always splits from the newline run before it. A line
+    that starts with whitespace would gain a space a cut text does not have.
+    """
+    return not line[0].isspace()
+
+
 @dataclass(frozen=True)
 class CorpusPart:
     """The bytes [start, end) of a corpus file, both at line boundaries: a train or val split."""
@@ -44,15 +77,16 @@ class CorpusPart:
     def nbytes(self) -> int:
         return self.end - self.start
 
-    def pieces(self, chunk_bytes: int = CHUNK_BYTES) -> Iterator[Piece]:
-        return iter_pieces(self.path, chunk_bytes, self.start, self.end)
+    def pieces(self, chunk_bytes: int = CHUNK_BYTES, clean_cut: CutRule = gpt2_clean_cut) -> Iterator[Piece]:
+        return iter_pieces(self.path, chunk_bytes, self.start, self.end, clean_cut)
 
-    def texts(self, chunk_bytes: int = CHUNK_BYTES) -> Iterator[str]:
-        return (piece.text for piece in self.pieces(chunk_bytes))
+    def texts(self, chunk_bytes: int = CHUNK_BYTES, clean_cut: CutRule = gpt2_clean_cut) -> Iterator[str]:
+        return (piece.text for piece in self.pieces(chunk_bytes, clean_cut))
 
 
 def iter_pieces(
-    path: str | Path, chunk_bytes: int = CHUNK_BYTES, start: int = 0, end: int | None = None
+    path: str | Path, chunk_bytes: int = CHUNK_BYTES, start: int = 0, end: int | None = None,
+    clean_cut: CutRule = gpt2_clean_cut,
 ) -> Iterator[Piece]:
     """Yield the documents of `path[start:end]` as pieces, streaming line by line.
 
@@ -62,7 +96,7 @@ def iter_pieces(
     newline before its separator; whitespace-only documents are skipped. Invalid UTF-8 raises
     ValueError naming the file and the line.
 
-    Long documents are cut where GPT-2's pre-tokenizer splits anyway (see `_is_clean_cut`), so
+    Long documents are cut where the tokenizer splits anyway (`clean_cut`, the encoder's rule), so
     encoding the pieces gives the same ids as encoding the document whole. Only when no such
     boundary comes within `_FORCED_CUT_CHUNKS` chunks (CRLF text, every line indented) is a
     document cut at any line boundary, where the whitespace run at the cut may tokenize differently.
@@ -86,7 +120,7 @@ def iter_pieces(
             size += len(raw)
             has_text = has_text or not lines[-1].isspace()
             if has_text and size >= chunk_bytes and len(lines) >= 3:
-                cut = _cut_index(lines, forced=size >= _FORCED_CUT_CHUNKS * chunk_bytes)
+                cut = _cut_index(lines, clean_cut, forced=size >= _FORCED_CUT_CHUNKS * chunk_bytes)
                 if cut:
                     head = "".join(lines[:cut])
                     tail_bytes = sum(len(line.encode("utf-8")) for line in lines[cut:])
@@ -170,28 +204,12 @@ def _strip_eol(text: str) -> str:
     return text[:-1] if text.endswith("\n") else text
 
 
-def _cut_index(lines: list[str], forced: bool) -> int:
+def _cut_index(lines: list[str], clean_cut: CutRule, forced: bool) -> int:
     """Where to cut `lines` (0: not yet); the last line is only look-ahead and never cut before."""
     if forced:
         return len(lines) - 1
     k = len(lines) - 2
-    return k if _is_clean_cut(lines[k - 1], lines[k], lines[k + 1]) else 0
-
-
-def _is_clean_cut(before: str, line: str, after: str) -> bool:
-    """Whether GPT-2's pre-tokenizer splits between `before` and `line` (`after` follows `line`).
-
-    Its pattern splits a whitespace run W followed by a visible character into W[:-1] and W[-1]
-    (or keeps W whole when it is one character), while a run that ends the text stays whole. So a
-    cut inside a run keeps the ids only if the run continues past the cut by exactly one
-    character, or if the run is only the newline itself. Python's isspace() is a superset of the
-    regex's \\s, which errs on the safe side.
-    """
-    if line[0].isspace():
-        if len(line) > 1 and not line[1].isspace():
-            return True
-        return line == "\n" and not after[0].isspace()
-    return len(before) > 1 and not before[-2].isspace()
+    return k if clean_cut(lines[k - 1], lines[k], lines[k + 1]) else 0
 
 
 def _line_start_at_or_after(path: Path, offset: int) -> int:

@@ -19,11 +19,11 @@ from typing import NamedTuple
 
 import numpy as np
 import tiktoken
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from tqdm import tqdm
 
 from model.atomic import atomic_path
-from steps.tokenization.corpus import EOT, Piece
+from steps.tokenization.corpus import EOT, CutRule, Piece, gpt2_clean_cut, spaced_clean_cut
 
 # Characters encoded per call. Measured on the 10 MB benchmark corpus: `tokenizers` runs 15-20 %
 # faster on 64 KiB texts than on 1 MiB ones (smaller Encoding objects), tiktoken is indifferent.
@@ -33,11 +33,22 @@ BATCH_CHARS = 1 << 16
 def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> Tokenizer:
     """A GPT-2 style byte-level BPE: any UTF-8 text encodes, and decoding gives it back exactly.
 
+    Unlike GPT-2's, a word is one token wherever it stands. GPT-2's pre-tokenizer gives a word after
+    a space one token (` Jack`) and the same word at the start of a line or text another split
+    (`J` `ack`), which a small corpus seldom shows: an instruction's answer starts a line, so the
+    model must answer in a form it has hardly seen. Here the normalizer writes a space after every
+    newline that another character follows and one at the start of each text, so both forms are
+    ` Jack`; the decoder takes exactly those spaces out again.
+
     `texts` is consumed once, as a stream: the trainer keeps word counts, not the text.
     """
     tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.Sequence(
+        [normalizers.Replace(Regex(r"\n(?=[^\n])"), "\n "), normalizers.Prepend(" ")]
+    )
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
+    # ByteLevel joins the tokens into one string, so the next two see the whole text at once.
+    tok.decoder = decoders.Sequence([decoders.ByteLevel(), decoders.Replace("\n ", "\n"), decoders.Strip(" ", 1, 0)])
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
@@ -74,6 +85,8 @@ class TokenEncoder(ABC):
 
     vocab_size: int
     eot_id: int
+    clean_cut: CutRule
+    """Where a long document may be cut into pieces without changing its ids (`corpus.CutRule`)."""
 
     @abstractmethod
     def encode_array(self, text: str, dtype: np.dtype) -> np.ndarray:
@@ -85,10 +98,15 @@ class TokenEncoder(ABC):
 
 
 class HFEncoder(TokenEncoder):
-    """A `tokenizers.Tokenizer` (tokenizer.json); its end-of-text token is required."""
+    """A `tokenizers.Tokenizer` (tokenizer.json); its end-of-text token is required.
 
-    def __init__(self, tok: Tokenizer) -> None:
+    `clean_cut` is the rule of its pre-tokenization: `spaced_clean_cut` for a `train_bpe`
+    tokenizer, `gpt2_clean_cut` for GPT-2's.
+    """
+
+    def __init__(self, tok: Tokenizer, clean_cut: CutRule = spaced_clean_cut) -> None:
         self.tok = tok
+        self.clean_cut = clean_cut
         self.vocab_size = tok.get_vocab_size()
         self.eot_id = eot_id(tok)
 
@@ -112,6 +130,7 @@ class TiktokenEncoder(TokenEncoder):
         if EOT not in enc.special_tokens_set:
             raise ValueError(f"tiktoken encoding {enc.name} has no {EOT} token")
         self.enc = enc
+        self.clean_cut = gpt2_clean_cut
         self.vocab_size = enc.n_vocab
         self.eot_id = enc.eot_token
         self._special = {EOT}

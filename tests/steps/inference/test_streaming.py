@@ -34,6 +34,20 @@ def test_multi_byte_characters_are_emitted_whole(loaded) -> None:
     assert sum(1 for piece in pieces if piece) > 5  # emitted along the way, not all at the end
 
 
+def test_a_reply_streams_as_it_reads_after_its_prompt(loaded) -> None:
+    """Our BPE writes a space before a text's first word and after a newline and its decoder takes
+    them out: streamed after a prompt, a reply keeps the spaces it has in the joined text."""
+    text = "Win a free prize\nnow, call to claim\n\nyour cash reward"
+    ids = encode(loaded, text)
+    for k in range(1, len(ids)):
+        stream = TextStream(loaded.tokenizer, ids[:k])
+        reply = "".join([stream.push(i) for i in ids[k:]] + [stream.flush()])
+        assert loaded.tokenizer.decode(ids[:k]) + reply == text, k
+    # Without a prompt (or after end-of-text) the reply is a text of its own, its first space dropped.
+    stream = TextStream(loaded.tokenizer, [loaded.eot_id])
+    assert "".join([stream.push(i) for i in ids] + [stream.flush()]) == text
+
+
 def test_an_unfinished_character_is_flushed_at_the_end(loaded) -> None:
     ids = encode(loaded, "日本")
     stream = TextStream(loaded.tokenizer)
@@ -51,7 +65,7 @@ def test_greedy_streaming_makes_generates_tokens_and_text(loaded) -> None:
     if loaded.eot_id in expected:
         expected = expected[: expected.index(loaded.eot_id)]
     assert completion.ids == expected and len(expected) > 0
-    assert text == loaded.tokenizer.decode(expected)
+    assert text == tiny_models.continuation(loaded.tokenizer, prompt, expected)
     assert completion.stopped == ("length" if len(expected) == 20 else "eos")
 
 

@@ -33,6 +33,11 @@ def tokenizer() -> Tokenizer:
     return train_bpe([prompt, phi3, *TEXTS] * 20, vocab_size=400)
 
 
+def continuation(tok: Tokenizer, prompt: list[int], ids: list[int]) -> str:
+    """The text `ids` add after `prompt`: what a user reads appended to the prompt's text."""
+    return tok.decode(prompt + ids)[len(tok.decode(prompt)):]
+
+
 def lm(vocab_size: int, context_length: int = 96, seed: int = 0) -> GPTModel:
     torch.manual_seed(seed)
     cfg = gpt_config(vocab_size=vocab_size, context_length=context_length, emb_dim=32, n_heads=2, n_layers=2,

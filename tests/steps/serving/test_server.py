@@ -64,8 +64,8 @@ def alone(loaded: LoadedModel, prompt: list[int], max_tokens: int) -> tuple[str,
     out = generate(loaded.model, torch.tensor([prompt]), max_tokens, loaded.context_length,
                    eos_id=loaded.eot_id)[0, len(prompt):].tolist()
     if loaded.eot_id in out:
-        return loaded.tokenizer.decode(out[: out.index(loaded.eot_id)]), "stop"
-    return loaded.tokenizer.decode(out), "length"
+        return tiny_models.continuation(loaded.tokenizer, prompt, out[: out.index(loaded.eot_id)]), "stop"
+    return tiny_models.continuation(loaded.tokenizer, prompt, out), "length"
 
 
 def test_models_are_listed_with_their_kind(client) -> None:

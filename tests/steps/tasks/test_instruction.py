@@ -300,7 +300,7 @@ def test_generate_responses_stops_at_end_of_text(tok: Tokenizer, monkeypatch: py
 
 def test_generate_responses_without_eot_uses_all_new_tokens(tok: Tokenizer) -> None:
     eot = eot_id(tok)
-    word = tok.encode(" no", add_special_tokens=False).ids
+    word = tok.encode("no", add_special_tokens=False).ids  # ` no`: the tokenizer writes the space itself
     scripts = {tuple(prompt_ids(tok, r)): word * 50 for r in RECORDS[:2]}
     model = ScriptedModel(tok.get_vocab_size(), scripts)
     out = generate_responses(model, tok, RECORDS[:2], CPU, eos_id=eot, max_new_tokens=3, context_length=256)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, models
 
-from steps.tokenization.corpus import EOT, Piece, _is_clean_cut, iter_pieces
+from steps.tokenization.corpus import EOT, Piece, gpt2_clean_cut, iter_pieces, spaced_clean_cut
 from steps.tokenization.tokenizer import (
     EncodeStats,
     HFEncoder,
@@ -54,6 +54,8 @@ ROUND_TRIP = [
     " ",
     "",
     "zzzz qqqq xylophone",  # words the corpus never saw
+    "\nstarts with a newline\n x\n\n  y \n",
+    "line\n cat\ncat\n\ncat",  # the spaces the normalizer writes are told from the text's own
 ]
 
 
@@ -66,11 +68,23 @@ def test_round_trip_is_exact(tok: Tokenizer, text: str) -> None:
 
 def test_training_learns_merges(tok: Tokenizer) -> None:
     # Common corpus words become single tokens; unseen text falls back to bytes.
-    assert len(tok.encode(" the", add_special_tokens=False).ids) == 1
+    assert len(tok.encode("the", add_special_tokens=False).ids) == 1
     seen = tok.encode("the cat sat on the mat", add_special_tokens=False).ids
     assert len(seen) <= 8
-    unseen = tok.encode("zqxj", add_special_tokens=False).ids
-    assert len(unseen) == 4
+    unseen = tok.encode("zqxj", add_special_tokens=False).tokens
+    assert unseen == ["Ġ", "z", "q", "x", "j"]  # the space the normalizer writes, then bytes
+
+
+def test_a_word_is_one_token_wherever_it_stands(tok: Tokenizer) -> None:
+    """After a space, at the start of a line and at the start of a text: the same token."""
+    cat = tok.encode("cat", add_special_tokens=False).ids
+    assert len(cat) == 1
+    assert tok.encode("the cat", add_special_tokens=False).ids[-1:] == cat
+    assert tok.encode("the cat\ncat", add_special_tokens=False).ids[-2:] == [tok.token_to_id("Ċ")] + cat
+    # A response encoded alone starts with the token the model meets after the prompt's newline.
+    prompt = tok.encode("### Response:\n", add_special_tokens=False).ids
+    assert tok.encode("### Response:\ncat sat", add_special_tokens=False).ids == (
+        prompt + tok.encode("cat sat", add_special_tokens=False).ids)
 
 
 def test_vocab_size_respected(tok: Tokenizer) -> None:
@@ -189,15 +203,24 @@ def test_chunked_long_document_encodes_like_the_whole(tok: Tokenizer, tmp_path: 
                      + f" {i}")
     doc = "\n".join(lines)
     corpus = write_corpus(tmp_path / "corpus.txt", [doc, "short one"])
-    pieces = list(iter_pieces(corpus, chunk_bytes=500))
-    assert sum(not p.ends_document for p in pieces) > 20  # really chunked
     encoder = HFEncoder(tok)
+    pieces = list(iter_pieces(corpus, chunk_bytes=500, clean_cut=encoder.clean_cut))
+    assert sum(not p.ends_document for p in pieces) > 20  # really chunked
     encode_to_file(encoder, pieces, tmp_path / "t.bin", batch_chars=1)  # one piece per call
     assert read_tokens(tmp_path / "t.bin", encoder.vocab_size).tolist() == expected_ids(encoder, [doc, "short one"])
 
 
-def test_clean_cut_rule_matches_the_pre_tokenizer(tok: Tokenizer) -> None:
-    """Wherever _is_clean_cut allows a cut, encoding the two sides apart gives the whole's ids."""
+def gpt2_style(tok: Tokenizer) -> Tokenizer:
+    """The same vocabulary without the normalizer: GPT-2's own pre-tokenization."""
+    plain = Tokenizer.from_str(tok.to_str())
+    plain.normalizer = None
+    return plain
+
+
+@pytest.mark.parametrize("style", ["ours", "gpt2"])
+def test_clean_cut_rule_matches_the_pre_tokenizer(tok: Tokenizer, style: str) -> None:
+    """Wherever the tokenizer's rule allows a cut, encoding the two sides apart gives the whole's ids."""
+    tok, clean_cut = (tok, spaced_clean_cut) if style == "ours" else (gpt2_style(tok), gpt2_clean_cut)
     rng = random.Random(0)
     parts = ["word", " word", "  word", "\tx", "", " ", "  ", "x ", "x  ", "x\r", "'s", "12", "!!", "é",
              "\u00a0y", "y\u00a0", "\u2028", "\x1c"]
@@ -205,7 +228,7 @@ def test_clean_cut_rule_matches_the_pre_tokenizer(tok: Tokenizer) -> None:
     for _ in range(1500):
         lines = [rng.choice(parts) + rng.choice(["", "x", " "]) + rng.choice(parts) + "\n" for _ in range(4)]
         k = 2
-        if _is_clean_cut(lines[k - 1], lines[k], lines[k + 1]):
+        if clean_cut(lines[k - 1], lines[k], lines[k + 1]):
             allowed += 1
             head, tail = "".join(lines[:k]), "".join(lines[k:])
             ids = [tok.encode(t, add_special_tokens=False).ids for t in (head, tail, head + tail)]
