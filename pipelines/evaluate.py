@@ -12,7 +12,7 @@ from model.atomic import write_json, write_text
 from model.checkpoint import load_model, read_config, read_training_step
 from pipelines.stage import StageContext, io_task, run_stage, stage_flow, stage_task
 from steps import layout
-from steps.data.builtin_data import preference_property
+from steps.data.builtin_data import instruction_families, preference_property
 from steps.evaluation import plots
 from steps.evaluation.judge import JudgeOutcome, judge_instruct, judged_records
 from steps.evaluation.label_efficiency import read_curve
@@ -113,7 +113,28 @@ def evaluate_instruct(ctx: StageContext, device: torch.device) -> tuple[dict[str
         preds = [r["model_response"] for r in recs]
         metrics[f"{name}_exact_match"] = compute("exact_match", predictions=preds, references=refs)["exact_match"]
         metrics[f"{name}_rougeL"] = compute("rouge_l", predictions=preds, references=refs)["rougeL"]
+    if ctx.params.download.instructions.source.kind == "builtin":
+        metrics.update(exact_match_by_family(ctx, scored))
     return metrics, responses, baseline
+
+
+def exact_match_by_family(ctx: StageContext, scored: list[tuple[str, list[dict]]]) -> dict[str, float]:
+    """`<model>_exact_match_<family>` for the built-in set: which kinds of question each model
+    answers (its families: steps/data/builtin_data.py)."""
+    sizes = ctx.params.download.builtin
+    family_of = instruction_families(ctx.params.seed, sizes.instructions_train, sizes.instructions_test,
+                                     sizes.instructions_val)
+    metrics = {}
+    for name, recs in scored:
+        by_family: dict[str, tuple[list[str], list[str]]] = {}
+        for r in recs:
+            preds, refs = by_family.setdefault(family_of[r["instruction"], r["input"]], ([], []))
+            preds.append(r["model_response"])
+            refs.append(r["output"])
+        for family, (preds, refs) in sorted(by_family.items()):
+            metrics[f"{name}_exact_match_{family}"] = compute(
+                "exact_match", predictions=preds, references=refs)["exact_match"]
+    return metrics
 
 
 @stage_task

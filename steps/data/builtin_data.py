@@ -1672,6 +1672,13 @@ def generate_instructions(seed: int, n_train: int = 1700, n_test: int = 200,
     return [e.record() for e in _generate_examples(seed, n_train, n_test, n_val)]
 
 
+def instruction_families(seed: int, n_train: int = 1700, n_test: int = 200,
+                         n_val: int = 100) -> dict[tuple[str, str], str]:
+    """The family (antonym, plural, lives, ...) of each record generate_instructions() makes with
+    the same arguments, by (instruction, input): what evaluate splits exact match by."""
+    return {e.key: e.family for e in _generate_examples(seed, n_train, n_test, n_val)}
+
+
 # ---------------------------------------------------------------------------
 # Preference data.
 # ---------------------------------------------------------------------------

@@ -26,6 +26,24 @@ def _instruct_random_init_section(m: dict[str, float]) -> list[str]:
             *(f"| {name} | {m[f'{key}_exact_match']:.4f} | {m[f'{key}_rougeL']:.4f} |" for name, key in rows)]
 
 
+FAMILY_PREFIX = "instruct_exact_match_"
+
+
+def _instruct_family_section(m: dict[str, float]) -> list[str]:
+    """Exact match per kind of question (the built-in set's families), for each model scored."""
+    families = sorted(k.removeprefix(FAMILY_PREFIX) for k in m if k.startswith(FAMILY_PREFIX))
+    if not families:
+        return []
+    models = [(name, key) for name, key in (("finetuned", "instruct"), ("from random weights", "instruct_random_init"),
+                                            ("pretrained only", "instruct_start"))
+              if f"{key}_exact_match_{families[0]}" in m]
+    return ["", "### Instruction exact match per kind of question (built-in test set)", "",
+            "| question | " + " | ".join(name for name, _ in models) + " |",
+            "|---|" + "---|" * len(models),
+            *(f"| {family} | " + " | ".join(f"{m[f'{key}_exact_match_{family}']:.2f}" for _, key in models) + " |"
+              for family in families)]
+
+
 def _judge_row(m: dict[str, float]) -> list[str]:
     """The LLM-judge row, when the judge ran: scores are 0-100, and either side may have none."""
     if m.get("instruct_judge_available") != 1:
@@ -225,6 +243,7 @@ def summary_markdown(metrics: dict[str, float], confusion: dict[str, Any], examp
         "",
         "![before and after](plots/evaluate/before_after.png)",
         *_instruct_random_init_section(m),
+        *_instruct_family_section(m),
         "",
         "### Classifier confusion matrix (rows: true, columns: predicted)",
         "",

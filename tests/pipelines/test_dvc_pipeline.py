@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 import subprocess
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from steps import layout
+from steps.data.builtin_data import instruction_families
 from pipelines import prefect_server
 from tests.pipelines.conftest import TINY, ran_stages, run, shrink_params
 
@@ -104,6 +106,19 @@ def test_metrics_and_plots_of_every_stage(project, first_repro):
     assert 0.0 <= json.loads((work / layout.metrics_file("evaluate")).read_text())["classifier_test_accuracy"] <= 1.0
     summary = (work / layout.SUMMARY).read_text()
     assert "unigram" in summary and "confusion matrix" in summary
+    # Exact match per kind of question: weighted by each family's test records, it is the overall figure.
+    evaluate = json.loads((work / layout.metrics_file("evaluate")).read_text())
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    sizes = params["download"]["builtin"]
+    family_of = instruction_families(params["seed"], sizes["instructions_train"], sizes["instructions_test"],
+                                     sizes["instructions_val"])
+    responses = json.loads((work / layout.INSTRUCT_MODEL / layout.RESPONSES).read_text())
+    counts = Counter(family_of[r["instruction"], r["input"]] for r in responses)
+    assert len(counts) >= 3
+    for model in ("instruct", "instruct_random_init"):
+        weighted = sum(evaluate[f"{model}_exact_match_{family}"] * n for family, n in counts.items())
+        assert weighted / len(responses) == pytest.approx(evaluate[f"{model}_exact_match"])
+    assert "### Instruction exact match per kind of question (built-in test set)" in summary
     # The label-efficiency curve: TINY's two fractions of 280 training messages, in evaluate.json too.
     curve = json.loads((work / layout.metrics_file("label_efficiency")).read_text())
     assert [p["labels"] for p in curve["points"].values()] == [70, 280]

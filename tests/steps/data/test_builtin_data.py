@@ -496,3 +496,11 @@ def test_generators_are_fast(corpus: str, sms: list, records: list, preferences:
                              timed: dict[str, float]) -> None:
     for name in ("corpus", "sms", "instructions", "preferences"):
         assert timed[name] < 3.0, (name, timed[name])
+
+
+def test_instruction_families_name_every_generated_record() -> None:
+    records = bd.generate_instructions(5, n_train=300, n_test=60, n_val=30)
+    families = bd.instruction_families(5, n_train=300, n_test=60, n_val=30)
+    assert len(families) == len(records)  # (instruction, input) tells every record apart
+    assert {families[r["instruction"], r["input"]] for r in records} == {
+        "antonym", "plural", "category", "lives", "job", "extraction", "sequence", "past_tense", "spam"}

@@ -243,3 +243,14 @@ def test_the_random_init_instruction_model_sits_beside_the_others_only_when_it_r
                                      "| finetuned from the pretrained model | 0.4200 | 0.1000 |",
                                      "| finetuned from random weights | 0.0500 | 0.0812 |",
                                      "| pretrained only, not finetuned | 0.0000 | 0.1230 |"]
+
+
+def test_exact_match_per_family_is_a_table_of_the_models_scored(lines: list[str]) -> None:
+    title = "### Instruction exact match per kind of question (built-in test set)"
+    assert title not in lines  # no per-family metrics (a dataset that is not the built-in one)
+    families = {"instruct_exact_match_plural": 0.25, "instruct_exact_match_lives": 0.9,
+                "instruct_start_exact_match_plural": 0.0, "instruct_start_exact_match_lives": 0.05}
+    with_it = summary_markdown({**METRICS, **families}, CONFUSION, EXAMPLES, STARTS).splitlines()
+    i = with_it.index(title)
+    assert with_it[i + 2: i + 6] == ["| question | finetuned | pretrained only |", "|---|---|---|",
+                                     "| lives | 0.90 | 0.05 |", "| plural | 0.25 | 0.00 |"]
