@@ -98,9 +98,11 @@ class Recorder(NoTracking):
 
 def test_the_random_init_baseline_is_the_same_finetuning_from_fresh_weights(project: Path) -> None:
     """With a "pretrained" model that is itself the seeded fresh model, the baseline retraces the
-    model's finetuning exactly (same settings, batches and order); its curve is logged apart."""
+    model's finetuning exactly (same settings, batches and order); its curve is logged apart. Full
+    finetuning: with LoRA the model would train adapters while the baseline trains every weight."""
     params = shipped_params({"model": {"context_length": CONTEXT}, "finetune_preference": {"allowed_max_length": CONTEXT},
-                             "finetune_instruct": {"epochs": 1, "batch_size": 8, "eval_interval": 2, "max_new_tokens": 2,
+                             "finetune_instruct": {"method": "full", "epochs": 1, "batch_size": 8, "eval_interval": 2,
+                                                   "max_new_tokens": 2,
                                                    "prompt_style": "phi3", "random_init_baseline": True,
                                                    "allowed_max_length": CONTEXT}})
     # Without dropout: the two finetunings draw their dropout masks from wherever torch's stream is.
