@@ -72,7 +72,7 @@ class TextStream:
     def flush(self) -> str:
         """Whatever is held back, as it decodes (generation ended inside a character)."""
         text = self._new_text() if self.pending else ""
-        self.context, self.pending = self.pending or self.context, []
+        self.pending = []
         return text
 
     def _new_text(self) -> str:
